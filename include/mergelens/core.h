@@ -1,0 +1,171 @@
+/* mergelens core runtime: status codes, error propagation with tracebacks,
+ * tracked allocation (with failure injection), logging, progress, profiling,
+ * and MPI failure agreement.
+ *
+ * Conventions (see docs/ARCHITECTURE.md):
+ *  - every fallible function returns int: ML_OK (0) or a negative ml_status;
+ *  - ML_FAIL(code, fmt, ...) records a message + the first traceback frame and
+ *    returns code; ML_CHECK(call) propagates a failure, adding a frame;
+ *  - ml_xxx_create(..., &obj) / ml_xxx_destroy(&obj): destroy tolerates NULL
+ *    and sets the caller's handle to NULL.
+ */
+#ifndef MERGELENS_CORE_H
+#define MERGELENS_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <mpi.h>
+
+#define ML_VERSION_STRING "0.1.0"
+
+/* ---- status codes (one table: code, name, message) ---------------------- */
+typedef enum {
+    ML_OK = 0,
+    ML_ERR_NOMEM = -1,       /* allocation failed */
+    ML_ERR_IO = -2,          /* file system / read / write failure */
+    ML_ERR_FORMAT = -3,      /* file has the wrong format, version or layout */
+    ML_ERR_ARG = -4,         /* invalid argument or option value */
+    ML_ERR_CONFIG = -5,      /* invalid job file / configuration */
+    ML_ERR_MPI = -6,         /* an MPI call failed */
+    ML_ERR_HDF5 = -7,        /* an HDF5 call failed */
+    ML_ERR_SHAPE = -8,       /* tensor shapes do not agree */
+    ML_ERR_NUMERIC = -9,     /* NaN / Inf or other numerical failure */
+    ML_ERR_NOTFOUND = -10,   /* a named object does not exist */
+    ML_ERR_REMOTE = -11,     /* another rank failed (message is that rank's) */
+    ML_ERR_INTERRUPTED = -12,/* stopped by a signal (checkpoint written) */
+    ML_ERR_UNSUPPORTED = -13,/* valid but not supported input */
+    ML_ERR_INTERNAL = -14,   /* a bug: an invariant was violated */
+    ML_ERR_INJECTED = -15,   /* failure injected by a test */
+    ML_STATUS_COUNT_ = 16
+} ml_status;
+
+const char *ml_status_name(int code);    /* "ML_ERR_IO" */
+const char *ml_status_message(int code); /* "file system or I/O failure" */
+
+/* ---- errors with traceback ---------------------------------------------- */
+/* Record a new error (clears any previous one) and return code. */
+int ml_error_set(int code, const char *file, int line, const char *func,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Add a traceback frame to the current error and return code. */
+int ml_error_trace(int code, const char *file, int line, const char *func);
+/* The one-line message of the current error ("" if none). */
+const char *ml_error_message(void);
+/* Replace the message (used when adopting another rank's error). */
+void ml_error_adopt(int code, const char *message);
+int ml_error_code(void);
+void ml_error_clear(void);
+/* Print "error: <message>" and, if verbose, the traceback frames. */
+void ml_error_print(FILE *out, int verbose);
+
+#define ML_FAIL(code, ...) \
+    ml_error_set((code), __FILE__, __LINE__, __func__, __VA_ARGS__)
+#define ML_CHECK(call)                                                         \
+    do {                                                                       \
+        int ml_rc_ = (call);                                                   \
+        if (ml_rc_ != ML_OK)                                                   \
+            return ml_error_trace(ml_rc_, __FILE__, __LINE__, __func__);      \
+    } while (0)
+/* Requires an int variable named `rc` and a cleanup label. */
+#define ML_CHECK_GOTO(call, label)                                             \
+    do {                                                                       \
+        rc = (call);                                                           \
+        if (rc != ML_OK) {                                                     \
+            ml_error_trace(rc, __FILE__, __LINE__, __func__);                  \
+            goto label;                                                        \
+        }                                                                      \
+    } while (0)
+#define ML_FAIL_GOTO(label, code, ...)                                         \
+    do {                                                                       \
+        rc = ML_FAIL((code), __VA_ARGS__);                                     \
+        goto label;                                                            \
+    } while (0)
+/* Wrap an MPI call: a failure becomes ML_ERR_MPI with MPI's error string. */
+int ml_mpi_error(int mpi_rc, const char *call, const char *file, int line,
+                 const char *func);
+#define ML_CHECK_MPI(call)                                                     \
+    do {                                                                       \
+        int ml_mrc_ = (call);                                                  \
+        if (ml_mrc_ != MPI_SUCCESS)                                            \
+            return ml_mpi_error(ml_mrc_, #call, __FILE__, __LINE__, __func__); \
+    } while (0)
+
+/* ---- all ranks agree on failure ------------------------------------------ */
+/* Collective over comm. Every rank passes its local status. If any rank
+ * failed, every rank returns non-OK: the failing rank keeps its own error,
+ * the others adopt the message of the lowest failing rank with code
+ * ML_ERR_REMOTE. Returns ML_OK on every rank if all succeeded. */
+int ml_agree(MPI_Comm comm, int local_status);
+/* Test hook: if env ML_INJECT_FAIL="<site>:<rank>" names this site and rank,
+ * return ML_ERR_INJECTED (with a message), else ML_OK. */
+int ml_inject_point(const char *site, int rank);
+
+/* ---- tracked allocation -------------------------------------------------- */
+/* 64-byte aligned; zero-size requests return a valid pointer. NULL on failure
+ * (after recording ML_ERR_NOMEM with the byte count). Use ML_ALLOC below. */
+void *ml_malloc(size_t bytes);
+void *ml_calloc(size_t count, size_t size);
+void *ml_realloc(void *ptr, size_t bytes); /* alignment not kept */
+char *ml_strdup(const char *s);
+void ml_free(void *ptr);
+/* Allocation bookkeeping and failure injection (for tests). */
+long ml_alloc_live(void);              /* allocations not yet freed */
+void ml_alloc_fail_at(long n);         /* make the n-th next allocation fail (0 = off) */
+long ml_alloc_count(void);             /* allocations attempted since start */
+#define ML_ALLOC(ptr, count)                                                   \
+    do {                                                                       \
+        (ptr) = ml_malloc(sizeof(*(ptr)) * (size_t)(count));                   \
+        if (!(ptr))                                                            \
+            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__); \
+    } while (0)
+
+/* ---- logging (rank 0 by default; per-rank debug on request) -------------- */
+typedef enum { ML_LOG_ERROR = 0, ML_LOG_WARN, ML_LOG_INFO, ML_LOG_DEBUG } ml_log_level;
+void ml_log_init(int rank, int size);   /* reads ML_LOG_LEVEL=error|warn|info|debug */
+void ml_log_set_level(ml_log_level level);
+void ml_log(ml_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define ml_info(...) ml_log(ML_LOG_INFO, __VA_ARGS__)
+#define ml_warn(...) ml_log(ML_LOG_WARN, __VA_ARGS__)
+#define ml_debug(...) ml_log(ML_LOG_DEBUG, __VA_ARGS__)
+double ml_wtime(void); /* seconds, monotonic */
+
+/* ---- progress (rank 0): live bar on a tty, plain lines in batch logs ----- */
+typedef struct {
+    char label[64];
+    double total, done, start, last_print;
+    int tty;
+    int active; /* rank 0 only */
+} ml_progress;
+void ml_progress_begin(ml_progress *p, const char *label, double total);
+/* extra: optional short text ("loss 3.12"), may be NULL. */
+void ml_progress_update(ml_progress *p, double done, const char *extra);
+void ml_progress_end(ml_progress *p, const char *extra);
+
+/* ---- profiling events (like PETSc -log_view) ----------------------------- */
+/* Nested begin/end pairs; an event accumulates count, time, flops, bytes. */
+void ml_prof_begin(const char *event);
+void ml_prof_end(const char *event, double flops, double bytes);
+void ml_prof_reset(void);
+typedef struct {
+    char name[48];
+    long count;
+    double seconds, flops, bytes;
+} ml_prof_event;
+int ml_prof_events(const ml_prof_event **events); /* returns count */
+/* Collective: prints min/max/mean time across ranks per event (rank 0). */
+int ml_prof_summary(MPI_Comm comm, FILE *out);
+
+/* ---- small utilities ------------------------------------------------------ */
+/* Deterministic counter-based RNG (splitmix64/xoshiro-style). */
+typedef struct { uint64_t s[4]; } ml_rng;
+void ml_rng_seed(ml_rng *r, uint64_t seed, uint64_t stream);
+uint64_t ml_rng_u64(ml_rng *r);
+double ml_rng_uniform(ml_rng *r);         /* [0, 1) */
+float ml_rng_normal(ml_rng *r);           /* N(0, 1) */
+uint64_t ml_rng_below(ml_rng *r, uint64_t n); /* uniform in [0, n) */
+
+/* Make directories like `mkdir -p`. */
+int ml_mkdirs(const char *path);
+int ml_file_exists(const char *path);
+
+#endif
