@@ -99,8 +99,8 @@ typedef struct {
 typedef struct {
     ml_domain *domains;
     int n;
-    char *strings; /* storage of source strings (internal) */
-    size_t strings_len, strings_cap;
+    char **owned; /* strings owned by the set (internal) */
+    int n_owned, cap_owned;
 } ml_domain_set;
 /* Parse the compact command-line form
  *   "NAME=KIND:PATH[:ARG];NAME=KIND:PATH[:ARG];..."

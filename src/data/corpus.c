@@ -242,7 +242,7 @@ static int reader_fill(reader *r) {
     if (got == 0) {
         int zerr = 0;
         const char *msg = gzerror(r->gz, &zerr);
-        if (zerr != Z_OK && zerr != Z_BUF_ERROR)
+        if (zerr != Z_OK) /* Z_BUF_ERROR: truncated stream */
             return ML_FAIL(ML_ERR_FORMAT, "%s: corrupt gzip data: %s", r->path, msg);
         r->eof = 1;
     }
