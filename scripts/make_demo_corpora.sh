@@ -10,6 +10,7 @@
 #   --mb N    about N MB of text per domain (default 4)
 #   --bin B   the mergelens executable (default: $ML_BIN, else `mergelens` on PATH,
 #             else build/mergelens next to this script)
+#   --debs D  keep downloaded .deb packages in D (default OUTDIR/.debs)
 # Writes OUTDIR/{english/english.txt, python/, lua/, stories/stories.txt},
 # OUTDIR/domains.txt (the compact NAME=KIND:PATH spec for `mergelens tokenize`)
 # and OUTDIR/domains.yaml (the same as a job-file `domains:` mapping).
@@ -18,16 +19,17 @@
 set -euo pipefail
 export LC_ALL=C
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 [ $# -ge 1 ] || usage
 case "$1" in -h|--help) usage 0 ;; esac
 OUT=$1; shift
-MB=4; SEED=42; BIN=${ML_BIN:-}
+MB=4; SEED=42; BIN=${ML_BIN:-}; DEBS=
 while [ $# -gt 0 ]; do
   case "$1" in
     --mb) MB=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
+    --debs) DEBS=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "make_demo_corpora: unknown option '$1'" >&2; usage ;;
   esac
@@ -42,8 +44,9 @@ BUDGET=$(awk -v m="$MB" 'BEGIN { printf "%d", m * 1000000 }')
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-WORK="$OUT/.debs"
+WORK=${DEBS:-$OUT/.debs}
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
 log() { echo "[make_demo_corpora] $*"; }
 
 # Extract Debian packages into $WORK/root (downloaded once, kept for reruns).

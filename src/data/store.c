@@ -140,6 +140,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
     if (MPI_Bcast(sizes.v, (int)ndocs, MPI_INT64_T, 0, comm) != MPI_SUCCESS)
         ML_FAIL_GOTO(done, ML_ERR_MPI, "MPI_Bcast of %lld document sizes failed", (long long)ndocs);
 
+    ml_debug("tokenize %s: scanned %lld documents in %.3f s", dom->name, (long long)ndocs, ml_wtime() - t0);
     /* 2. contiguous slice of about total/P bytes */
     int64_t lo = 0, hi = 0;
     {
@@ -158,6 +159,8 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
                      dom->name, (long long)docs->n_docs, (long long)(hi - lo));
     if (rc == ML_OK) rc = choose_val(ndocs, cfg->val_fraction, cfg->seed, &is_val, &st.docs[1]);
     st.docs[0] = ndocs - st.docs[1];
+    ml_debug("tokenize %s: read documents [%lld, %lld) at %.3f s", dom->name, (long long)lo, (long long)hi,
+             ml_wtime() - t0);
     ml_progress prog;
     ml_progress_begin(&prog, dom->name, (double)st.corpus.bytes);
     for (int64_t i = 0; rc == ML_OK && i < hi - lo; i++) {
@@ -175,6 +178,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
     ml_docs_destroy(&docs);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
 
+    ml_debug("tokenize %s: encoded at %.3f s", dom->name, ml_wtime() - t0);
     /* 3. offsets */
     int64_t mine[4] = {(int64_t)ls.tok[0].n, (int64_t)ls.tok[1].n, (int64_t)ls.starts[0].n, (int64_t)ls.starts[1].n};
     int64_t before[4] = {0, 0, 0, 0}, tot[4];
@@ -226,6 +230,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "skipped_lines", st.corpus.bad_lines), fail);
     if (cfg->config_json) ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", cfg->config_json), fail);
     ML_CHECK_GOTO(ml_h5_close(&h), done);
+    ml_debug("tokenize %s: written at %.3f s", dom->name, ml_wtime() - t0);
     st.seconds = ml_wtime() - t0;
     if (stats) *stats = st;
     goto done;
