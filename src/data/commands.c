@@ -9,6 +9,8 @@
 #include "mergelens/config.h"
 #include "mergelens/data.h"
 
+#include "internal.h"
+
 #include <string.h>
 
 /* ---- shared setup ----------------------------------------------------------- */
@@ -126,24 +128,10 @@ static int feed_cb(void *ctx, int64_t index, const char *text, size_t len) {
     return ml_bpe_trainer_add(f->t, text, len);
 }
 
-typedef struct {
-    int64_t *v;
-    int64_t n, cap;
-} sizes_t;
-
 static int sizes_cb(void *ctx, int64_t index, const char *text, size_t len) {
     (void)index;
     (void)text;
-    sizes_t *s = ctx;
-    if (s->n == s->cap) {
-        int64_t nc = s->cap ? 2 * s->cap : 4096;
-        int64_t *nv = ml_realloc(s->v, (size_t)nc * sizeof *nv);
-        if (!nv) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        s->v = nv;
-        s->cap = nc;
-    }
-    s->v[s->n++] = (int64_t)len;
-    return ML_OK;
+    return ml_i64_push(ctx, (int64_t)len);
 }
 
 /* Seeded sample of one domain's documents up to budget bytes; the sampled
@@ -152,10 +140,12 @@ static int sample_domain(MPI_Comm comm, const ml_domain *d, int64_t budget, uint
     int rank, P, rc = ML_OK;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
-    sizes_t s = {0};
+    ml_i64vec s = {0};
     if (rank == 0) rc = ml_corpus_foreach(d->sources, d->n_sources, sizes_cb, &s, NULL);
     ML_CHECK(ml_agree(comm, rc));
-    ML_CHECK_MPI(MPI_Bcast(&s.n, 1, MPI_INT64_T, 0, comm));
+    int64_t nd = (int64_t)s.n;
+    ML_CHECK_MPI(MPI_Bcast(&nd, 1, MPI_INT64_T, 0, comm));
+    s.n = (size_t)nd;
     if (rank != 0) {
         s.v = ml_malloc(((size_t)s.n + 1) * sizeof *s.v);
         rc = s.v ? ML_OK : ML_ERR_NOMEM;
@@ -170,12 +160,12 @@ static int sample_domain(MPI_Comm comm, const ml_domain *d, int64_t budget, uint
         ml_free(s.v);
         return ML_FAIL(ML_ERR_NOMEM, "out of memory sampling %lld documents", (long long)s.n);
     }
-    for (int64_t i = 0; i < s.n; i++) perm[i] = i;
+    for (int64_t i = 0; i < nd; i++) perm[i] = i;
     ml_rng rng;
     ml_rng_seed(&rng, seed, 0x73616d70 /* "samp" */);
     int64_t used = 0, k = 0;
-    for (int64_t i = 0; i < s.n && used < budget; i++, k++) {
-        int64_t j = i + (int64_t)ml_rng_below(&rng, (uint64_t)(s.n - i)), x = perm[i];
+    for (int64_t i = 0; i < nd && used < budget; i++, k++) {
+        int64_t j = i + (int64_t)ml_rng_below(&rng, (uint64_t)(nd - i)), x = perm[i];
         perm[i] = perm[j];
         perm[j] = x;
         used += s.v[perm[i]];
