@@ -316,11 +316,53 @@ static void test_hf_errors(void **state) {
     assert_null(tok);
 }
 
+/* Every allocation failure inside training, JSON import and encoding is
+ * reported as ML_ERR_NOMEM and leaks nothing (jansson's own memory aside). */
+static void test_alloc_failures(void **state) {
+    (void)state;
+    const char *words[] = {"hug pug", "pun bun", "hugs"};
+    const int counts[] = {3, 2, 2};
+    ml_docs *d = docs_of(words, counts, 3);
+    ml_bpe_config cfg = {.vocab_size = 300};
+    ml_tokenizer *tok = NULL;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/t.json", ml_test_dir("data_tok_alloc"));
+    ML_ASSERT_OK(ml_tokenizer_train(MPI_COMM_SELF, &cfg, d, &tok));
+    ML_ASSERT_OK(ml_tokenizer_save_hf_json(tok, path));
+    ml_tokenizer_destroy(&tok);
+    ml_log_set_level(ML_LOG_ERROR);
+    for (int what = 0; what < 3; what++) {
+        int completed = 0;
+        for (long n = 1; n < 2000 && !completed; n++) {
+            long live = ml_alloc_live();
+            ml_tokenizer *t = NULL;
+            ml_ids ids = {0};
+            if (what == 2) ML_ASSERT_OK(ml_tokenizer_load_hf_json(path, &t));
+            ml_alloc_fail_at(n);
+            int rc;
+            if (what == 0) rc = ml_tokenizer_train(MPI_COMM_SELF, &cfg, d, &t);
+            else if (what == 1) rc = ml_tokenizer_load_hf_json(path, &t);
+            else rc = ml_tokenizer_encode(t, "hugs and pugs, 1234 buns!", 25, &ids);
+            ml_alloc_fail_at(0);
+            if (rc == ML_OK) completed = 1;
+            else if (rc != ML_ERR_NOMEM) fail_msg("case %d, failing allocation %ld: %s", what, n, ml_status_name(rc));
+            ml_ids_free(&ids);
+            ml_tokenizer_destroy(&t);
+            if (ml_alloc_live() != live) fail_msg("case %d, failing allocation %ld leaks %ld blocks", what, n,
+                                                  ml_alloc_live() - live);
+        }
+        assert_true(completed);
+    }
+    ml_log_set_level(ML_LOG_WARN);
+    ml_docs_destroy(&d);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bpe_hand_checked), cmocka_unit_test(test_gpt2_split),
         cmocka_unit_test(test_roundtrip_random), cmocka_unit_test(test_hf_gpt2),
         cmocka_unit_test(test_hf_byte_fallback), cmocka_unit_test(test_hf_errors),
+        cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "data_tokenizer", tests, sizeof tests / sizeof tests[0]);
 }
