@@ -110,12 +110,13 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype);
  * a mergelens checkpoint at out_path. config_json (may be NULL) is stored as
  * the root attribute `config`. */
 int ml_hf_import(const char *dir, const char *out_path, const char *config_json);
-/* SAE file (format mergelens.sae) -> DIR/{sae_weights.safetensors, cfg.json}. */
-int ml_saelens_export(const char *sae_path, const char *dir);
+/* SAE file (format mergelens.sae) -> DIR/{sae_weights.safetensors, cfg.json}.
+ * dtype: ML_ST_F32 (SAELens' usual), ML_ST_BF16 or ML_ST_F16. */
+int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype);
 
 /* ---- CLI ----------------------------------------------------------------------- */
 /* `mergelens export hf MODEL.h5 DIR [--dtype f32|bf16|f16]`
- * `mergelens export saelens SAE.h5 DIR` */
+ * `mergelens export saelens SAE.h5 DIR [--dtype f32|bf16|f16]` */
 int ml_cmd_export(MPI_Comm comm, int argc, char **argv);
 /* `mergelens import hf DIR OUT.h5` */
 int ml_cmd_import(MPI_Comm comm, int argc, char **argv);

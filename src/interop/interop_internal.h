@@ -20,7 +20,12 @@ int ml_atomic_commit(ml_atomic_file *f);
 void ml_atomic_abort(ml_atomic_file *f);
 /* Whole-file helpers. */
 int ml_atomic_write_file(const char *path, const void *data, size_t n);
+/* Write a JSON value as indented text (key order kept) plus a newline. */
+struct json_t;
+int ml_atomic_write_json(const char *path, const struct json_t *value);
 /* Read a whole file into an ml_malloc'd buffer (NUL-terminated). */
 int ml_read_file(const char *path, char **data, size_t *n);
+/* out = dir + "/" + name; ML_ERR_ARG if it does not fit in cap. */
+int ml_path_join(char *out, size_t cap, const char *dir, const char *name);
 
 #endif

@@ -1,8 +1,10 @@
-/* Atomic file writing (temporary name + rename) and whole-file reading. */
+/* File helpers: atomic writing (temporary name + rename), whole-file reading,
+ * path joining. */
 #include "interop_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -83,6 +85,21 @@ int ml_atomic_write_file(const char *path, const void *data, size_t n) {
     return ML_OK;
 }
 
+int ml_atomic_write_json(const char *path, const json_t *value) {
+    char *text = json_dumps(value, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!text) return ML_FAIL(ML_ERR_NOMEM, "%s: cannot serialise JSON", path);
+    ml_atomic_file f;
+    int rc = ml_atomic_open(&f, path);
+    if (rc == ML_OK) {
+        rc = ml_atomic_write(&f, text, strlen(text));
+        if (rc == ML_OK) rc = ml_atomic_write(&f, "\n", 1);
+        if (rc == ML_OK) rc = ml_atomic_commit(&f);
+        else ml_atomic_abort(&f);
+    }
+    free(text);
+    return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
+}
+
 int ml_read_file(const char *path, char **data, size_t *n) {
     int rc = ML_OK;
     char *buf = NULL;
@@ -104,4 +121,10 @@ done:
     ml_free(buf);
     fclose(fp);
     return rc;
+}
+
+int ml_path_join(char *out, size_t cap, const char *dir, const char *name) {
+    if ((size_t)snprintf(out, cap, "%s/%s", dir, name) >= cap)
+        return ML_FAIL(ML_ERR_ARG, "%s/%s: path too long", dir, name);
+    return ML_OK;
 }
