@@ -85,9 +85,9 @@ typedef struct {
     ml_st_dtype dtype; /* dtype stored in the file */
     int ndim;          /* 0 = scalar */
     int64_t shape[ML_ST_MAX_DIMS];
-    const void *data;  /* numel elements of `dtype` (little-endian) ... */
-    int from_f32;      /* ... or, if set, numel float32 values converted to
-                          dtype (F32, F16 or BF16) while writing */
+    const void *data; /* numel elements of `dtype` (little-endian) ... */
+    int from_f32;     /* ... or, if set, numel float32 values converted to
+                         dtype (F32, F16 or BF16) while writing */
 } ml_st_tensor;
 
 /* Write a safetensors file atomically (PATH.tmp.<pid>.<n>, then rename).
@@ -97,8 +97,7 @@ typedef struct {
  * starts at a multiple of 8. In the usual case of one dtype the order is by
  * name. meta holds nmeta (key, value) string pairs for `__metadata__`
  * (meta[2i], meta[2i+1]); nmeta = 0 writes no `__metadata__`. */
-int ml_safetensors_write(const char *path, int n, const ml_st_tensor *tensors, int nmeta,
-                         const char *const *meta);
+int ml_safetensors_write(const char *path, int n, const ml_st_tensor *tensors, int nmeta, const char *const *meta);
 
 /* ---- Hugging Face and SAELens directories ------------------------------------ */
 /* Serial (one process, MPI_COMM_SELF files). */

@@ -11,6 +11,8 @@ static const ml_option_spec ml_export_specs[] = {
 };
 static const ml_option_spec ml_import_specs[] = {ML_OPT_END};
 
+static const char ml_export_synopsis[] = "mergelens export hf|saelens SRC.h5 DIR [--dtype f32|bf16|f16]";
+static const char ml_import_synopsis[] = "mergelens import hf DIR OUT.h5";
 static const char ml_export_usage[] =
     "usage: mergelens export hf MODEL.h5 DIR [--dtype f32|bf16|f16]\n"
     "       mergelens export saelens SAE.h5 DIR [--dtype f32|bf16|f16]\n"
@@ -22,7 +24,8 @@ static const char ml_import_usage[] =
 
 /* Parse argv; *done = 1 when --help was answered. */
 static int ml_interop_args(MPI_Comm comm, const char *section, const ml_option_spec *specs, const char *usage,
-                           int argc, char **argv, ml_options **o, int *npos, char ***pos, int *done) {
+                           const char *synopsis, int argc, char **argv, ml_options **o, int *npos, char ***pos,
+                           int *done) {
     int rank, help = 0;
     MPI_Comm_rank(comm, &rank);
     *done = 0;
@@ -37,7 +40,8 @@ static int ml_interop_args(MPI_Comm comm, const char *section, const ml_option_s
         return ML_OK;
     }
     ML_CHECK(ml_options_finalize(*o));
-    if (*npos != 3) return ML_FAIL(ML_ERR_ARG, "%s: expected 3 arguments, got %d\n%s", section, *npos, usage);
+    if (*npos != 3)
+        return ML_FAIL(ML_ERR_ARG, "%s: expected 3 arguments, got %d (usage: %s)", section, *npos, synopsis);
     return ML_OK;
 }
 
@@ -46,8 +50,8 @@ int ml_cmd_export(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     char **pos = NULL;
     MPI_Comm_rank(comm, &rank);
-    ML_CHECK_GOTO(ml_interop_args(comm, "export", ml_export_specs, ml_export_usage, argc, argv, &o, &npos, &pos,
-                                  &done),
+    ML_CHECK_GOTO(ml_interop_args(comm, "export", ml_export_specs, ml_export_usage, ml_export_synopsis, argc, argv, &o,
+                                  &npos, &pos, &done),
                   out);
     if (done) goto out;
     ml_st_dtype dtype;
@@ -67,8 +71,8 @@ int ml_cmd_import(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     char **pos = NULL, *json = NULL;
     MPI_Comm_rank(comm, &rank);
-    ML_CHECK_GOTO(ml_interop_args(comm, "import", ml_import_specs, ml_import_usage, argc, argv, &o, &npos, &pos,
-                                  &done),
+    ML_CHECK_GOTO(ml_interop_args(comm, "import", ml_import_specs, ml_import_usage, ml_import_synopsis, argc, argv, &o,
+                                  &npos, &pos, &done),
                   out);
     if (done) goto out;
     if (strcmp(pos[0], "hf") != 0) ML_FAIL_GOTO(out, ML_ERR_ARG, "import: unknown kind '%s' (expected hf)", pos[0]);

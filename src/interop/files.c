@@ -65,7 +65,8 @@ int ml_atomic_commit(ml_atomic_file *f) {
     }
     int crc = close(f->fd);
     f->fd = -1;
-    if (crc != 0) rc = ML_FAIL(ML_ERR_IO, "%s: close failed: %s", f->tmp, strerror(errno));
+    if (crc != 0)
+        rc = ML_FAIL(ML_ERR_IO, "%s: close failed: %s", f->tmp, strerror(errno));
     else if (rename(f->tmp, f->path) != 0)
         rc = ML_FAIL(ML_ERR_IO, "%s: cannot rename to %s: %s", f->tmp, f->path, strerror(errno));
     if (rc != ML_OK) unlink(f->tmp);
@@ -93,8 +94,10 @@ int ml_atomic_write_json(const char *path, const json_t *value) {
     if (rc == ML_OK) {
         rc = ml_atomic_write(&f, text, strlen(text));
         if (rc == ML_OK) rc = ml_atomic_write(&f, "\n", 1);
-        if (rc == ML_OK) rc = ml_atomic_commit(&f);
-        else ml_atomic_abort(&f);
+        if (rc == ML_OK)
+            rc = ml_atomic_commit(&f);
+        else
+            ml_atomic_abort(&f);
     }
     free(text);
     return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
@@ -105,7 +108,8 @@ int ml_read_file(const char *path, char **data, size_t *n) {
     char *buf = NULL;
     *data = NULL;
     FILE *fp = fopen(path, "rb");
-    if (!fp) return ML_FAIL(errno == ENOENT ? ML_ERR_NOTFOUND : ML_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (!fp)
+        return ML_FAIL(errno == ENOENT ? ML_ERR_NOTFOUND : ML_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode))
         ML_FAIL_GOTO(done, ML_ERR_IO, "%s: not a regular file", path);

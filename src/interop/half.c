@@ -22,8 +22,8 @@ uint16_t ml_f32_to_f16(float x) {
     uint32_t a = u & 0x7FFFFFFFu;
     if (a > 0x7F800000u) /* NaN: quiet, keep the top payload bits */
         return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
-    if (a >= 0x38800000u) { /* >= 2^-14: normal in f16 (or overflow) */
-        uint32_t v = a - (112u << 23); /* rebias 127 -> 15 */
+    if (a >= 0x38800000u) {             /* >= 2^-14: normal in f16 (or overflow) */
+        uint32_t v = a - (112u << 23);  /* rebias 127 -> 15 */
         v += 0xFFFu + ((v >> 13) & 1u); /* round the 13 dropped bits, ties to even */
         v >>= 13;
         return (uint16_t)(sign | (v >= 0x7C00u ? 0x7C00u : v));

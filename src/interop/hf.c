@@ -65,8 +65,8 @@ static int ml_hf_int(const char *where, json_t *cfg, const char *key, int64_t de
 static int ml_hf_parse_dims(const char *where, json_t *cfg, ml_hf_dims *d) {
     if (!json_is_object(cfg)) return ML_FAIL(ML_ERR_FORMAT, "%s: not a JSON object", where);
     json_t *mt = json_object_get(cfg, "model_type");
-    if (mt && (!json_is_string(mt) ||
-               (strcmp(json_string_value(mt), "mistral") && strcmp(json_string_value(mt), "llama"))))
+    if (mt &&
+        (!json_is_string(mt) || (strcmp(json_string_value(mt), "mistral") && strcmp(json_string_value(mt), "llama"))))
         return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: model_type %s is not supported (expected \"mistral\" or \"llama\")",
                        where, json_is_string(mt) ? json_string_value(mt) : "(not a string)");
     const char *unsupported[] = {"attention_bias", "mlp_bias"};
@@ -105,13 +105,13 @@ static int ml_hf_model_create(const ml_hf_dims *d, ml_hf_model *m) {
     m->p = ml_calloc((size_t)n, sizeof(ml_hf_param));
     if (!m->p) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     const int64_t D = d->D, F = d->F, Q = d->H * d->hd, K = d->KV * d->hd;
-#define ML_HF_ADD(r, c, ...)                                                                                     \
-    do {                                                                                                         \
-        ml_hf_param *p_ = &m->p[m->n++];                                                                         \
-        snprintf(p_->name, sizeof p_->name, __VA_ARGS__);                                                        \
-        p_->ndim = (c) ? 2 : 1;                                                                                  \
-        p_->shape[0] = (r);                                                                                      \
-        p_->shape[1] = (c);                                                                                      \
+#define ML_HF_ADD(r, c, ...)                                                                                           \
+    do {                                                                                                               \
+        ml_hf_param *p_ = &m->p[m->n++];                                                                               \
+        snprintf(p_->name, sizeof p_->name, __VA_ARGS__);                                                              \
+        p_->ndim = (c) ? 2 : 1;                                                                                        \
+        p_->shape[0] = (r);                                                                                            \
+        p_->shape[1] = (c);                                                                                            \
     } while (0)
     ML_HF_ADD(d->V, D, "model.embed_tokens.weight");
     for (int64_t i = 0; i < d->L; i++) {
@@ -143,9 +143,7 @@ static int ml_hf_model_create(const ml_hf_dims *d, ml_hf_model *m) {
     return ML_OK;
 }
 
-static size_t ml_hf_numel(const ml_hf_param *p) {
-    return (size_t)(p->shape[0] * (p->ndim == 2 ? p->shape[1] : 1));
-}
+static size_t ml_hf_numel(const ml_hf_param *p) { return (size_t)(p->shape[0] * (p->ndim == 2 ? p->shape[1] : 1)); }
 
 static ml_hf_param *ml_hf_find(ml_hf_model *m, const char *name) {
     for (int i = 0; i < m->n; i++)
@@ -199,7 +197,8 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
     ml_hf_model m = {0};
     ml_st_tensor *t = NULL;
     if (dtype != ML_ST_F32 && dtype != ML_ST_BF16 && dtype != ML_ST_F16)
-        return ML_FAIL(ML_ERR_ARG, "export hf: dtype %s is not a float dtype (f32, bf16 or f16)", ml_st_dtype_name(dtype));
+        return ML_FAIL(ML_ERR_ARG, "export hf: dtype %s is not a float dtype (f32, bf16 or f16)",
+                       ml_st_dtype_name(dtype));
     ml_prof_begin("hf_export");
     ML_CHECK_GOTO(ml_h5_open(MPI_COMM_SELF, ckpt_path, ML_CKPT_FORMAT, 1, 1, &h), done);
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "model_config", &cfg_text), done);
@@ -217,8 +216,10 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
     ML_CHECK_GOTO(ml_h5_list(h, "/params", 0, &names, &nnames), done);
     for (int i = 0; i < nnames; i++)
         if (!ml_hf_find(&m, names[i]))
-            ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: unexpected tensor '/params/%s' (not in a MistralForCausalLM with "
-                         "this model_config)", ckpt_path, names[i]);
+            ML_FAIL_GOTO(done, ML_ERR_FORMAT,
+                         "%s: unexpected tensor '/params/%s' (not in a MistralForCausalLM with "
+                         "this model_config)",
+                         ckpt_path, names[i]);
     t = ml_calloc((size_t)m.n, sizeof *t);
     if (!t) ML_CHECK_GOTO(ML_ERR_NOMEM, done);
     for (int i = 0; i < m.n; i++) {
@@ -238,7 +239,8 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
     ML_CHECK_GOTO(ml_safetensors_write(path, m.n, t, 2, meta), done);
 
     /* config.json: the checkpoint's model_config plus torch_dtype */
-    if (!json_object_get(cfg, "architectures")) json_object_set_new(cfg, "architectures", json_pack("[s]", "MistralForCausalLM"));
+    if (!json_object_get(cfg, "architectures"))
+        json_object_set_new(cfg, "architectures", json_pack("[s]", "MistralForCausalLM"));
     if (!json_object_get(cfg, "model_type")) json_object_set_new(cfg, "model_type", json_string("mistral"));
     json_object_set_new(cfg, "torch_dtype", json_string(ml_st_dtype_torch_name(dtype)));
     ML_CHECK_GOTO(ml_path_join(path, sizeof path, dir, "config.json"), done);
@@ -264,9 +266,9 @@ done:
 /* The safetensors files of a HF directory and which holds each tensor. */
 typedef struct {
     int nfiles;
-    char **files;          /* file names relative to dir */
-    ml_safetensors **st;   /* opened lazily */
-    json_t *weight_map;    /* sharded: name -> file name; NULL for one file */
+    char **files;        /* file names relative to dir */
+    ml_safetensors **st; /* opened lazily */
+    json_t *weight_map;  /* sharded: name -> file name; NULL for one file */
 } ml_hf_weights;
 
 static void ml_hf_weights_free(ml_hf_weights *w) {
@@ -309,8 +311,7 @@ static int ml_hf_weights_open(const char *dir, ml_hf_weights *w) {
         return ML_FAIL(ML_ERR_NOTFOUND, "%s: no model.safetensors or model.safetensors.index.json", dir);
     json_error_t jerr;
     json_t *idx = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!idx)
-        return ML_FAIL(ML_ERR_FORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    if (!idx) return ML_FAIL(ML_ERR_FORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
     json_t *wm = json_object_get(idx, "weight_map");
     if (!json_is_object(wm)) {
         json_decref(idx);
@@ -346,7 +347,8 @@ static int ml_hf_weights_locate(const char *dir, ml_hf_weights *w, const char *n
         ML_CHECK(ml_path_join(path, sizeof path, dir, w->files[k]));
         ML_CHECK(ml_safetensors_open(path, &w->st[k]));
     }
-    if (ml_safetensors_find(w->st[k], name) >= 0) *st = w->st[k];
+    if (ml_safetensors_find(w->st[k], name) >= 0)
+        *st = w->st[k];
     else if (w->weight_map)
         return ML_FAIL(ML_ERR_FORMAT, "%s/%s: no tensor '%s' although the weight_map lists it there", dir, w->files[k],
                        name);
@@ -360,8 +362,10 @@ static int ml_hf_check_unexpected(const char *dir, ml_hf_weights *w, ml_hf_model
         json_t *v;
         json_object_foreach(w->weight_map, name, v) {
             if (!ml_hf_find(m, name) && !ml_hf_ignorable(name))
-                return ML_FAIL(ML_ERR_FORMAT, "%s/model.safetensors.index.json: unexpected tensor '%s' (not in a "
-                               "MistralForCausalLM with this config.json)", dir, name);
+                return ML_FAIL(ML_ERR_FORMAT,
+                               "%s/model.safetensors.index.json: unexpected tensor '%s' (not in a "
+                               "MistralForCausalLM with this config.json)",
+                               dir, name);
         }
         return ML_OK;
     }
@@ -369,7 +373,8 @@ static int ml_hf_check_unexpected(const char *dir, ml_hf_weights *w, ml_hf_model
     for (int i = 0; i < ml_safetensors_count(st); i++) {
         const char *name = ml_safetensors_name(st, i);
         if (!ml_hf_find(m, name) && !ml_hf_ignorable(name))
-            return ML_FAIL(ML_ERR_FORMAT, "%s: unexpected tensor '%s' (not in a MistralForCausalLM with this config.json)",
+            return ML_FAIL(ML_ERR_FORMAT,
+                           "%s: unexpected tensor '%s' (not in a MistralForCausalLM with this config.json)",
                            ml_safetensors_path(st), name);
     }
     return ML_OK;
@@ -390,7 +395,8 @@ static int ml_hf_read_param(const char *dir, ml_hf_weights *w, ml_hf_param *p, i
     for (int d = 0; same && d < nd; d++) same = shape[d] == p->shape[d];
     if (!same)
         return ML_FAIL(ML_ERR_SHAPE, "%s: tensor '%s' has shape %s but config.json implies %s", ml_safetensors_path(st),
-                       p->name, ml_hf_fmt_shape(a, sizeof a, nd, shape), ml_hf_fmt_shape(b, sizeof b, p->ndim, p->shape));
+                       p->name, ml_hf_fmt_shape(a, sizeof a, nd, shape),
+                       ml_hf_fmt_shape(b, sizeof b, p->ndim, p->shape));
     ML_CHECK(ml_safetensors_read_f32(st, p->name, p->data, ml_hf_numel(p)));
     return ML_OK;
 }

@@ -125,11 +125,11 @@ int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype) 
     char model_name[256];
     ml_sae_stem(model_name, sizeof model_name, model ? model : sae_path);
     json_int_t ctx = ml_sae_context_size(config);
-    cfg = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:i, s:n, s:s, s:{}, s:b, s:b, s:s}",
-                    "architecture", topk ? "topk" : "standard", "d_in", (json_int_t)d_in, "d_sae",
-                    (json_int_t)d_sae, "dtype", ml_st_dtype_torch_name(dtype), "device", "cpu", "model_name",
-                    model_name, "hook_name", hook, "hook_layer", ml_sae_hook_layer(hook), "hook_head_index",
-                    "activation_fn_str", topk ? "topk" : "relu", "activation_fn_kwargs", "apply_b_dec_to_input", 0,
+    cfg = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:i, s:n, s:s, s:{}, s:b, s:b, s:s}", "architecture",
+                    topk ? "topk" : "standard", "d_in", (json_int_t)d_in, "d_sae", (json_int_t)d_sae, "dtype",
+                    ml_st_dtype_torch_name(dtype), "device", "cpu", "model_name", model_name, "hook_name", hook,
+                    "hook_layer", ml_sae_hook_layer(hook), "hook_head_index", "activation_fn_str",
+                    topk ? "topk" : "relu", "activation_fn_kwargs", "apply_b_dec_to_input", 0,
                     "finetuning_scaling_factor", 0, "normalize_activations", "none");
     if (!cfg) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "%s: cannot build cfg.json", sae_path);
     if (topk) json_object_set_new(json_object_get(cfg, "activation_fn_kwargs"), "k", json_integer(k));

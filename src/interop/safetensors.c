@@ -34,9 +34,8 @@ static const struct {
     const char *name, *torch;
     size_t size;
 } ml_st_types[ML_ST_DTYPE_COUNT_] = {
-    [ML_ST_F32] = {"F32", "float32", 4}, [ML_ST_F16] = {"F16", "float16", 2},
-    [ML_ST_BF16] = {"BF16", "bfloat16", 2}, [ML_ST_I32] = {"I32", "int32", 4},
-    [ML_ST_I64] = {"I64", "int64", 8},
+    [ML_ST_F32] = {"F32", "float32", 4}, [ML_ST_F16] = {"F16", "float16", 2}, [ML_ST_BF16] = {"BF16", "bfloat16", 2},
+    [ML_ST_I32] = {"I32", "int32", 4},   [ML_ST_I64] = {"I64", "int64", 8},
 };
 
 static int ml_st_dtype_valid(ml_st_dtype t) { return (int)t >= 0 && t < ML_ST_DTYPE_COUNT_; }
@@ -113,9 +112,7 @@ static int ml_st_cmp_entry_ptr_offset(const void *a, const void *b) {
     if (x->end != y->end) return x->end < y->end ? -1 : 1;
     return 0;
 }
-static int ml_st_cmp_meta(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int ml_st_cmp_meta(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* A non-negative JSON integer. */
 static int ml_st_json_u63(const json_t *v, int64_t *out) {
@@ -125,8 +122,7 @@ static int ml_st_json_u63(const json_t *v, int64_t *out) {
 }
 
 static int ml_st_parse_metadata(ml_safetensors *st, json_t *meta) {
-    if (!json_is_object(meta))
-        return ML_FAIL(ML_ERR_FORMAT, "%s: '__metadata__' is not a JSON object", st->path);
+    if (!json_is_object(meta)) return ML_FAIL(ML_ERR_FORMAT, "%s: '__metadata__' is not a JSON object", st->path);
     size_t n = json_object_size(meta);
     st->meta = ml_calloc(2 * n + 1, sizeof(char *));
     if (!st->meta) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
@@ -181,19 +177,18 @@ static int ml_st_parse_entry(ml_safetensors *st, const char *name, json_t *v, ml
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     if (e->begin > e->end || e->end > st->data_size)
-        return ML_FAIL(ML_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] outside the data section of %llu bytes",
-                       p, name, (unsigned long long)e->begin, (unsigned long long)e->end,
-                       (unsigned long long)st->data_size);
+        return ML_FAIL(ML_ERR_FORMAT,
+                       "%s: tensor '%s': data_offsets [%llu, %llu] outside the data section of %llu bytes", p, name,
+                       (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)st->data_size);
     int overflow;
     size_t es = ml_st_types[e->dtype].size;
     uint64_t numel = ml_st_numel(e->ndim, e->shape, UINT64_MAX / es, &overflow);
     if (overflow || numel * es != e->end - e->begin)
-        return ML_FAIL(ML_ERR_FORMAT,
-                       "%s: tensor '%s': shape %s of %s needs %s%llu bytes but data_offsets [%llu, %llu] hold %llu", p,
-                       name, ml_st_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), dts, overflow ? "more than " : "",
-                       overflow ? (unsigned long long)UINT64_MAX : (unsigned long long)(numel * es),
-                       (unsigned long long)e->begin, (unsigned long long)e->end,
-                       (unsigned long long)(e->end - e->begin));
+        return ML_FAIL(
+            ML_ERR_FORMAT, "%s: tensor '%s': shape %s of %s needs %s%llu bytes but data_offsets [%llu, %llu] hold %llu",
+            p, name, ml_st_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), dts, overflow ? "more than " : "",
+            overflow ? (unsigned long long)UINT64_MAX : (unsigned long long)(numel * es), (unsigned long long)e->begin,
+            (unsigned long long)e->end, (unsigned long long)(e->end - e->begin));
     return ML_OK;
 }
 
@@ -211,8 +206,8 @@ static int ml_st_check_tiling(ml_safetensors *st) {
         if (e->begin < pos) {
             const ml_st_entry *prev = order[i - 1];
             rc = ML_FAIL(ML_ERR_FORMAT, "%s: tensors '%s' (data_offsets [%llu, %llu]) and '%s' ([%llu, %llu]) overlap",
-                         st->path, prev->name, (unsigned long long)prev->begin, (unsigned long long)prev->end,
-                         e->name, (unsigned long long)e->begin, (unsigned long long)e->end);
+                         st->path, prev->name, (unsigned long long)prev->begin, (unsigned long long)prev->end, e->name,
+                         (unsigned long long)e->begin, (unsigned long long)e->end);
             goto done;
         }
         if (e->begin > pos) {
@@ -267,14 +262,14 @@ int ml_safetensors_open(const char *path, ml_safetensors **out) {
     if (!st->path) ML_CHECK_GOTO(ML_ERR_NOMEM, fail);
     fd = open(path, O_RDONLY);
     if (fd < 0)
-        ML_FAIL_GOTO(fail, errno == ENOENT ? ML_ERR_NOTFOUND : ML_ERR_IO, "%s: cannot open: %s", path,
-                     strerror(errno));
+        ML_FAIL_GOTO(fail, errno == ENOENT ? ML_ERR_NOTFOUND : ML_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: not a regular file", path);
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8)
-        ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: %llu bytes is too short for a safetensors file (no 8-byte header length)",
-                     path, (unsigned long long)size);
+        ML_FAIL_GOTO(fail, ML_ERR_FORMAT,
+                     "%s: %llu bytes is too short for a safetensors file (no 8-byte header length)", path,
+                     (unsigned long long)size);
     st->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (st->map == MAP_FAILED) {
         st->map = NULL;
@@ -381,8 +376,10 @@ int ml_safetensors_read_f32(const ml_safetensors *st, const char *name, float *o
     for (size_t k = 0; k < n; k += ML_ST_CHUNK) {
         size_t m = n - k < ML_ST_CHUNK ? n - k : ML_ST_CHUNK;
         memcpy(buf, src + 2 * k, 2 * m);
-        if (e->dtype == ML_ST_F16) ml_f16_to_f32_array(out + k, buf, m);
-        else ml_bf16_to_f32_array(out + k, buf, m);
+        if (e->dtype == ML_ST_F16)
+            ml_f16_to_f32_array(out + k, buf, m);
+        else
+            ml_bf16_to_f32_array(out + k, buf, m);
     }
     return ML_OK;
 }
@@ -410,7 +407,8 @@ static int ml_st_check_tensor(const char *path, const ml_st_tensor *t, uint64_t 
     if (!t->name || !t->name[0]) return ML_FAIL(ML_ERR_ARG, "%s: a tensor has an empty name", path);
     if (!strcmp(t->name, "__metadata__"))
         return ML_FAIL(ML_ERR_ARG, "%s: '__metadata__' cannot be a tensor name", path);
-    if (!ml_st_dtype_valid(t->dtype)) return ML_FAIL(ML_ERR_ARG, "%s: tensor '%s': invalid dtype %d", path, t->name, (int)t->dtype);
+    if (!ml_st_dtype_valid(t->dtype))
+        return ML_FAIL(ML_ERR_ARG, "%s: tensor '%s': invalid dtype %d", path, t->name, (int)t->dtype);
     if (t->from_f32 && t->dtype != ML_ST_F32 && t->dtype != ML_ST_F16 && t->dtype != ML_ST_BF16)
         return ML_FAIL(ML_ERR_ARG, "%s: tensor '%s': cannot convert float32 data to %s", path, t->name,
                        ml_st_types[t->dtype].name);
@@ -485,15 +483,16 @@ static int ml_st_write_data(ml_atomic_file *f, const ml_st_tensor *t, uint64_t n
     uint16_t buf[ML_ST_CHUNK];
     for (size_t k = 0; k < n; k += ML_ST_CHUNK) {
         size_t m = n - k < ML_ST_CHUNK ? n - k : ML_ST_CHUNK;
-        if (t->dtype == ML_ST_F16) ml_f32_to_f16_array(buf, src + k, m);
-        else ml_f32_to_bf16_array(buf, src + k, m);
+        if (t->dtype == ML_ST_F16)
+            ml_f32_to_f16_array(buf, src + k, m);
+        else
+            ml_f32_to_bf16_array(buf, src + k, m);
         ML_CHECK(ml_atomic_write(f, buf, 2 * m));
     }
     return ML_OK;
 }
 
-int ml_safetensors_write(const char *path, int n, const ml_st_tensor *tensors, int nmeta,
-                         const char *const *meta) {
+int ml_safetensors_write(const char *path, int n, const ml_st_tensor *tensors, int nmeta, const char *const *meta) {
     int rc = ML_OK;
     const ml_st_tensor **order = NULL;
     uint64_t *nbytes = NULL, *sorted_bytes = NULL, total = 0;

@@ -16,13 +16,13 @@ const fx_param *fx_params(void) {
     if (p[0].name[0]) return p;
     const uint64_t V = 48, D = 16, F = 40, Q = 16, K = 8;
     int n = 0;
-#define FX(r, c, ...)                                                                                            \
-    do {                                                                                                         \
-        snprintf(p[n].name, sizeof p[n].name, __VA_ARGS__);                                                      \
-        p[n].ndim = (c) ? 2 : 1;                                                                                 \
-        p[n].dims[0] = (r);                                                                                      \
-        p[n].dims[1] = (c);                                                                                      \
-        n++;                                                                                                     \
+#define FX(r, c, ...)                                                                                                  \
+    do {                                                                                                               \
+        snprintf(p[n].name, sizeof p[n].name, __VA_ARGS__);                                                            \
+        p[n].ndim = (c) ? 2 : 1;                                                                                       \
+        p[n].dims[0] = (r);                                                                                            \
+        p[n].dims[1] = (c);                                                                                            \
+        n++;                                                                                                           \
     } while (0)
     FX(V, D, "model.embed_tokens.weight");
     for (int l = 0; l < 2; l++) {
@@ -90,8 +90,8 @@ int fx_write_sae(const char *path, const char *arch, int d_in, int d_sae, int k,
     if (model) ML_CHECK(ml_h5_set_attr_str(h, "/", "model", model));
     if (config) ML_CHECK(ml_h5_set_attr_str(h, "/", "config", config));
     const char *names[4] = {"/W_enc", "/b_enc", "/W_dec", "/b_dec"};
-    hsize_t dims[4][2] = {{(hsize_t)d_in, (hsize_t)d_sae}, {(hsize_t)d_sae, 0}, {(hsize_t)d_sae, (hsize_t)d_in},
-                          {(hsize_t)d_in, 0}};
+    hsize_t dims[4][2] = {
+        {(hsize_t)d_in, (hsize_t)d_sae}, {(hsize_t)d_sae, 0}, {(hsize_t)d_sae, (hsize_t)d_in}, {(hsize_t)d_in, 0}};
     for (int i = 0; i < 4; i++) {
         fx_values(seed, 100 + i, buf, (size_t)(dims[i][0] * (dims[i][1] ? dims[i][1] : 1)));
         ML_CHECK(ml_h5_write_tensor(h, names[i], ML_F32, dims[i][1] ? 2 : 1, dims[i], buf));

@@ -45,7 +45,7 @@ static void test_rounding_ties(void **state) {
     (void)state;
     /* f16 has 10 mantissa bits: 1 + 2^-11 is halfway between 1 (0x3C00, even) and 0x3C01 */
     assert_int_equal(ml_f32_to_f16(1.0f + 0x1p-11f), 0x3C00);
-    assert_int_equal(ml_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02); /* between 0x3C01 (odd) and 0x3C02 */
+    assert_int_equal(ml_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02);        /* between 0x3C01 (odd) and 0x3C02 */
     assert_int_equal(ml_f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3C01); /* just above the tie */
     assert_int_equal(ml_f32_to_f16(1.0f + 0x1p-11f - 0x1p-23f), 0x3C00); /* just below */
     assert_int_equal(ml_f32_to_f16(-(1.0f + 3 * 0x1p-11f)), 0xBC02);
@@ -162,9 +162,12 @@ static void test_arrays(void **state) {
 
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_known_patterns), cmocka_unit_test(test_rounding_ties),
-        cmocka_unit_test(test_inf_nan),        cmocka_unit_test(test_f16_exhaustive),
-        cmocka_unit_test(test_random_against_reference), cmocka_unit_test(test_arrays),
+        cmocka_unit_test(test_known_patterns),
+        cmocka_unit_test(test_rounding_ties),
+        cmocka_unit_test(test_inf_nan),
+        cmocka_unit_test(test_f16_exhaustive),
+        cmocka_unit_test(test_random_against_reference),
+        cmocka_unit_test(test_arrays),
     };
     return ml_test_run(argc, argv, "interop_half", tests, sizeof tests / sizeof tests[0]);
 }

@@ -139,7 +139,8 @@ static void test_round_trip_f32(void **state) {
 
 static void test_round_trip_16bit(void **state) {
     (void)state;
-    const char *ck = tpath("rt16.h5"), *dir = tpath("rt16_bf"), *dir2 = tpath("rt16_f16"), *back = tpath("rt16_back.h5");
+    const char *ck = tpath("rt16.h5"), *dir = tpath("rt16_bf"), *dir2 = tpath("rt16_f16"),
+               *back = tpath("rt16_back.h5");
     ML_ASSERT_OK(fx_write_checkpoint(ck, fx_config, 9, NULL, NULL));
     ML_ASSERT_OK(ml_hf_export(ck, dir, ML_ST_BF16));
     check_export_file(dir, ML_ST_BF16, 9, via_bf16);
@@ -301,7 +302,8 @@ static void test_import_errors(void **state) {
     char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", d8);
     unlink(path);
-    ML_ASSERT_FAILS(ml_hf_import(d8, out, NULL), ML_ERR_NOTFOUND, "no model.safetensors or model.safetensors.index.json");
+    ML_ASSERT_FAILS(ml_hf_import(d8, out, NULL), ML_ERR_NOTFOUND,
+                    "no model.safetensors or model.safetensors.index.json");
     /* weight_map points at a shard that lacks the tensor */
     const char *d9 = tpath("bad_map");
     write_hf_dir(d9, fx_config, 2, NULL, NULL, NULL);
@@ -335,7 +337,8 @@ static void test_export_errors(void **state) {
                     "tensor '/params/model.layers.0.mlp.gate_proj.weight' has shape [40, 16], expected [32, 16]");
     const char *sae = tpath("ex_sae.h5");
     ML_ASSERT_OK(fx_write_sae(sae, "standard", 8, 16, 0, 1, NULL, NULL));
-    ML_ASSERT_FAILS(ml_hf_export(sae, dir, ML_ST_F32), ML_ERR_FORMAT, "is a 'mergelens.sae' file, expected 'mergelens.checkpoint'");
+    ML_ASSERT_FAILS(ml_hf_export(sae, dir, ML_ST_F32), ML_ERR_FORMAT,
+                    "is a 'mergelens.sae' file, expected 'mergelens.checkpoint'");
     char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     assert_false(ml_file_exists(path));
@@ -369,11 +372,11 @@ static void test_saelens_export(void **state) {
     ml_safetensors_close(&st);
     snprintf(path, sizeof path, "%s/cfg.json", dir);
     json_t *cfg = load_json(path);
-    json_t *want = json_pack("{s:s, s:i, s:i, s:s, s:s, s:s, s:s, s:i, s:s, s:b, s:s, s:i, s:s}", "architecture",
-                             "standard", "d_in", 16, "d_sae", 40, "dtype", "float32", "device", "cpu", "model_name",
-                             "base", "hook_name", "blocks.0.mlp.hook_post", "hook_layer", 0, "activation_fn_str",
-                             "relu", "apply_b_dec_to_input", 0, "normalize_activations", "none", "context_size", 64,
-                             "mergelens_architecture", "anthropic");
+    json_t *want =
+        json_pack("{s:s, s:i, s:i, s:s, s:s, s:s, s:s, s:i, s:s, s:b, s:s, s:i, s:s}", "architecture", "standard",
+                  "d_in", 16, "d_sae", 40, "dtype", "float32", "device", "cpu", "model_name", "base", "hook_name",
+                  "blocks.0.mlp.hook_post", "hook_layer", 0, "activation_fn_str", "relu", "apply_b_dec_to_input", 0,
+                  "normalize_activations", "none", "context_size", 64, "mergelens_architecture", "anthropic");
     const char *key;
     json_t *v;
     json_object_foreach(want, key, v) {
@@ -414,9 +417,9 @@ static void test_saelens_export(void **state) {
 
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_f32),      cmocka_unit_test(test_round_trip_16bit),
-        cmocka_unit_test(test_tokenizer_copy),      cmocka_unit_test(test_import_sharded_tied),
-        cmocka_unit_test(test_import_errors),       cmocka_unit_test(test_export_errors),
+        cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_16bit),
+        cmocka_unit_test(test_tokenizer_copy), cmocka_unit_test(test_import_sharded_tied),
+        cmocka_unit_test(test_import_errors),  cmocka_unit_test(test_export_errors),
         cmocka_unit_test(test_saelens_export),
     };
     return ml_test_run(argc, argv, "interop_hf", tests, sizeof tests / sizeof tests[0]);

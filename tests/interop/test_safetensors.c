@@ -34,21 +34,20 @@ static size_t slurp(const char *path, uint8_t *buf, size_t cap) {
 }
 
 /* ---- a file made by hand --------------------------------------------------- */
-static const char hand_header[] =
-    "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"hand made\"},\n"
-    " \"weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},\n"
-    " \"half\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[24,30]},\n"
-    " \"brain\":{\"dtype\":\"BF16\",\"shape\":[],\"data_offsets\":[30,32]},\n"
-    " \"ids\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[32,48]},\n"
-    " \"count\":{\"dtype\":\"I32\",\"shape\":[1,1],\"data_offsets\":[48,52]},\n"
-    " \"empty\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[52,52]}}";
+static const char hand_header[] = "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"hand made\"},\n"
+                                  " \"weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},\n"
+                                  " \"half\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[24,30]},\n"
+                                  " \"brain\":{\"dtype\":\"BF16\",\"shape\":[],\"data_offsets\":[30,32]},\n"
+                                  " \"ids\":{\"dtype\":\"I64\",\"shape\":[2],\"data_offsets\":[32,48]},\n"
+                                  " \"count\":{\"dtype\":\"I32\",\"shape\":[1,1],\"data_offsets\":[48,52]},\n"
+                                  " \"empty\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[52,52]}}";
 static const uint8_t hand_data[52] = {
-    0x00, 0x00, 0x80, 0x3F, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0xBF, /* 1, 2, -0.5 */
-    0x00, 0x00, 0x80, 0x3E, 0x00, 0x00, 0x40, 0x40, 0x00, 0x00, 0x80, 0xC0, /* 0.25, 3, -4 */
-    0x00, 0x3C, 0x00, 0xC0, 0x00, 0x38,                                     /* f16 1, -2, 0.5 */
-    0xC0, 0xBF,                                                             /* bf16 -1.5 */
-    0x07, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, /* i64 7, -1 */
-    0x40, 0xE2, 0x01, 0x00,                                                 /* i32 123456 */
+    0x00, 0x00, 0x80, 0x3F, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0xBF,                         /* 1, 2, -0.5 */
+    0x00, 0x00, 0x80, 0x3E, 0x00, 0x00, 0x40, 0x40, 0x00, 0x00, 0x80, 0xC0,                         /* 0.25, 3, -4 */
+    0x00, 0x3C, 0x00, 0xC0, 0x00, 0x38,                                                             /* f16 1, -2, 0.5 */
+    0xC0, 0xBF,                                                                                     /* bf16 -1.5 */
+    0x07, 0,    0,    0,    0,    0,    0,    0,    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, /* i64 7, -1 */
+    0x40, 0xE2, 0x01, 0x00,                                                                         /* i32 123456 */
 };
 
 static void test_read_hand_made(void **state) {
@@ -130,7 +129,8 @@ static void test_write_exact_bytes(void **state) {
     const char *meta[] = {"format", "pt"};
     ML_ASSERT_OK(ml_safetensors_write(p, 1, &t, 1, meta));
     /* header is 85 bytes, padded with 3 spaces to 88 */
-    const char *hdr = "{\"__metadata__\":{\"format\":\"pt\"},\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    const char *hdr =
+        "{\"__metadata__\":{\"format\":\"pt\"},\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
     assert_int_equal(strlen(hdr), 85);
     uint8_t expect[104] = {88, 0, 0, 0, 0, 0, 0, 0};
     memcpy(expect + 8, hdr, 85);
@@ -167,14 +167,10 @@ static void test_round_trip_all_dtypes(void **state) {
     const int64_t i64[3] = {INT64_MAX, -5, 1LL << 40};
     const float scalar = 42.0f;
     const ml_st_tensor t[] = {
-        {"z_f32", ML_ST_F32, 2, {3, 2}, f32, 0},
-        {"a_f16", ML_ST_F16, 1, {5}, tofp16, 1},
-        {"m_bf16", ML_ST_BF16, 1, {4}, tobf16, 1},
-        {"raw_f16", ML_ST_F16, 1, {3}, raw16, 0},
-        {"odd", ML_ST_BF16, 1, {3}, odd, 1},
-        {"i32", ML_ST_I32, 2, {2, 2}, i32, 0},
-        {"i64", ML_ST_I64, 1, {3}, i64, 0},
-        {"scalar", ML_ST_F32, 0, {0}, &scalar, 1},
+        {"z_f32", ML_ST_F32, 2, {3, 2}, f32, 0},   {"a_f16", ML_ST_F16, 1, {5}, tofp16, 1},
+        {"m_bf16", ML_ST_BF16, 1, {4}, tobf16, 1}, {"raw_f16", ML_ST_F16, 1, {3}, raw16, 0},
+        {"odd", ML_ST_BF16, 1, {3}, odd, 1},       {"i32", ML_ST_I32, 2, {2, 2}, i32, 0},
+        {"i64", ML_ST_I64, 1, {3}, i64, 0},        {"scalar", ML_ST_F32, 0, {0}, &scalar, 1},
     };
     const char *meta[] = {"format", "pt", "source", "mergelens test"};
     ML_ASSERT_OK(ml_safetensors_write(p, 8, t, 2, meta));
@@ -254,7 +250,8 @@ static void test_write_errors(void **state) {
     ml_st_tensor t[2] = {{"x", ML_ST_F32, 1, {2}, v, 0}, {"x", ML_ST_F16, 1, {2}, v, 1}};
     ML_ASSERT_FAILS(ml_safetensors_write(p, 2, t, 0, NULL), ML_ERR_ARG, "tensor name 'x' given twice");
     ml_st_tensor c = {"y", ML_ST_I32, 1, {2}, iv, 1};
-    ML_ASSERT_FAILS(ml_safetensors_write(p, 1, &c, 0, NULL), ML_ERR_ARG, "tensor 'y': cannot convert float32 data to I32");
+    ML_ASSERT_FAILS(ml_safetensors_write(p, 1, &c, 0, NULL), ML_ERR_ARG,
+                    "tensor 'y': cannot convert float32 data to I32");
     ml_st_tensor m = {"__metadata__", ML_ST_F32, 1, {2}, v, 0};
     ML_ASSERT_FAILS(ml_safetensors_write(p, 1, &m, 0, NULL), ML_ERR_ARG, "'__metadata__' cannot be a tensor name");
     ml_st_tensor neg = {"n", ML_ST_F32, 1, {-1}, v, 0};
@@ -301,8 +298,10 @@ static void test_malformed(void **state) {
          "big.st: header length 1099511627776 exceeds the 6 bytes after the length field"},
         {"overlap.st", overlap, 0, 12, ML_ERR_FORMAT,
          "overlap.st: tensors 'a' (data_offsets [0, 8]) and 'b' ([4, 12]) overlap"},
-        {"gap.st", gap, 0, 20, ML_ERR_FORMAT, "gap.st: data section bytes [8, 12) before tensor 'b' belong to no tensor"},
-        {"tail.st", tail, 0, 24, ML_ERR_FORMAT, "tail.st: data section bytes [16, 24) after the last tensor belong to no tensor"},
+        {"gap.st", gap, 0, 20, ML_ERR_FORMAT,
+         "gap.st: data section bytes [8, 12) before tensor 'b' belong to no tensor"},
+        {"tail.st", tail, 0, 24, ML_ERR_FORMAT,
+         "tail.st: data section bytes [16, 24) after the last tensor belong to no tensor"},
         {"dtype.st", "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 0, 2, ML_ERR_FORMAT,
          "dtype.st: tensor 'a': unsupported dtype 'F8_E4M3' (supported: F32, F16, BF16, I32, I64)"},
         {"mismatch.st", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,20]}}", 0, 20, ML_ERR_FORMAT,
@@ -369,7 +368,8 @@ static void test_truncated(void **state) {
     fclose(f);
     char msgbuf[256];
     const char *msg = msgbuf; /* a pointer: ML_ASSERT_FAILS tests it for NULL */
-    snprintf(msgbuf, sizeof msgbuf, "trunc_header.safetensors: header length %zu exceeds the 20 bytes", strlen(hand_header));
+    snprintf(msgbuf, sizeof msgbuf, "trunc_header.safetensors: header length %zu exceeds the 20 bytes",
+             strlen(hand_header));
     ML_ASSERT_FAILS(ml_safetensors_open(q, &st), ML_ERR_FORMAT, msg);
     /* cut inside the length field */
     path_of(q, sizeof q, "trunc_len.safetensors");
@@ -427,10 +427,10 @@ static void test_alloc_failures(void **state) {
 static void test_dtype_names(void **state) {
     (void)state;
     ml_st_dtype t;
-    const char *names[] = {"f32", "F32", "float32", "fp32", "bf16", "BF16", "bfloat16", "f16", "fp16",
-                           "float16", "half", "i32", "int64"};
+    const char *names[] = {"f32", "F32",  "float32", "fp32", "bf16", "BF16", "bfloat16",
+                           "f16", "fp16", "float16", "half", "i32",  "int64"};
     const ml_st_dtype want[] = {ML_ST_F32, ML_ST_F32, ML_ST_F32, ML_ST_F32, ML_ST_BF16, ML_ST_BF16, ML_ST_BF16,
-                                ML_ST_F16, ML_ST_F16, ML_ST_F16, ML_ST_F16, ML_ST_I32, ML_ST_I64};
+                                ML_ST_F16, ML_ST_F16, ML_ST_F16, ML_ST_F16, ML_ST_I32,  ML_ST_I64};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         ML_ASSERT_OK(ml_st_dtype_parse(names[i], &t));
         assert_int_equal(t, want[i]);
@@ -443,10 +443,14 @@ static void test_dtype_names(void **state) {
 
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_hand_made),   cmocka_unit_test(test_write_exact_bytes),
-        cmocka_unit_test(test_round_trip_all_dtypes), cmocka_unit_test(test_write_errors),
-        cmocka_unit_test(test_malformed),        cmocka_unit_test(test_truncated),
-        cmocka_unit_test(test_alloc_failures),   cmocka_unit_test(test_dtype_names),
+        cmocka_unit_test(test_read_hand_made),
+        cmocka_unit_test(test_write_exact_bytes),
+        cmocka_unit_test(test_round_trip_all_dtypes),
+        cmocka_unit_test(test_write_errors),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_dtype_names),
     };
     return ml_test_run(argc, argv, "interop_safetensors", tests, sizeof tests / sizeof tests[0]);
 }
