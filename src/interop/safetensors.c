@@ -366,7 +366,7 @@ int ml_safetensors_read_f32(const ml_safetensors *st, const char *name, float *o
                        ml_st_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), n);
     const uint8_t *src = st->data + e->begin;
     if (e->dtype == ML_ST_F32) {
-        memcpy(out, src, n * sizeof(float));
+        if (n) memcpy(out, src, n * sizeof(float)); /* out may be NULL when n == 0 */
         return ML_OK;
     }
     if (e->dtype != ML_ST_F16 && e->dtype != ML_ST_BF16)
@@ -391,7 +391,7 @@ int ml_safetensors_read_raw(const ml_safetensors *st, const char *name, void *ou
     const void *src = ml_safetensors_data(st, i, &have);
     if (nbytes != have)
         return ML_FAIL(ML_ERR_SHAPE, "%s: tensor '%s' holds %zu bytes, expected %zu", st->path, name, have, nbytes);
-    memcpy(out, src, have);
+    if (have) memcpy(out, src, have);
     return ML_OK;
 }
 

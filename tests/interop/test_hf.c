@@ -267,6 +267,7 @@ static void test_import_sharded_tied(void **state) {
 
 static void test_import_errors(void **state) {
     (void)state;
+    long live = ml_alloc_live();
     const char *out = tpath("bad_import.h5");
     const char *d1 = tpath("bad_shape");
     write_hf_dir(d1, fx_config, 1, NULL, "model.layers.1.mlp.up_proj.weight", NULL);
@@ -317,10 +318,12 @@ static void test_import_errors(void **state) {
     json_decref(idx);
     ML_ASSERT_FAILS(ml_hf_import(d9, out, NULL), ML_ERR_FORMAT, "although the weight_map lists it there");
     assert_false(ml_file_exists(out)); /* nothing written on failure */
+    assert_int_equal(ml_alloc_live(), live); /* every failure path freed what it took */
 }
 
 static void test_export_errors(void **state) {
     (void)state;
+    long live = ml_alloc_live();
     const char *ck = tpath("ex_extra.h5"), *dir = tpath("ex_out");
     ML_ASSERT_OK(fx_write_checkpoint(ck, fx_config, 1, NULL, "model.layers.0.self_attn.q_proj.bias"));
     ML_ASSERT_FAILS(ml_hf_export(ck, dir, ML_ST_F32), ML_ERR_FORMAT,
@@ -342,6 +345,7 @@ static void test_export_errors(void **state) {
     char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     assert_false(ml_file_exists(path));
+    assert_int_equal(ml_alloc_live(), live);
 }
 
 static void test_saelens_export(void **state) {
