@@ -30,10 +30,18 @@ static double run_conv(void *p) {
     conv_arg *a = p;
     double t0 = ml_wtime();
     switch (a->kind) {
-    case 0: ml_f32_to_bf16_array(a->h, a->x, a->n); break;
-    case 1: ml_f32_to_f16_array(a->h, a->x, a->n); break;
-    case 2: ml_bf16_to_f32_array(a->y, a->h, a->n); break;
-    default: ml_f16_to_f32_array(a->y, a->h, a->n); break;
+    case 0:
+        ml_f32_to_bf16_array(a->h, a->x, a->n);
+        break;
+    case 1:
+        ml_f32_to_f16_array(a->h, a->x, a->n);
+        break;
+    case 2:
+        ml_bf16_to_f32_array(a->y, a->h, a->n);
+        break;
+    default:
+        ml_f16_to_f32_array(a->y, a->h, a->n);
+        break;
     }
     return ml_wtime() - t0;
 }
@@ -94,7 +102,8 @@ int main(int argc, char **argv) {
         if (k == 2) ml_f32_to_bf16_array(h, x, n);
         if (k == 3) ml_f32_to_f16_array(h, x, n);
         double t = best_of(3, run_conv, &a);
-        printf("  %-12s %7.3f s  %7.1f Melem/s  %6.2f GB/s (read+write)\n", names[k], t, n / t / 1e6, n * 6.0 / t / 1e9);
+        printf("  %-12s %7.3f s  %7.1f Melem/s  %6.2f GB/s (read+write)\n", names[k], t, n / t / 1e6,
+               n * 6.0 / t / 1e9);
     }
 
     char path[1024];

@@ -1,5 +1,5 @@
 /* File helpers: atomic writing (temporary name + rename), whole-file reading,
- * path joining. */
+ * path joining, shape text for messages. */
 #include "interop_internal.h"
 
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "mergelens/core.h"
+#include "mergelens/io.h"
 
 static void ml_atomic_release(ml_atomic_file *f) {
     ml_free(f->path);
@@ -131,4 +132,22 @@ int ml_path_join(char *out, size_t cap, const char *dir, const char *name) {
     if ((size_t)snprintf(out, cap, "%s/%s", dir, name) >= cap)
         return ML_FAIL(ML_ERR_ARG, "%s/%s: path too long", dir, name);
     return ML_OK;
+}
+
+const char *ml_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+    return buf;
+}
+
+int ml_attr_str_optional(ml_h5 *h, const char *attr, char **value) {
+    *value = NULL;
+    int rc = ml_h5_get_attr_str(h, "/", attr, value);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        return ML_OK;
+    }
+    return rc;
 }

@@ -97,6 +97,8 @@ static int ml_hf_parse_dims(const char *where, json_t *cfg, ml_hf_dims *d) {
     return ML_OK;
 }
 
+static size_t ml_hf_numel(const ml_hf_param *p) { return (size_t)(p->shape[0] * (p->ndim == 2 ? p->shape[1] : 1)); }
+
 /* The parameter table (names and shapes in HF order) and one buffer. */
 static int ml_hf_model_create(const ml_hf_dims *d, ml_hf_model *m) {
     memset(m, 0, sizeof *m);
@@ -129,7 +131,7 @@ static int ml_hf_model_create(const ml_hf_dims *d, ml_hf_model *m) {
     ML_HF_ADD(D, 0, "model.norm.weight");
     ML_HF_ADD(d->V, D, "lm_head.weight");
 #undef ML_HF_ADD
-    for (int i = 0; i < m->n; i++) m->numel += (size_t)(m->p[i].shape[0] * (m->p[i].ndim == 2 ? m->p[i].shape[1] : 1));
+    for (int i = 0; i < m->n; i++) m->numel += ml_hf_numel(&m->p[i]);
     m->buf = ml_malloc(m->numel * sizeof(float));
     if (!m->buf) {
         ml_hf_model_free(m);
@@ -138,12 +140,10 @@ static int ml_hf_model_create(const ml_hf_dims *d, ml_hf_model *m) {
     size_t off = 0;
     for (int i = 0; i < m->n; i++) {
         m->p[i].data = m->buf + off;
-        off += (size_t)(m->p[i].shape[0] * (m->p[i].ndim == 2 ? m->p[i].shape[1] : 1));
+        off += ml_hf_numel(&m->p[i]);
     }
     return ML_OK;
 }
-
-static size_t ml_hf_numel(const ml_hf_param *p) { return (size_t)(p->shape[0] * (p->ndim == 2 ? p->shape[1] : 1)); }
 
 static ml_hf_param *ml_hf_find(ml_hf_model *m, const char *name) {
     for (int i = 0; i < m->n; i++)
@@ -157,24 +157,13 @@ static int ml_hf_ignorable(const char *name) {
     return n >= k && !strcmp(name + n - k, "rotary_emb.inv_freq");
 }
 
-static const char *ml_hf_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-    return buf;
-}
-
 /* ---- export ------------------------------------------------------------------- */
 static int ml_hf_export_tokenizer(ml_h5 *h, const char *dir) {
     char *tok = NULL, *data = NULL, path[PATH_MAX];
     size_t n = 0;
-    int rc = ml_h5_get_attr_str(h, "/", "tokenizer_json", &tok);
-    if (rc == ML_ERR_NOTFOUND) {
-        ml_error_clear();
-        return ML_OK;
-    }
-    ML_CHECK(rc);
+    int rc = ML_OK;
+    ML_CHECK(ml_attr_str_optional(h, "tokenizer_json", &tok));
+    if (!tok) return ML_OK;
     if (!tok[0] || !ml_file_exists(tok)) {
         ml_warn("%s: tokenizer_json '%s' does not exist; %s/tokenizer.json not written", ml_h5_path(h), tok, dir);
         ml_free(tok);
@@ -395,8 +384,7 @@ static int ml_hf_read_param(const char *dir, ml_hf_weights *w, ml_hf_param *p, i
     for (int d = 0; same && d < nd; d++) same = shape[d] == p->shape[d];
     if (!same)
         return ML_FAIL(ML_ERR_SHAPE, "%s: tensor '%s' has shape %s but config.json implies %s", ml_safetensors_path(st),
-                       p->name, ml_hf_fmt_shape(a, sizeof a, nd, shape),
-                       ml_hf_fmt_shape(b, sizeof b, p->ndim, p->shape));
+                       p->name, ml_fmt_shape(a, sizeof a, nd, shape), ml_fmt_shape(b, sizeof b, p->ndim, p->shape));
     ML_CHECK(ml_safetensors_read_f32(st, p->name, p->data, ml_hf_numel(p)));
     return ML_OK;
 }

@@ -3,6 +3,7 @@
 #define ML_INTEROP_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* A file written at a temporary name next to its final path and renamed
  * there by ml_atomic_commit(); ml_atomic_abort() deletes it. */
@@ -27,5 +28,10 @@ int ml_atomic_write_json(const char *path, const struct json_t *value);
 int ml_read_file(const char *path, char **data, size_t *n);
 /* out = dir + "/" + name; ML_ERR_ARG if it does not fit in cap. */
 int ml_path_join(char *out, size_t cap, const char *dir, const char *name);
+/* "[2, 3]" into buf (for messages); returns buf. */
+const char *ml_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape);
+/* A root string attribute that may be absent (*value = NULL then). */
+typedef struct ml_h5 ml_h5;
+int ml_attr_str_optional(ml_h5 *h, const char *attr, char **value);
 
 #endif

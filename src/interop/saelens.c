@@ -16,17 +16,7 @@
 
 #define ML_SAE_FORMAT "mergelens.sae"
 
-/* Optional attributes: absent -> *found = 0 and no error. */
-static int ml_sae_opt_str(ml_h5 *h, const char *attr, char **out) {
-    *out = NULL;
-    int rc = ml_h5_get_attr_str(h, "/", attr, out);
-    if (rc == ML_ERR_NOTFOUND) {
-        ml_error_clear();
-        return ML_OK;
-    }
-    return rc;
-}
-
+/* Optional integer attribute: *found = 0 when absent. */
 static int ml_sae_opt_int(ml_h5 *h, const char *attr, int64_t *out, int *found) {
     *found = 0;
     int rc = ml_h5_get_attr_int(h, "/", attr, out);
@@ -88,8 +78,8 @@ int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype) 
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_in", &d_in), done);
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_sae", &d_sae), done);
     ML_CHECK_GOTO(ml_sae_opt_int(h, "k", &k, &has_k), done);
-    ML_CHECK_GOTO(ml_sae_opt_str(h, "model", &model), done);
-    ML_CHECK_GOTO(ml_sae_opt_str(h, "config", &config), done);
+    ML_CHECK_GOTO(ml_attr_str_optional(h, "model", &model), done);
+    ML_CHECK_GOTO(ml_attr_str_optional(h, "config", &config), done);
     int topk = !strcmp(arch, "topk");
     if (!topk && strcmp(arch, "standard") && strcmp(arch, "anthropic"))
         ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: architecture '%s' is not one of standard, anthropic, topk", sae_path,

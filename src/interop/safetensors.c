@@ -61,15 +61,6 @@ int ml_st_dtype_parse(const char *name, ml_st_dtype *out) {
     return ML_FAIL(ML_ERR_ARG, "unknown dtype '%s' (expected f32, f16, bf16, i32 or i64)", name);
 }
 
-/* "[2, 3]" */
-static const char *ml_st_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-    return buf;
-}
-
 /* Element count of a shape; 0 on overflow past limit (with *overflow set). */
 static uint64_t ml_st_numel(int ndim, const int64_t *shape, uint64_t limit, int *overflow) {
     uint64_t n = 1;
@@ -186,7 +177,7 @@ static int ml_st_parse_entry(ml_safetensors *st, const char *name, json_t *v, ml
     if (overflow || numel * es != e->end - e->begin)
         return ML_FAIL(
             ML_ERR_FORMAT, "%s: tensor '%s': shape %s of %s needs %s%llu bytes but data_offsets [%llu, %llu] hold %llu",
-            p, name, ml_st_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), dts, overflow ? "more than " : "",
+            p, name, ml_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), dts, overflow ? "more than " : "",
             overflow ? (unsigned long long)UINT64_MAX : (unsigned long long)(numel * es), (unsigned long long)e->begin,
             (unsigned long long)e->end, (unsigned long long)(e->end - e->begin));
     return ML_OK;
@@ -363,7 +354,7 @@ int ml_safetensors_read_f32(const ml_safetensors *st, const char *name, float *o
     size_t numel = ml_safetensors_numel(st, i);
     if (n != numel)
         return ML_FAIL(ML_ERR_SHAPE, "%s: tensor '%s' has %zu elements (shape %s), expected %zu", st->path, name, numel,
-                       ml_st_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), n);
+                       ml_fmt_shape(sbuf, sizeof sbuf, e->ndim, e->shape), n);
     const uint8_t *src = st->data + e->begin;
     if (e->dtype == ML_ST_F32) {
         if (n) memcpy(out, src, n * sizeof(float)); /* out may be NULL when n == 0 */
