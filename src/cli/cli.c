@@ -30,16 +30,12 @@ static int ml_cmd_inspect(MPI_Comm comm, int argc, char **argv) {
     MPI_Comm_rank(comm, &rank);
     ml_options *o = NULL;
     char **pos = NULL;
-    ML_CHECK(ml_options_create("inspect", ml_inspect_opts, &o));
-    rc = ml_options_apply_argv(o, argc, argv, &npos, &pos, &help);
-    if (rc == ML_OK && help) {
-        if (rank == 0) {
-            printf("usage: mergelens inspect FILE.h5 [FILE.h5 ...] [options]\n\n"
-                   "Print the tree of an HDF5 file: groups, datasets with shapes and dtypes, attributes.\n\n");
-            ml_options_print_help(o, stdout);
-        }
-        goto done;
-    }
+    ML_CHECK(ml_options_parse_command(comm, "inspect",
+                                      "usage: mergelens inspect FILE.h5 [FILE.h5 ...] [options]\n\n"
+                                      "Print the tree of an HDF5 file: groups, datasets with shapes and dtypes, "
+                                      "attributes.",
+                                      ml_inspect_opts, argc, argv, &o, &npos, &pos, &help));
+    if (help) goto done;
     if (rc == ML_OK && npos == 0) rc = ML_FAIL(ML_ERR_ARG, "inspect: no file given (usage: mergelens inspect FILE.h5)");
     for (int i = 0; rc == ML_OK && i < npos; i++)
         if (rank == 0) rc = ml_h5_inspect(pos[i], stdout, ml_opt_bool(o, "all"));
@@ -65,15 +61,10 @@ static int ml_cmd_doctor(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     float *a = NULL, *b = NULL, *c = NULL;
     ml_h5 *h = NULL;
-    ML_CHECK(ml_options_create("doctor", ml_doctor_opts, &o));
-    ML_CHECK_GOTO(ml_options_apply_argv(o, argc, argv, NULL, NULL, &help), done);
-    if (help) {
-        if (rank == 0) {
-            printf("usage: mergelens doctor [options]\n\nCheck MPI, OpenBLAS and parallel HDF5.\n\n");
-            ml_options_print_help(o, stdout);
-        }
-        goto done;
-    }
+    ML_CHECK(ml_options_parse_command(comm, "doctor",
+                                      "usage: mergelens doctor [options]\n\nCheck MPI, OpenBLAS and parallel HDF5.",
+                                      ml_doctor_opts, argc, argv, &o, NULL, NULL, &help));
+    if (help) goto done;
     /* a rank failing alone, before any agreement point (tests the abort path) */
     ML_CHECK_GOTO(ml_inject_point("doctor-alone", rank), done);
     char host[256] = "?";
