@@ -12,6 +12,7 @@
 
 #include "mergelens/config.h"
 #include "mergelens/io.h"
+#include "mergelens/pipeline.h"
 
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
     int rank;
@@ -120,10 +121,17 @@ done:
 
 static const ml_command ml_commands[] = {
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
+    {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
     {"version", ml_cmd_version, "print the version"},
 };
 static const int ml_ncommands = (int)(sizeof ml_commands / sizeof ml_commands[0]);
+
+const ml_command *ml_cli_find(const char *name) {
+    for (int i = 0; i < ml_ncommands; i++)
+        if (!strcmp(name, ml_commands[i].name)) return &ml_commands[i];
+    return NULL;
+}
 
 static void ml_usage(FILE *out) {
     fprintf(out, "usage: mergelens <command> [options]\n\ncommands:\n");
@@ -143,9 +151,7 @@ int ml_cli_main(int argc, char **argv) {
         MPI_Finalize();
         return argc < 2 ? 2 : 0;
     }
-    const ml_command *cmd = NULL;
-    for (int i = 0; i < ml_ncommands; i++)
-        if (!strcmp(argv[1], ml_commands[i].name)) cmd = &ml_commands[i];
+    const ml_command *cmd = ml_cli_find(argv[1]);
     if (!cmd) {
         if (rank == 0) {
             fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
