@@ -17,43 +17,30 @@ static const char ml_export_usage[] =
     "usage: mergelens export hf MODEL.h5 DIR [--dtype f32|bf16|f16]\n"
     "       mergelens export saelens SAE.h5 DIR [--dtype f32|bf16|f16]\n"
     "  hf:      DIR/model.safetensors + config.json (+ tokenizer.json) for transformers' MistralForCausalLM\n"
-    "  saelens: DIR/sae_weights.safetensors + cfg.json for SAELens\n";
+    "  saelens: DIR/sae_weights.safetensors + cfg.json for SAELens";
 static const char ml_import_usage[] =
     "usage: mergelens import hf DIR OUT.h5\n"
-    "  DIR holds config.json and model.safetensors (or model.safetensors.index.json with shards)\n";
+    "  DIR holds config.json and model.safetensors (or model.safetensors.index.json with shards)";
 
-/* Parse argv; *done = 1 when --help was answered. */
+/* Parse argv (options registry, --config, --help); three positionals. */
 static int ml_interop_args(MPI_Comm comm, const char *section, const ml_option_spec *specs, const char *usage,
                            const char *synopsis, int argc, char **argv, ml_options **o, int *npos, char ***pos,
-                           int *done) {
-    int rank, help = 0;
-    MPI_Comm_rank(comm, &rank);
-    *done = 0;
-    ML_CHECK(ml_options_create(section, specs, o));
-    ML_CHECK(ml_options_apply_argv(*o, argc, argv, npos, pos, &help));
-    if (help) {
-        if (rank == 0) {
-            fputs(usage, stdout);
-            ml_options_print_help(*o, stdout);
-        }
-        *done = 1;
-        return ML_OK;
-    }
-    ML_CHECK(ml_options_finalize(*o));
-    if (*npos != 3)
+                           int *help) {
+    ML_CHECK(ml_options_parse_command(comm, section, usage, specs, argc, argv, o, npos, pos, help));
+    if (!*help && *npos != 3)
         return ML_FAIL(ML_ERR_ARG, "%s: expected 3 arguments, got %d (usage: %s)", section, *npos, synopsis);
     return ML_OK;
 }
 
 int ml_cmd_export(MPI_Comm comm, int argc, char **argv) {
-    int rc = ML_OK, npos = 0, done = 0, rank;
+    int rc = ML_OK, npos = 0, help = 0, rank;
     ml_options *o = NULL;
     char **pos = NULL;
     MPI_Comm_rank(comm, &rank);
     ML_CHECK_GOTO(ml_interop_args(comm, "export", ml_export_specs, ml_export_usage, ml_export_synopsis, argc, argv, &o,
-                                  &npos, &pos, &done),
+                                  &npos, &pos, &help),
                   out);
-    if (done) goto out;
+    if (help) goto out;
     ml_st_dtype dtype;
     ML_CHECK_GOTO(ml_st_dtype_parse(ml_opt_str(o, "dtype"), &dtype), out);
     int hf = !strcmp(pos[0], "hf"), sae = !strcmp(pos[0], "saelens");
@@ -67,14 +54,14 @@ out:
 }
 
 int ml_cmd_import(MPI_Comm comm, int argc, char **argv) {
-    int rc = ML_OK, npos = 0, done = 0, rank;
+    int rc = ML_OK, npos = 0, help = 0, rank;
     ml_options *o = NULL;
     char **pos = NULL, *json = NULL;
     MPI_Comm_rank(comm, &rank);
     ML_CHECK_GOTO(ml_interop_args(comm, "import", ml_import_specs, ml_import_usage, ml_import_synopsis, argc, argv, &o,
-                                  &npos, &pos, &done),
+                                  &npos, &pos, &help),
                   out);
-    if (done) goto out;
+    if (help) goto out;
     if (strcmp(pos[0], "hf") != 0) ML_FAIL_GOTO(out, ML_ERR_ARG, "import: unknown kind '%s' (expected hf)", pos[0]);
     ML_CHECK_GOTO(ml_options_to_json(o, &json), out);
     if (rank == 0) rc = ml_hf_import(pos[1], pos[2], json);
