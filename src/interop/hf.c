@@ -438,9 +438,11 @@ int ml_hf_import(const char *dir, const char *out_path, const char *config_json)
         ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: missing tensor '%s'%s", dir, p->name,
                      strcmp(p->name, "lm_head.weight") ? "" : " (config.json has tie_word_embeddings false)");
     }
-    for (size_t k = 0; k < m.numel; k++)
-        if (!(m.buf[k] - m.buf[k] == 0.0f))
-            ML_FAIL_GOTO(done, ML_ERR_NUMERIC, "%s: the weights contain NaN or Inf", dir);
+    for (int i = 0; i < m.n; i++)
+        for (size_t k = 0; k < ml_hf_numel(&m.p[i]); k++)
+            if (!(m.p[i].data[k] - m.p[i].data[k] == 0.0f)) /* NaN or Inf */
+                ML_FAIL_GOTO(done, ML_ERR_NUMERIC, "%s: tensor '%s' element %zu is %g", dir, m.p[i].name, k,
+                             (double)m.p[i].data[k]);
 
     ml_hf_normalise_config(cfg, &d);
     cfg_text = json_dumps(cfg, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -317,6 +317,22 @@ static void test_import_errors(void **state) {
     json_dump_file(idx, path, 0);
     json_decref(idx);
     ML_ASSERT_FAILS(ml_hf_import(d9, out, NULL), ML_ERR_FORMAT, "although the weight_map lists it there");
+    /* non-finite weights */
+    const char *d10 = tpath("bad_nan");
+    write_hf_dir(d10, fx_config, 1, NULL, NULL, NULL);
+    const fx_param *p = fx_params();
+    static float vals[FX_NPARAMS][48 * 16];
+    ml_st_tensor all[FX_NPARAMS];
+    for (int i = 0; i < FX_NPARAMS; i++) {
+        fx_values(3, i, vals[i], fx_numel(&p[i]));
+        if (!strcmp(p[i].name, "model.norm.weight")) vals[i][5] = NAN;
+        all[i] = (ml_st_tensor){.name = p[i].name, .dtype = ML_ST_F32, .ndim = p[i].ndim, .data = vals[i]};
+        all[i].shape[0] = (int64_t)p[i].dims[0];
+        all[i].shape[1] = (int64_t)p[i].dims[1];
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", d10);
+    ML_ASSERT_OK(ml_safetensors_write(path, FX_NPARAMS, all, 0, NULL));
+    ML_ASSERT_FAILS(ml_hf_import(d10, out, NULL), ML_ERR_NUMERIC, "tensor 'model.norm.weight' element 5 is nan");
     assert_false(ml_file_exists(out)); /* nothing written on failure */
     assert_int_equal(ml_alloc_live(), live); /* every failure path freed what it took */
 }
