@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "mergelens/config.h"
+#include "mergelens/data.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
 #include "mergelens/pipeline.h"
@@ -121,11 +122,14 @@ done:
 }
 
 static const ml_command ml_commands[] = {
+    {"data", ml_cmd_data, "synthetic demo stories; corpus statistics"},
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
     {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
     {"export", ml_cmd_export, "write a model as a Hugging Face directory or an SAE as a SAELens directory"},
     {"import", ml_cmd_import, "read a Hugging Face MistralForCausalLM directory into a checkpoint"},
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
+    {"tokenize", ml_cmd_tokenize, "tokenize domains into <out_dir>/<domain>.h5 token stores"},
+    {"tokenizer", ml_cmd_tokenizer, "train, export or import a byte-level BPE tokenizer"},
     {"version", ml_cmd_version, "print the version"},
 };
 static const int ml_ncommands = (int)(sizeof ml_commands / sizeof ml_commands[0]);
