@@ -68,8 +68,7 @@ start_munge() {
   chmod 0400 /etc/munge/munge.key
   chmod 0755 /run/munge
   runuser -u munge -- /usr/sbin/munged 2>"$dir/munged.err" || die "munged failed to start: $(head -n 1 "$dir/munged.err")" 77
-  local i
-  for i in $(seq 50); do munge_ok && break; sleep 0.1; done
+  for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
   munge_ok || die "munged started but munge/unmunge does not work" 77
   # remember that we own it so that `stop` ends it (munged writes its pid file)
   local p
@@ -147,8 +146,8 @@ start() {
     die "slurmctld failed to start: $(head -n 1 "$dir/log/slurmctld.err") (see $dir/log/slurmctld.log)" 77
   slurmd 2>"$dir/log/slurmd.err" ||
     die "slurmd failed to start: $(head -n 1 "$dir/log/slurmd.err") (see $dir/log/slurmd.log)" 77
-  local i state=""
-  for i in $(seq 200); do
+  local state=""
+  for _ in $(seq 200); do
     state=$(sinfo -h -n "$host" -o %T 2>/dev/null | head -n 1)
     [ "$state" = idle ] && break
     sleep 0.1

@@ -50,40 +50,51 @@ stages:
     options: {gemm_n: 64, dir: "\${run_dir}"}
     slurm: {time: "10"}
 EOF
-out=$(cd "$tmp" && "$submit" job.yaml --dry-run 2>&1); rc=$?
-check "dry run succeeds" test $rc -eq 0
-check "dry run names the run directory" has "$out" "job plan: 5 stage(s), run directory $tmp/run"
-check "first stage has no dependency" has "$out" "prep         sbatch $tmp/run/slurm/prep.sbatch"
-check "array stage waits for prep" has "$out" "sweep        sbatch --dependency=afterok:<prep> --kill-on-invalid-dep=yes"
-check "block-list needs become one afterok" has "$out" "--dependency=afterok:<sweep>:<prep>"
-check "nothing submitted" has "$out" "dry run: batch scripts written to $tmp/run/slurm/, nothing submitted"
-check "no job record in a dry run" test ! -e "$tmp/run/slurm/jobs.tsv"
-p=$(cat "$tmp/run/slurm/prep.sbatch"); s=$(cat "$tmp/run/slurm/sweep.sbatch"); c=$(cat "$tmp/run/slurm/combine.sbatch")
-check "job-level keys apply" bash -c 'for l in "--ntasks=1" "--time=00:05:00" "--partition=debug" "--account=proj1"; do
-  grep -qxF -- "#SBATCH $l" <<<"$0" || exit 1; done' "$p"
-check "job name and log file" bash -c 'grep -qxF "#SBATCH --job-name=plan.prep" <<<"$0" &&
-  grep -qxF "#SBATCH --output='"$tmp"'/run/slurm/logs/prep-%j.out" <<<"$0"' "$p"
-check "stage keys override job keys" bash -c 'for l in "--ntasks=2" "--cpus-per-task=1" "--mem=2G" "--time=00:05:00"; do
-  grep -qxF -- "#SBATCH $l" <<<"$0" || exit 1; done; ! grep -qxF -- "#SBATCH --ntasks=1" <<<"$0"' "$s"
-check "array: 3 is tasks 0-2 with per-task logs" bash -c 'grep -qxF "#SBATCH --array=0-2" <<<"$0" &&
-  grep -qxF "#SBATCH --output='"$tmp"'/run/slurm/logs/sweep-%A_%a.out" <<<"$0"' "$s"
-check "signal a quarter of a 5 min limit (75 s)" has "$s" "#SBATCH --signal=B:USR1@75"
-check "signal a quarter of a 2 min limit (30 s)" has "$c" "#SBATCH --signal=B:USR1@30"
-check "signal 120 s before a 10 min limit" grep -qxF "#SBATCH --signal=B:USR1@120" "$tmp/run/slurm/mid.sbatch"
-check "signal key overrides" grep -qxF "#SBATCH --signal=B:USR1@600" "$tmp/run/slurm/long.sbatch"
-check "exclusive flag" has "$c" "#SBATCH --exclusive"
-check "not requeueable by default" bash -c 'grep -qxF "#SBATCH --no-requeue" <<<"$0" && grep -qx "REQUEUE=0" <<<"$0"' "$p"
-check "srun line runs the stage" has "$p" 'srun --mpi=pmix --kill-on-bad-exit=1'
-check "script runs this stage" bash -c 'grep -qx "STAGE=combine" <<<"$0" && grep -qx "RUN_DIR='"$tmp"'/run" <<<"$0" &&
-  grep -qx "JOB_FILE='"$tmp"'/job.yaml" <<<"$0" && grep -qx "MERGELENS='"$ML_BIN"'" <<<"$0"' "$c"
-check "generated scripts parse" bash -c 'for f in "$0"/*.sbatch; do bash -n "$f" || exit 1; done' "$tmp/run/slurm"
-check "no placeholders left" bash -c '! grep -l "@[A-Z_]*@" "$0"/*.sbatch' "$tmp/run/slurm"
-out=$("$submit" "$tmp/job.yaml" --dry-run --requeue --max-requeue 5 --out "$tmp/run2" 2>&1)
-check "--out moves the run directory" test -f "$tmp/run2/slurm/prep.sbatch"
-check "--requeue" bash -c 'grep -qxF "#SBATCH --requeue" "$0" && grep -qx "REQUEUE=1" "$0" && grep -qx "MAX_REQUEUE=5" "$0"' "$tmp/run2/slurm/prep.sbatch"
-out=$("$submit" "$tmp/job.yaml" --dry-run --stage sweep --out "$tmp/run3" 2>&1)
-check "--stage submits one stage without dependencies" bash -c 'grep -q "1 stage(s)" <<<"$0" &&
-  grep -qF "sweep        sbatch $1/run3/slurm/sweep.sbatch" <<<"$0"' "$out" "$tmp"
+# The same checks for both ways submit reads a job: `mergelens run --plan`
+# (when the binary has it) and --dry_run + yaml-flat.awk (ML_SUBMIT_PLAN=yaml).
+dry_checks() {
+  local m=$1
+  export ML_SUBMIT_PLAN=$2
+  rm -rf "$tmp/run" "$tmp/run2" "$tmp/run3"
+  out=$(cd "$tmp" && "$submit" job.yaml --dry-run 2>&1); rc=$?
+  check "dry run succeeds$m" test $rc -eq 0
+  check "dry run names the run directory$m" has "$out" "job plan: 5 stage(s), run directory $tmp/run"
+  check "first stage has no dependency$m" has "$out" "prep         sbatch $tmp/run/slurm/prep.sbatch"
+  check "array stage waits for prep$m" has "$out" "sweep        sbatch --dependency=afterok:<prep> --kill-on-invalid-dep=yes"
+  check "block-list needs become one afterok$m" has "$out" "--dependency=afterok:<sweep>:<prep>"
+  check "nothing submitted$m" has "$out" "dry run: batch scripts written to $tmp/run/slurm/, nothing submitted"
+  check "no job record in a dry run$m" test ! -e "$tmp/run/slurm/jobs.tsv"
+  p=$(cat "$tmp/run/slurm/prep.sbatch"); s=$(cat "$tmp/run/slurm/sweep.sbatch"); c=$(cat "$tmp/run/slurm/combine.sbatch")
+  check "job-level keys apply$m" bash -c 'for l in "--ntasks=1" "--time=00:05:00" "--partition=debug" "--account=proj1"; do
+    grep -qxF -- "#SBATCH $l" <<<"$0" || exit 1; done' "$p"
+  check "job name and log file$m" bash -c 'grep -qxF "#SBATCH --job-name=plan.prep" <<<"$0" &&
+    grep -qxF "#SBATCH --output='"$tmp"'/run/slurm/logs/prep-%j.out" <<<"$0"' "$p"
+  check "stage keys override job keys$m" bash -c 'for l in "--ntasks=2" "--cpus-per-task=1" "--mem=2G" "--time=00:05:00"; do
+    grep -qxF -- "#SBATCH $l" <<<"$0" || exit 1; done; ! grep -qxF -- "#SBATCH --ntasks=1" <<<"$0"' "$s"
+  check "array: 3 is tasks 0-2 with per-task logs$m" bash -c 'grep -qxF "#SBATCH --array=0-2" <<<"$0" &&
+    grep -qxF "#SBATCH --output='"$tmp"'/run/slurm/logs/sweep-%A_%a.out" <<<"$0"' "$s"
+  check "signal a quarter of a 5 min limit (75 s)$m" has "$s" "#SBATCH --signal=B:USR1@75"
+  check "signal a quarter of a 2 min limit (30 s)$m" has "$c" "#SBATCH --signal=B:USR1@30"
+  check "signal 120 s before a 10 min limit$m" grep -qxF "#SBATCH --signal=B:USR1@120" "$tmp/run/slurm/mid.sbatch"
+  check "signal key overrides$m" grep -qxF "#SBATCH --signal=B:USR1@600" "$tmp/run/slurm/long.sbatch"
+  check "exclusive flag$m" has "$c" "#SBATCH --exclusive"
+  check "not requeueable by default$m" bash -c 'grep -qxF "#SBATCH --no-requeue" <<<"$0" && grep -qx "REQUEUE=0" <<<"$0"' "$p"
+  check "srun line runs the stage$m" has "$p" 'srun --mpi=pmix --kill-on-bad-exit=1'
+  check "script runs this stage$m" bash -c 'grep -qx "STAGE=combine" <<<"$0" && grep -qx "RUN_DIR='"$tmp"'/run" <<<"$0" &&
+    grep -qx "JOB_FILE='"$tmp"'/job.yaml" <<<"$0" && grep -qx "MERGELENS='"$ML_BIN"'" <<<"$0"' "$c"
+  check "generated scripts parse$m" bash -c 'for f in "$0"/*.sbatch; do bash -n "$f" || exit 1; done' "$tmp/run/slurm"
+  check "no placeholders left$m" bash -c '! grep -l "@[A-Z_]*@" "$0"/*.sbatch' "$tmp/run/slurm"
+  out=$("$submit" "$tmp/job.yaml" --dry-run --requeue --max-requeue 5 --out "$tmp/run2" 2>&1)
+  check "--out moves the run directory$m" test -f "$tmp/run2/slurm/prep.sbatch"
+  check "--requeue$m" bash -c 'grep -qxF "#SBATCH --requeue" "$0" && grep -qx "REQUEUE=1" "$0" && grep -qx "MAX_REQUEUE=5" "$0"' "$tmp/run2/slurm/prep.sbatch"
+  out=$("$submit" "$tmp/job.yaml" --dry-run --stage sweep --out "$tmp/run3" 2>&1)
+  check "--stage submits one stage without dependencies$m" bash -c 'grep -q "1 stage(s)" <<<"$0" &&
+    grep -qF "sweep        sbatch $1/run3/slurm/sweep.sbatch" <<<"$0"' "$out" "$tmp"
+  unset ML_SUBMIT_PLAN
+}
+plan_mode=$("$ML_BIN" run --help 2>&1 | grep -q -- "--plan" && echo "--plan" || echo "no --plan in this binary: dry run")
+dry_checks " [$plan_mode]" ""
+dry_checks " [yaml reader]" yaml
 
 # ---- one-line errors ----
 err() { # name expected-text command...
@@ -100,6 +111,7 @@ err "unknown stage" "job.yaml: no stage named 'swep' (stages: prep sweep combine
 err "missing binary" "/nonexistent/mergelens: mergelens binary is not executable" env ML_BIN=/nonexistent/mergelens "$submit" "$tmp/job.yaml" --dry-run
 printf 'stages:\n  a:\n    command: doctor\n    slurm:\n      ntask: 2\n' > "$tmp/key.yaml"
 err "unknown slurm key with file:line" "key.yaml:5: stage 'a': slurm: unknown key 'ntask' (known: nodes, ntasks," "$submit" "$tmp/key.yaml" --dry-run --out "$tmp/r"
+err "unknown slurm key with file:line [yaml reader]" "key.yaml:5: stage 'a': slurm: unknown key 'ntask'" env ML_SUBMIT_PLAN=yaml "$submit" "$tmp/key.yaml" --dry-run --out "$tmp/r"
 printf 'slurm: {time: 1h}\nstages:\n  a: {command: doctor}\n' > "$tmp/time.yaml"
 err "bad time with file:line" "time.yaml:1: slurm: 'time' must be like 30, 01:00:00 or 1-12:00:00, got '1h'" "$submit" "$tmp/time.yaml" --dry-run --out "$tmp/r"
 printf 'stages:\n  a: {command: doctor, slurm: {array: x}}\n' > "$tmp/arr.yaml"
