@@ -129,9 +129,10 @@ void ml_merge_work_destroy(ml_merge_work **w);
  * zero norm. */
 int ml_merge_apply(const ml_merge_params *p, const ml_merge_inputs *in, const ml_merge_stats *st, ml_merge_work *w,
                    float *out);
-/* Check that parameters are usable (finite, in range, right model count);
- * the message names the tensor. */
-int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name);
+/* Check that parameters are usable (finite, in range, right model count,
+ * a TIES density that keeps at least one of the tensor's N elements; N = 0
+ * skips that check); the message names the tensor. */
+int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name, size_t N);
 
 /* ---- 3. recipes and checkpoints ------------------------------------------------ */
 typedef struct ml_merge_recipe ml_merge_recipe;

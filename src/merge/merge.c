@@ -189,6 +189,7 @@ static int ml_plan_build(const ml_merge_recipe *r, ml_mplan *pl) {
         t->cols = t->rows ? t->n / t->rows : 0;
         double lt = ml_merge_layer_t(t->name, pl->n_layers);
         ML_CHECK_GOTO(ml_merge_recipe_resolve(r, t->name, lt, &t->params), done);
+        ML_CHECK_GOTO(ml_merge_params_check(&t->params, t->name, t->n), done);
     }
 done:
     ml_free(cfg);

@@ -69,7 +69,7 @@ void ml_merge_params_defaults(ml_merge_params *p, ml_merge_method m) {
     p->tol = 1e-5;
 }
 
-int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name) {
+int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name, size_t N) {
     const char *mn = ml_merge_method_name(p->method);
     const char *tn = tensor_name ? tensor_name : "?";
     if ((unsigned)p->method >= ML_MERGE_METHOD_COUNT_) return ML_FAIL(ML_ERR_ARG, "invalid merge method %d", p->method);
@@ -112,6 +112,9 @@ int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name) {
             !(p->density[i] > 0 && p->density[i] <= 1))
             return ML_FAIL(ML_ERR_ARG, "%s: tensor %s: density of model %d is %g (must be in (0, 1])", mn, tn, i,
                            p->density[i]);
+        if (p->method == ML_MERGE_TIES && N > 0 && p->density[i] < 1 && (size_t)(p->density[i] * (double)N) == 0)
+            return ML_FAIL(ML_ERR_ARG, "ties: tensor %s: density %g of model %d keeps no element of %zu (need density >= %g)",
+                           tn, p->density[i], i, N, 1.0 / (double)N);
         sum += p->weight[i];
     }
     if ((p->method == ML_MERGE_LINEAR || p->method == ML_MERGE_SOUP) && p->normalize && sum == 0)

@@ -501,7 +501,7 @@ int ml_merge_recipe_resolve(const ml_merge_recipe *r, const char *tensor_name, d
                                tensor_name);
         }
     }
-    return ml_merge_params_check(p, tensor_name);
+    return ml_merge_params_check(p, tensor_name, 0);
 }
 
 int ml_merge_recipe_to_json(const ml_merge_recipe *r, char **json) {

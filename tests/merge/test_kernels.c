@@ -241,7 +241,7 @@ static int merge1(const ml_merge_params *p, const float *base, float *const *x, 
     for (int i = 0; i < p->K; i++) in.x[i] = x[i];
     ml_merge_stats st = {0};
     ml_merge_work *w = NULL;
-    int rc = ml_merge_params_check(p, "t");
+    int rc = ml_merge_params_check(p, "t", 0);
     if (rc == ML_OK) rc = ml_merge_work_create(p->K, rows, &w);
     if (rc == ML_OK) rc = ml_merge_stats_compute(p, &in, &st);
     if (rc == ML_OK) rc = ml_merge_apply(p, &in, &st, w, out);
@@ -406,7 +406,7 @@ static void test_model_stock(void **state) {
     ML_ASSERT_CLOSE(O[2], 0, 1e-6);
     ML_ASSERT_CLOSE(O[3], 0, 1e-6);
     p.K = 1;
-    ML_ASSERT_FAILS(ml_merge_params_check(&p, "t"), ML_ERR_ARG, "at least 2 other models");
+    ML_ASSERT_FAILS(ml_merge_params_check(&p, "t", 0), ML_ERR_ARG, "at least 2 other models");
 }
 
 /* mergekit multislerp(), literally, in double */
@@ -568,7 +568,7 @@ static void test_linear_taskarith(void **state) {
     ML_ASSERT_OK(merge1(&p, b, x, 1, N, out2));
     for (int i = 0; i < N; i++) ML_ASSERT_CLOSE(out2[i], out[i], 1e-6);
     p.has_base = 0;
-    ML_ASSERT_FAILS(ml_merge_params_check(&p, "t"), ML_ERR_ARG, "needs a base_model");
+    ML_ASSERT_FAILS(ml_merge_params_check(&p, "t", 0), ML_ERR_ARG, "needs a base_model");
 }
 
 static void test_rounding(void **state) {
