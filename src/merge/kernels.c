@@ -10,7 +10,7 @@
 #include "mergelens/merge.h"
 
 #define ML_BLOCK 512 /* B: elements per cache block (double tmp = 4 KB) */
-#define ML_LANES 8   /* double accumulators per dot product (one zmm) */
+#define ML_LANES 16  /* double accumulators per dot product (independent FMA chains) */
 
 /* out (N) = sum_k c[k] x[k] (N); x: K pointers */
 void ml_merge_lincomb(float *out, const float *const *x, const double *c, int K, size_t N) {
@@ -60,8 +60,40 @@ static inline void ml_dot_lanes(double *restrict acc, const float *restrict a, c
     for (int l = 0; l < ML_LANES; l++) acc[l] = s[l];
 }
 
+static double ml_lanes_sum(const double *s) {
+    double r = 0;
+    for (int h = 0; h < ML_LANES; h += 4) r += (s[h] + s[h + 1]) + (s[h + 2] + s[h + 3]);
+    return r;
+}
+
+/* gram (2,2) of a (N), b (N) in one pass (SLERP) */
+static void ml_gram2(double *gram, const float *restrict a, const float *restrict b, size_t N) {
+    double saa[ML_LANES] = {0}, sbb[ML_LANES] = {0}, sab[ML_LANES] = {0};
+    size_t j = 0;
+    for (; j + ML_LANES <= N; j += ML_LANES)
+        for (int l = 0; l < ML_LANES; l++) {
+            double x = a[j + l], y = b[j + l];
+            saa[l] += x * x;
+            sbb[l] += y * y;
+            sab[l] += x * y;
+        }
+    for (int l = 0; j < N; j++, l++) {
+        double x = a[j], y = b[j];
+        saa[l] += x * x;
+        sbb[l] += y * y;
+        sab[l] += x * y;
+    }
+    gram[0] = ml_lanes_sum(saa);
+    gram[3] = ml_lanes_sum(sbb);
+    gram[1] = gram[2] = ml_lanes_sum(sab);
+}
+
 /* gram (D,D) = (v[i] - sub) . (v[j] - sub); v: D pointers to (N), sub (N) or NULL */
 void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D, size_t N) {
+    if (D == 2 && !sub) {
+        ml_gram2(gram, v[0], v[1], N);
+        return;
+    }
     int P = D * (D + 1) / 2;
     double acc[P][ML_LANES];
     memset(acc, 0, sizeof acc);
@@ -84,11 +116,7 @@ void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D,
     }
     int p = 0;
     for (int a = 0; a < D; a++)
-        for (int b = a; b < D; b++, p++) {
-            double *s = acc[p];
-            double r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-            gram[a * D + b] = gram[b * D + a] = r;
-        }
+        for (int b = a; b < D; b++, p++) gram[a * D + b] = gram[b * D + a] = ml_lanes_sum(acc[p]);
 }
 
 int ml_slerp_coeffs(const double *gram, double t, double *c) {

@@ -190,6 +190,7 @@ struct ml_merge_work {
     size_t max_rows;
     uint32_t *hist; /* (65536) radix select */
     float *dbuf;    /* (K, B) masked deltas of one block */
+    double *mix;    /* (3, B) sign sums, mixed deltas, divisors of one block */
     double *coef;   /* (max_rows, K + 1) per-row coefficients */
 };
 
@@ -204,8 +205,9 @@ int ml_merge_work_create(int K, size_t max_rows, ml_merge_work **out) {
     w->max_rows = max_rows;
     w->hist = ml_malloc(65536 * sizeof *w->hist);
     w->dbuf = ml_malloc((size_t)K * ML_GTA_BLOCK * sizeof *w->dbuf);
+    w->mix = ml_malloc((size_t)3 * ML_GTA_BLOCK * sizeof *w->mix);
     w->coef = ml_malloc(max_rows * (size_t)(K + 1) * sizeof *w->coef);
-    if (!w->hist || !w->dbuf || !w->coef) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory for the merge workspace");
+    if (!w->hist || !w->dbuf || !w->mix || !w->coef) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory for the merge workspace");
     *out = w;
     return ML_OK;
 fail:
@@ -217,6 +219,7 @@ void ml_merge_work_destroy(ml_merge_work **w) {
     if (!w || !*w) return;
     ml_free((*w)->hist);
     ml_free((*w)->dbuf);
+    ml_free((*w)->mix);
     ml_free((*w)->coef);
     ml_free(*w);
     *w = NULL;
@@ -409,56 +412,81 @@ static int ml_gta_apply(const ml_merge_params *p, const ml_merge_inputs *in, ml_
     double wsum = 0;
     for (int i = 0; i < K; i++) wsum += p->weight[i];
     double divisor_lin = fabs(wsum) < 1e-8 ? 1.0 : wsum;
+    double *restrict ssum = w->mix, *restrict mixed = w->mix + ML_GTA_BLOCK, *restrict div = w->mix + 2 * ML_GTA_BLOCK;
     for (size_t j0 = 0, blk = 0; j0 < N; j0 += ML_GTA_BLOCK, blk++) {
         size_t nb = N - j0 < ML_GTA_BLOCK ? N - j0 : ML_GTA_BLOCK;
         const float *b = base + j0;
-        for (int i = 0; i < K; i++) {
-            float *d = w->dbuf + (size_t)i * ML_GTA_BLOCK;
+        for (int i = 0; i < K; i++) { /* masked, rescaled delta of model i */
+            float *restrict d = w->dbuf + (size_t)i * ML_GTA_BLOCK;
             const float *x = in->x[i] + j0;
-            for (size_t j = 0; j < nb; j++) d[j] = x[j] - b[j];
-            if (!sparse[i]) continue;
-            float sc = (float)scale[i];
-            if (magnitude) {
-                float th = thr[i];
+            if (!sparse[i]) {
+                for (size_t j = 0; j < nb; j++) d[j] = x[j] - b[j];
+            } else if (magnitude) {
+                float th = thr[i], sc = (float)scale[i];
                 for (size_t j = 0; j < nb; j++) {
-                    float a = fabsf(d[j]);
-                    int keep = a > th || (a == th && seen_eq[i] < keep_eq[i] && ++seen_eq[i]);
-                    d[j] = keep ? d[j] * sc : 0.0f;
+                    float dj = x[j] - b[j];
+                    d[j] = fabsf(dj) > th ? dj * sc : 0.0f;
+                }
+                /* elements equal to the threshold: the first keep_eq in index order */
+                for (size_t j = 0; j < nb && seen_eq[i] < keep_eq[i]; j++) {
+                    float dj = x[j] - b[j];
+                    if (fabsf(dj) == th) {
+                        d[j] = dj * sc;
+                        seen_eq[i]++;
+                    }
                 }
             } else {
                 ml_rng r;
                 ml_rng_seed(&r, p->seed, ml_mix64(p->stream ^ ml_mix64(((uint64_t)i << 40) ^ blk)));
-                uint64_t th = thr32[i], u = 0;
-                for (size_t j = 0; j < nb; j++) {
-                    if (!(j & 1)) u = ml_rng_u64(&r);
-                    uint64_t draw = (j & 1) ? (u >> 32) : (u & 0xffffffffu);
-                    d[j] = draw < th ? d[j] * sc : 0.0f;
+                uint64_t th = thr32[i];
+                float sc = (float)scale[i];
+                size_t j = 0;
+                for (; j + 1 < nb; j += 2) { /* one 64-bit draw decides two elements */
+                    uint64_t u = ml_rng_u64(&r);
+                    float d0 = x[j] - b[j], d1 = x[j + 1] - b[j + 1];
+                    d[j] = (u & 0xffffffffu) < th ? d0 * sc : 0.0f;
+                    d[j + 1] = (u >> 32) < th ? d1 * sc : 0.0f;
+                }
+                if (j < nb) {
+                    uint64_t u = ml_rng_u64(&r);
+                    d[j] = (u & 0xffffffffu) < th ? (x[j] - b[j]) * sc : 0.0f;
                 }
             }
+        }
+        for (size_t j = 0; j < nb; j++) mixed[j] = 0;
+        if (consensus) { /* elect the sign of the weighted sum; keep agreeing deltas */
+            for (size_t j = 0; j < nb; j++) ssum[j] = 0, div[j] = 0;
+            for (int i = 0; i < K; i++) {
+                const float *restrict d = w->dbuf + (size_t)i * ML_GTA_BLOCK;
+                double wi = p->weight[i];
+                for (size_t j = 0; j < nb; j++) ssum[j] += wi * d[j];
+            }
+            for (int i = 0; i < K; i++) {
+                const float *restrict d = w->dbuf + (size_t)i * ML_GTA_BLOCK;
+                double wi = p->weight[i];
+                for (size_t j = 0; j < nb; j++) { /* agree: sign(w d) == elected sign (0 never agrees) */
+                    double wd = wi * d[j];
+                    double sg = ssum[j] >= 0 ? wd : -wd;
+                    double agree = sg > 0 ? 1.0 : 0.0;
+                    mixed[j] += agree * wd;
+                    div[j] += agree * wi;
+                }
+            }
+            for (size_t j = 0; j < nb; j++) div[j] = div[j] == 0 ? 1.0 : div[j];
+        } else {
+            for (int i = 0; i < K; i++) {
+                const float *restrict d = w->dbuf + (size_t)i * ML_GTA_BLOCK;
+                double wi = p->weight[i];
+                for (size_t j = 0; j < nb; j++) mixed[j] += wi * d[j];
+            }
+            for (size_t j = 0; j < nb; j++) div[j] = divisor_lin;
         }
         float *o = out + j0;
-        for (size_t j = 0; j < nb; j++) {
-            double mixed = 0, divisor = 0;
-            if (consensus) {
-                double s = 0;
-                for (int i = 0; i < K; i++) s += p->weight[i] * w->dbuf[(size_t)i * ML_GTA_BLOCK + j];
-                int maj = s >= 0 ? 1 : -1;
-                for (int i = 0; i < K; i++) {
-                    double wdl = p->weight[i] * w->dbuf[(size_t)i * ML_GTA_BLOCK + j];
-                    int sg = (wdl > 0) - (wdl < 0);
-                    if (sg == maj) {
-                        mixed += wdl;
-                        divisor += p->weight[i];
-                    }
-                }
-                if (divisor == 0) divisor = 1;
-            } else {
-                for (int i = 0; i < K; i++) mixed += p->weight[i] * w->dbuf[(size_t)i * ML_GTA_BLOCK + j];
-                divisor = divisor_lin;
-            }
-            if (p->normalize) mixed /= divisor;
-            o[j] = (float)((double)b[j] + p->lambda * mixed);
-        }
+        double lam = p->lambda;
+        if (p->normalize)
+            for (size_t j = 0; j < nb; j++) o[j] = (float)((double)b[j] + lam * (mixed[j] / div[j]));
+        else
+            for (size_t j = 0; j < nb; j++) o[j] = (float)((double)b[j] + lam * mixed[j]);
     }
     return ML_OK;
 }
