@@ -100,6 +100,12 @@ typedef struct {
 /* Defaults of a method (mergekit's), K and has_base set by the caller. */
 void ml_merge_params_defaults(ml_merge_params *p, ml_merge_method m);
 
+/* Set one swept parameter of resolved params (a sweep point): "t",
+ * "lambda", "eps", "tol", "density" (every model), "density[i]",
+ * "weight[i]" (model i, counted without the base). ML_ERR_ARG names an
+ * unknown key or index. The statistics of a tensor stay valid for any value. */
+int ml_merge_params_override(ml_merge_params *p, const char *key, double value);
+
 /* One tensor's inputs (borrowed pointers). */
 typedef struct {
     const char *name;                   /* for messages */

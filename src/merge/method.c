@@ -12,6 +12,7 @@
  * |sum c_i v_i|^2 = c^T G c. TIES and DARE are elementwise (ml_gta_apply).
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "mergelens/merge.h"
@@ -126,6 +127,26 @@ int ml_merge_params_check(const ml_merge_params *p, const char *tensor_name, siz
                        p->t, p->lambda, p->eps, p->tol);
     if (p->eps < 0 || p->tol < 0 || p->max_iter < 0)
         return ML_FAIL(ML_ERR_ARG, "%s: tensor %s: eps, tol and max_iter must be >= 0", mn, tn);
+    return ML_OK;
+}
+
+int ml_merge_params_override(ml_merge_params *p, const char *key, double value) {
+    if (!strcmp(key, "t")) p->t = value;
+    else if (!strcmp(key, "lambda")) p->lambda = value;
+    else if (!strcmp(key, "eps")) p->eps = value;
+    else if (!strcmp(key, "tol")) p->tol = value;
+    else if (!strcmp(key, "density"))
+        for (int i = 0; i < p->K; i++) p->density[i] = value;
+    else {
+        int idx = -1, used = 0;
+        double *arr = NULL;
+        if (sscanf(key, "density[%d]%n", &idx, &used) == 1 && key[used] == '\0') arr = p->density;
+        else if (sscanf(key, "weight[%d]%n", &idx, &used) == 1 && key[used] == '\0') arr = p->weight;
+        if (!arr) return ML_FAIL(ML_ERR_ARG, "cannot sweep '%s' (t, lambda, eps, tol, density, density[i], weight[i])", key);
+        if (idx < 0 || idx >= p->K)
+            return ML_FAIL(ML_ERR_ARG, "'%s': model index out of range (0..%d, the base not counted)", key, p->K - 1);
+        arr[idx] = value;
+    }
     return ML_OK;
 }
 

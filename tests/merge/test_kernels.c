@@ -587,6 +587,42 @@ static void test_rounding(void **state) {
     ML_ASSERT_CLOSE(h[2], 0.0, 0);
 }
 
+/* a sweep reuses one tensor's statistics for every point */
+static void test_stats_reuse(void **state) {
+    (void)state;
+    enum { N = 4096 };
+    float *a = malloc(N * 4), *b = malloc(N * 4), *o1 = malloc(N * 4), *o2 = malloc(N * 4);
+    fill_normal(a, N, 70, 1);
+    fill_normal(b, N, 71, 1);
+    float *x[1] = {b};
+    ml_merge_params p;
+    ml_merge_params_defaults(&p, ML_MERGE_SLERP);
+    p.K = 1;
+    p.has_base = 1;
+    ml_merge_inputs in = {.name = "t", .base = a, .rows = 1, .cols = N};
+    in.x[0] = b;
+    ml_merge_stats st = {0};
+    ml_merge_work *w = NULL;
+    ML_ASSERT_OK(ml_merge_work_create(1, 1, &w));
+    ML_ASSERT_OK(ml_merge_stats_compute(&p, &in, &st));
+    for (int k = 0; k <= 10; k++) {
+        ML_ASSERT_OK(ml_merge_params_override(&p, "t", k / 10.0));
+        ML_ASSERT_OK(ml_merge_apply(&p, &in, &st, w, o1));
+        ML_ASSERT_OK(merge1(&p, a, x, 1, N, o2));
+        assert_memory_equal(o1, o2, N * 4);
+    }
+    ML_ASSERT_OK(ml_merge_params_override(&p, "weight[0]", 2));
+    ML_ASSERT_CLOSE(p.weight[0], 2, 0);
+    ML_ASSERT_FAILS(ml_merge_params_override(&p, "weight[1]", 2), ML_ERR_ARG, "model index out of range");
+    ML_ASSERT_FAILS(ml_merge_params_override(&p, "tt", 2), ML_ERR_ARG, "cannot sweep 'tt'");
+    ml_merge_stats_release(&st);
+    ml_merge_work_destroy(&w);
+    free(a);
+    free(b);
+    free(o1);
+    free(o2);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slerp_orthogonal),
@@ -603,6 +639,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_spherical_means),
         cmocka_unit_test(test_linear_taskarith),
         cmocka_unit_test(test_rounding),
+        cmocka_unit_test(test_stats_reuse),
     };
     return ml_test_run(argc, argv, "merge_kernels", tests, sizeof tests / sizeof tests[0]);
 }

@@ -505,6 +505,15 @@ static void test_bad_inputs(void **state) {
 
     char *argv[] = {"merge", p, NULL};
     ML_ASSERT_FAILS(ml_cmd_merge(MPI_COMM_WORLD, 2, argv), ML_ERR_ARG, "--out OUT.h5 is required");
+    /* --check validates a good recipe and writes nothing */
+    char cfg[1200];
+    snprintf(cfg, sizeof cfg, "%s/check.yaml", dir);
+    snprintf(text, sizeof text, "merge_method: soup\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n", dir, dir);
+    write_text(cfg, text);
+    char *argv2[] = {"merge", cfg, "--check", NULL};
+    ML_ASSERT_OK(ml_cmd_merge(MPI_COMM_WORLD, 3, argv2));
+    char *argv3[] = {"merge", cfg, "extra.yaml", "--out", "x.h5", NULL};
+    ML_ASSERT_FAILS(ml_cmd_merge(MPI_COMM_WORLD, 5, argv3), ML_ERR_ARG, "expected one recipe file");
 }
 
 int main(int argc, char **argv) {
