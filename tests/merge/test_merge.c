@@ -516,12 +516,55 @@ static void test_bad_inputs(void **state) {
     ML_ASSERT_FAILS(ml_cmd_merge(MPI_COMM_WORLD, 5, argv3), ML_ERR_ARG, "expected one recipe file");
 }
 
+/* every allocation failure in a merge (1 rank) fails cleanly: an error,
+ * nothing written, nothing leaked */
+static void test_allocation_failures(void **state) {
+    (void)state;
+    setup_models();
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    char cfg[1200], out[1200], text[2048];
+    snprintf(cfg, sizeof cfg, "%s/alloc.yaml", dir);
+    snprintf(text, sizeof text,
+             "merge_method: ties\nbase_model: %s/base.h5\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n"
+             "parameters: {weight: 0.5, density: 0.5}\n",
+             dir, dir, dir);
+    write_text(cfg, text);
+    if (rank == 0) {
+        long live0 = ml_alloc_live(), c0 = ml_alloc_count();
+        snprintf(out, sizeof out, "%s/alloc_ok.h5", dir);
+        ML_ASSERT_OK(run_merge(MPI_COMM_SELF, cfg, out));
+        long total = ml_alloc_count() - c0;
+        assert_int_equal(ml_alloc_live(), live0);
+        assert_true(total > 10);
+        snprintf(out, sizeof out, "%s/alloc_fail.h5", dir);
+        int failures = 0;
+        for (long n = 1; n <= total; n += (n < 40 ? 1 : 13)) {
+            ml_alloc_fail_at(n);
+            int rc = run_merge(MPI_COMM_SELF, cfg, out);
+            ml_alloc_fail_at(0);
+            if (ml_alloc_live() != live0) fail_msg("allocation failure %ld of %ld leaks %ld allocations", n, total, ml_alloc_live() - live0);
+            if (rc != ML_OK) {
+                failures++;
+                assert_false(ml_file_exists(out));
+            } else {
+                unlink(out);
+            }
+        }
+        printf("allocation failures: %d of %ld allocations tried\n", failures, total);
+        assert_true(failures > 10);
+        assert_true(no_files_like("alloc_fail.h5"));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slerp_model),
         cmocka_unit_test(test_ties_model),
         cmocka_unit_test(test_rank_independence),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_allocation_failures),
     };
     return ml_test_run(argc, argv, "merge_cmd", tests, sizeof tests / sizeof tests[0]);
 }
