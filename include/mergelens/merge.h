@@ -57,6 +57,13 @@ void ml_merge_lincomb(float *out, const float *const *x, const double *c, int K,
 /* gram (D,D): gram[i*D+j] = (v[i] - sub) . (v[j] - sub) over N elements, v[i] (N),
  * sub (N) or NULL. Accumulated in double in a fixed order (deterministic). */
 void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D, size_t N);
+/* The same in pieces, for tensors that arrive in chunks: acc has
+ * D(D+1)/2 x ML_MERGE_GRAM_LANES doubles (zeroed first); a chunk of N
+ * elements starting at element `offset` of the tensor adds to it. The result
+ * is bit-identical for any chunking. */
+#define ML_MERGE_GRAM_LANES 16
+void ml_merge_gram_acc(double *acc, const float *const *v, const float *sub, int D, size_t N, size_t offset);
+void ml_merge_gram_finish(double *gram /* (D,D) */, const double *acc, int D);
 /* mergekit SLERP coefficients from the Gram matrix of [a, b] (a = base, t=0):
  * res = c[0] a + c[1] b. Copies are normalised only when their norm exceeds
  * 1e-8; |dot| > 0.9995 falls back to lerp (c = 1-t, t). Returns 1 when the
@@ -121,8 +128,18 @@ typedef struct {
     size_t ngroups; /* 1, or R for model_stock filter_wise */
     double *gram;   /* (ngroups, D, D) */
     size_t cap;     /* doubles allocated */
+    double *acc;    /* lane sums while rows arrive */
+    size_t acc_cap;
 } ml_merge_stats;
 int ml_merge_stats_compute(const ml_merge_params *p, const ml_merge_inputs *in, ml_merge_stats *st);
+/* The same while a tensor arrives in row chunks (e.g. right after each chunk
+ * is read, while it is in cache): begin, rows for consecutive row ranges in
+ * increasing order covering the tensor, end. in's pointers address the
+ * whole tensor. The result equals ml_merge_stats_compute bit for bit. */
+int ml_merge_stats_begin(const ml_merge_params *p, const ml_merge_inputs *in, ml_merge_stats *st);
+int ml_merge_stats_rows(const ml_merge_params *p, const ml_merge_inputs *in, size_t row0, size_t nrows,
+                        ml_merge_stats *st);
+void ml_merge_stats_end(ml_merge_stats *st);
 void ml_merge_stats_release(ml_merge_stats *st);
 
 /* Workspace of ml_merge_apply, sized once for the largest tensor. */

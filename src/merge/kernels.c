@@ -10,7 +10,7 @@
 #include "mergelens/merge.h"
 
 #define ML_BLOCK 512 /* B: elements per cache block (double tmp = 4 KB) */
-#define ML_LANES 16  /* double accumulators per dot product (independent FMA chains) */
+#define ML_LANES ML_MERGE_GRAM_LANES /* double accumulators per dot product (independent FMA chains) */
 
 /* out (N) = sum_k c[k] x[k] (N); x: K pointers */
 void ml_merge_lincomb(float *out, const float *const *x, const double *c, int K, size_t N) {
@@ -49,11 +49,14 @@ void ml_merge_lincomb(float *out, const float *const *x, const double *c, int K,
     }
 }
 
-/* acc (LANES) += a (nb) . b (nb), element j into lane j % LANES */
-static inline void ml_dot_lanes(double *restrict acc, const float *restrict a, const float *restrict b, size_t nb) {
+/* acc (LANES) += a (nb) . b (nb); element j goes to lane (lane0 + j) % LANES,
+ * so the sums do not depend on how a tensor is split into calls */
+static inline void ml_dot_lanes(double *restrict acc, const float *restrict a, const float *restrict b, size_t nb,
+                                unsigned lane0) {
+    size_t j = 0;
+    for (unsigned l = lane0; l && l < ML_LANES && j < nb; l++, j++) acc[l] += (double)a[j] * (double)b[j];
     double s[ML_LANES];
     for (int l = 0; l < ML_LANES; l++) s[l] = acc[l];
-    size_t j = 0;
     for (; j + ML_LANES <= nb; j += ML_LANES)
         for (int l = 0; l < ML_LANES; l++) s[l] += (double)a[j + l] * (double)b[j + l];
     for (int l = 0; j < nb; j++, l++) s[l] += (double)a[j] * (double)b[j];
@@ -66,10 +69,18 @@ static double ml_lanes_sum(const double *s) {
     return r;
 }
 
-/* gram (2,2) of a (N), b (N) in one pass (SLERP) */
-static void ml_gram2(double *gram, const float *restrict a, const float *restrict b, size_t N) {
-    double saa[ML_LANES] = {0}, sbb[ML_LANES] = {0}, sab[ML_LANES] = {0};
+/* acc (3, LANES) += lane sums of a.a, b.b, a.b in one pass (SLERP) */
+static void ml_gram2_acc(double *acc, const float *restrict a, const float *restrict b, size_t N, unsigned lane0) {
+    double *saa_ = acc, *sbb_ = acc + 2 * ML_LANES, *sab_ = acc + ML_LANES; /* pair order (0,0) (0,1) (1,1) */
     size_t j = 0;
+    for (unsigned l = lane0; l && l < ML_LANES && j < N; l++, j++) {
+        double x = a[j], y = b[j];
+        saa_[l] += x * x;
+        sbb_[l] += y * y;
+        sab_[l] += x * y;
+    }
+    double saa[ML_LANES], sbb[ML_LANES], sab[ML_LANES];
+    for (int l = 0; l < ML_LANES; l++) saa[l] = saa_[l], sbb[l] = sbb_[l], sab[l] = sab_[l];
     for (; j + ML_LANES <= N; j += ML_LANES)
         for (int l = 0; l < ML_LANES; l++) {
             double x = a[j + l], y = b[j + l];
@@ -83,23 +94,19 @@ static void ml_gram2(double *gram, const float *restrict a, const float *restric
         sbb[l] += y * y;
         sab[l] += x * y;
     }
-    gram[0] = ml_lanes_sum(saa);
-    gram[3] = ml_lanes_sum(sbb);
-    gram[1] = gram[2] = ml_lanes_sum(sab);
+    for (int l = 0; l < ML_LANES; l++) saa_[l] = saa[l], sbb_[l] = sbb[l], sab_[l] = sab[l];
 }
 
-/* gram (D,D) = (v[i] - sub) . (v[j] - sub); v: D pointers to (N), sub (N) or NULL */
-void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D, size_t N) {
+/* acc (D(D+1)/2, LANES) += lane sums of (v[i] - sub) . (v[j] - sub), pairs i <= j in row order */
+void ml_merge_gram_acc(double *acc, const float *const *v, const float *sub, int D, size_t N, size_t offset) {
+    unsigned lane0 = (unsigned)(offset % ML_LANES);
     if (D == 2 && !sub) {
-        ml_gram2(gram, v[0], v[1], N);
+        ml_gram2_acc(acc, v[0], v[1], N, lane0);
         return;
     }
-    int P = D * (D + 1) / 2;
-    double acc[P][ML_LANES];
-    memset(acc, 0, sizeof acc);
     float diff[sub ? D : 1][ML_BLOCK];
     const float *ptr[D];
-    for (size_t j0 = 0; j0 < N; j0 += ML_BLOCK) {
+    for (size_t j0 = 0; j0 < N; j0 += ML_BLOCK) { /* ML_BLOCK % LANES == 0: every block starts at lane0 */
         size_t nb = N - j0 < ML_BLOCK ? N - j0 : ML_BLOCK;
         for (int d = 0; d < D; d++) {
             if (sub) {
@@ -112,11 +119,23 @@ void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D,
         }
         int p = 0;
         for (int a = 0; a < D; a++)
-            for (int b = a; b < D; b++, p++) ml_dot_lanes(acc[p], ptr[a], ptr[b], nb);
+            for (int b = a; b < D; b++, p++) ml_dot_lanes(acc + (size_t)p * ML_LANES, ptr[a], ptr[b], nb, lane0);
     }
+}
+
+void ml_merge_gram_finish(double *gram, const double *acc, int D) {
     int p = 0;
     for (int a = 0; a < D; a++)
-        for (int b = a; b < D; b++, p++) gram[a * D + b] = gram[b * D + a] = ml_lanes_sum(acc[p]);
+        for (int b = a; b < D; b++, p++) gram[a * D + b] = gram[b * D + a] = ml_lanes_sum(acc + (size_t)p * ML_LANES);
+}
+
+/* gram (D,D) = (v[i] - sub) . (v[j] - sub); v: D pointers to (N), sub (N) or NULL */
+void ml_merge_gram(double *gram, const float *const *v, const float *sub, int D, size_t N) {
+    size_t P = (size_t)D * (D + 1) / 2;
+    double acc[P * ML_LANES];
+    memset(acc, 0, sizeof acc);
+    ml_merge_gram_acc(acc, v, sub, D, N, 0);
+    ml_merge_gram_finish(gram, acc, D);
 }
 
 int ml_slerp_coeffs(const double *gram, double t, double *c) {

@@ -151,34 +151,41 @@ int ml_merge_params_override(ml_merge_params *p, const char *key, double value) 
 }
 
 /* ---- statistics pass ---------------------------------------------------------- */
-int ml_merge_stats_compute(const ml_merge_params *p, const ml_merge_inputs *in, ml_merge_stats *st) {
-    int D = 0;
-    size_t groups = 1, R = in->rows, C = in->cols;
-    const float *v[ML_MERGE_MAX_MODELS + 1];
-    const float *sub = NULL;
+/* The vectors whose Gram matrices a method needs: v (D), optional sub. */
+static void ml_stats_vectors(const ml_merge_params *p, const ml_merge_inputs *in, const float **v, const float **sub,
+                             int *D, size_t *groups) {
+    *sub = NULL;
+    *groups = 1;
     switch (p->method) {
     case ML_MERGE_SLERP: /* [a = base, b] unsubtracted */
-        D = 2;
+        *D = 2;
         v[0] = in->base;
         v[1] = in->x[0];
         break;
     case ML_MERGE_MODEL_STOCK: /* offsets from the base, per row if filter_wise */
-        D = p->K;
-        for (int i = 0; i < D; i++) v[i] = in->x[i];
-        sub = in->base;
-        if (p->filter_wise) groups = R;
+        *D = p->K;
+        for (int i = 0; i < p->K; i++) v[i] = in->x[i];
+        *sub = in->base;
+        if (p->filter_wise) *groups = in->rows;
         break;
     case ML_MERGE_MULTISLERP: /* offsets from the base when there is one */
     case ML_MERGE_KARCHER:
-        D = p->K;
-        for (int i = 0; i < D; i++) v[i] = in->x[i];
-        sub = p->has_base ? in->base : NULL;
+        *D = p->K;
+        for (int i = 0; i < p->K; i++) v[i] = in->x[i];
+        *sub = p->has_base ? in->base : NULL;
         break;
     default:
-        D = 0;
-        groups = 0;
+        *D = 0;
+        *groups = 0;
         break;
     }
+}
+
+int ml_merge_stats_begin(const ml_merge_params *p, const ml_merge_inputs *in, ml_merge_stats *st) {
+    const float *v[ML_MERGE_MAX_MODELS + 1], *sub;
+    int D;
+    size_t groups;
+    ml_stats_vectors(p, in, v, &sub, &D, &groups);
     st->dim = D;
     st->ngroups = groups;
     size_t need = groups * (size_t)D * (size_t)D;
@@ -188,20 +195,56 @@ int ml_merge_stats_compute(const ml_merge_params *p, const ml_merge_inputs *in, 
         ML_ALLOC(st->gram, need);
         st->cap = need;
     }
-    if (D == 0) return ML_OK;
-    size_t len = groups == 1 ? R * C : C;
-    for (size_t g = 0; g < groups; g++) {
-        const float *vg[ML_MERGE_MAX_MODELS + 1];
-        size_t off = groups == 1 ? 0 : g * C;
-        for (int i = 0; i < D; i++) vg[i] = v[i] + off;
-        ml_merge_gram(st->gram + g * (size_t)D * D, vg, sub ? sub + off : NULL, D, len);
+    size_t acc_need = (size_t)D * (D + 1) / 2 * ML_MERGE_GRAM_LANES;
+    if (acc_need > st->acc_cap) {
+        ml_free(st->acc);
+        st->acc_cap = 0;
+        ML_ALLOC(st->acc, acc_need);
+        st->acc_cap = acc_need;
     }
+    if (acc_need) memset(st->acc, 0, acc_need * sizeof *st->acc);
+    return ML_OK;
+}
+
+int ml_merge_stats_rows(const ml_merge_params *p, const ml_merge_inputs *in, size_t row0, size_t nrows,
+                        ml_merge_stats *st) {
+    const float *v[ML_MERGE_MAX_MODELS + 1], *sub;
+    int D;
+    size_t groups, C = in->cols;
+    ml_stats_vectors(p, in, v, &sub, &D, &groups);
+    if (D == 0) return ML_OK;
+    if (D != st->dim || groups != st->ngroups)
+        return ML_FAIL(ML_ERR_INTERNAL, "tensor %s: statistics begun for another method", in->name ? in->name : "?");
+    const float *vg[ML_MERGE_MAX_MODELS + 1];
+    if (groups == 1) { /* one Gram matrix: accumulate lane sums */
+        size_t off = row0 * C;
+        for (int i = 0; i < D; i++) vg[i] = v[i] + off;
+        ml_merge_gram_acc(st->acc, vg, sub ? sub + off : NULL, D, nrows * C, off);
+        return ML_OK;
+    }
+    for (size_t g = row0; g < row0 + nrows; g++) { /* one per row, complete within the chunk */
+        size_t off = g * C;
+        for (int i = 0; i < D; i++) vg[i] = v[i] + off;
+        ml_merge_gram(st->gram + g * (size_t)D * D, vg, sub ? sub + off : NULL, D, C);
+    }
+    return ML_OK;
+}
+
+void ml_merge_stats_end(ml_merge_stats *st) {
+    if (st->dim > 0 && st->ngroups == 1) ml_merge_gram_finish(st->gram, st->acc, st->dim);
+}
+
+int ml_merge_stats_compute(const ml_merge_params *p, const ml_merge_inputs *in, ml_merge_stats *st) {
+    ML_CHECK(ml_merge_stats_begin(p, in, st));
+    ML_CHECK(ml_merge_stats_rows(p, in, 0, in->rows, st));
+    ml_merge_stats_end(st);
     return ML_OK;
 }
 
 void ml_merge_stats_release(ml_merge_stats *st) {
     if (!st) return;
     ml_free(st->gram);
+    ml_free(st->acc);
     memset(st, 0, sizeof *st);
 }
 

@@ -623,6 +623,46 @@ static void test_stats_reuse(void **state) {
     free(o2);
 }
 
+/* statistics accumulated over row chunks equal the one-pass statistics bit for bit */
+static void test_stats_chunked(void **state) {
+    (void)state;
+    enum { R = 37, C = 13, N = R * C };
+    float *x[4];
+    for (int i = 0; i < 4; i++) {
+        x[i] = malloc(N * 4);
+        fill_normal(x[i], N, 80 + i, 1);
+    }
+    const ml_merge_method ms[3] = {ML_MERGE_SLERP, ML_MERGE_MODEL_STOCK, ML_MERGE_KARCHER};
+    const size_t chunks[4] = {1, 2, 5, 36};
+    for (int m = 0; m < 3; m++) {
+        ml_merge_params p;
+        ml_merge_params_defaults(&p, ms[m]);
+        p.has_base = ms[m] != ML_MERGE_KARCHER;
+        p.K = ms[m] == ML_MERGE_SLERP ? 1 : 3;
+        ml_merge_inputs in = {.name = "t", .base = p.has_base ? x[0] : NULL, .rows = R, .cols = C};
+        for (int i = 0; i < p.K; i++) in.x[i] = x[i + p.has_base];
+        ml_merge_stats one = {0}, ch = {0};
+        ML_ASSERT_OK(ml_merge_stats_compute(&p, &in, &one));
+        for (int c = 0; c < 4; c++) {
+            ML_ASSERT_OK(ml_merge_stats_begin(&p, &in, &ch));
+            for (size_t r0 = 0; r0 < R; r0 += chunks[c])
+                ML_ASSERT_OK(ml_merge_stats_rows(&p, &in, r0, r0 + chunks[c] <= R ? chunks[c] : R - r0, &ch));
+            ml_merge_stats_end(&ch);
+            assert_int_equal(ch.dim, one.dim);
+            assert_memory_equal(ch.gram, one.gram, (size_t)one.dim * one.dim * sizeof(double));
+        }
+        /* and the Gram matrix is right */
+        double want = 0;
+        for (int j = 0; j < N; j++)
+            want += (double)(in.x[0][j] - (ms[m] == ML_MERGE_MODEL_STOCK ? x[0][j] : 0)) *
+                    (double)(in.x[0][j] - (ms[m] == ML_MERGE_MODEL_STOCK ? x[0][j] : 0));
+        ML_ASSERT_CLOSE(one.gram[ms[m] == ML_MERGE_SLERP ? 3 : 0], want, 1e-12);
+        ml_merge_stats_release(&one);
+        ml_merge_stats_release(&ch);
+    }
+    for (int i = 0; i < 4; i++) free(x[i]);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slerp_orthogonal),
@@ -640,6 +680,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_linear_taskarith),
         cmocka_unit_test(test_rounding),
         cmocka_unit_test(test_stats_reuse),
+        cmocka_unit_test(test_stats_chunked),
     };
     return ml_test_run(argc, argv, "merge_kernels", tests, sizeof tests / sizeof tests[0]);
 }
