@@ -73,7 +73,7 @@ int ml_slerp_coeffs(const double *gram /* (2,2) */, double t, double *c /* (2) *
 int ml_slerp(float *out, const float *a, const float *b, size_t N, double t);
 /* Largest-magnitude selection for TIES: the k-th largest value of |x - base|
  * (1 <= k <= N), and how many elements are strictly larger. hist is scratch
- * of 65536 uint32 (radix select on the float bits: two passes, no copy). */
+ * of 4 x 65536 uint32 (radix select on the float bits: two passes, no copy). */
 void ml_merge_topk_threshold(const float *x, const float *base, size_t N, size_t k, uint32_t *hist, float *thr,
                              size_t *n_gt);
 /* Round every element to bfloat16 / float16 precision (round to nearest even);

@@ -49,17 +49,17 @@ void ml_merge_lincomb(float *out, const float *const *x, const double *c, int K,
     }
 }
 
-/* acc (LANES) += a (nb) . b (nb); element j goes to lane (lane0 + j) % LANES,
- * so the sums do not depend on how a tensor is split into calls */
-static inline void ml_dot_lanes(double *restrict acc, const float *restrict a, const float *restrict b, size_t nb,
+/* acc (LANES) += a (nb) . b (nb) in double; element j goes to lane
+ * (lane0 + j) % LANES, so the sums do not depend on how a tensor is split */
+static inline void ml_dot_lanes(double *restrict acc, const double *restrict a, const double *restrict b, size_t nb,
                                 unsigned lane0) {
     size_t j = 0;
-    for (unsigned l = lane0; l && l < ML_LANES && j < nb; l++, j++) acc[l] += (double)a[j] * (double)b[j];
+    for (unsigned l = lane0; l && l < ML_LANES && j < nb; l++, j++) acc[l] += a[j] * b[j];
     double s[ML_LANES];
     for (int l = 0; l < ML_LANES; l++) s[l] = acc[l];
     for (; j + ML_LANES <= nb; j += ML_LANES)
-        for (int l = 0; l < ML_LANES; l++) s[l] += (double)a[j + l] * (double)b[j + l];
-    for (int l = 0; j < nb; j++, l++) s[l] += (double)a[j] * (double)b[j];
+        for (int l = 0; l < ML_LANES; l++) s[l] += a[j + l] * b[j + l];
+    for (int l = 0; j < nb; j++, l++) s[l] += a[j] * b[j];
     for (int l = 0; l < ML_LANES; l++) acc[l] = s[l];
 }
 
@@ -104,22 +104,22 @@ void ml_merge_gram_acc(double *acc, const float *const *v, const float *sub, int
         ml_gram2_acc(acc, v[0], v[1], N, lane0);
         return;
     }
-    float diff[sub ? D : 1][ML_BLOCK];
-    const float *ptr[D];
+    double blk[D][ML_BLOCK]; /* the block's vectors, converted once */
     for (size_t j0 = 0; j0 < N; j0 += ML_BLOCK) { /* ML_BLOCK % LANES == 0: every block starts at lane0 */
         size_t nb = N - j0 < ML_BLOCK ? N - j0 : ML_BLOCK;
         for (int d = 0; d < D; d++) {
+            const float *vd = v[d] + j0;
+            double *bd = blk[d];
             if (sub) {
-                const float *vd = v[d] + j0, *s = sub + j0;
-                for (size_t j = 0; j < nb; j++) diff[d][j] = vd[j] - s[j];
-                ptr[d] = diff[d];
+                const float *s = sub + j0;
+                for (size_t j = 0; j < nb; j++) bd[j] = (double)(vd[j] - s[j]);
             } else {
-                ptr[d] = v[d] + j0;
+                for (size_t j = 0; j < nb; j++) bd[j] = (double)vd[j];
             }
         }
         int p = 0;
         for (int a = 0; a < D; a++)
-            for (int b = a; b < D; b++, p++) ml_dot_lanes(acc + (size_t)p * ML_LANES, ptr[a], ptr[b], nb, lane0);
+            for (int b = a; b < D; b++, p++) ml_dot_lanes(acc + (size_t)p * ML_LANES, blk[a], blk[b], nb, lane0);
     }
 }
 
@@ -173,9 +173,14 @@ static inline uint32_t ml_abs_bits(float d) {
 /* x (N), base (N) or NULL; hist (65536) scratch */
 void ml_merge_topk_threshold(const float *x, const float *base, size_t N, size_t k, uint32_t *hist, float *thr,
                              size_t *n_gt) {
-    /* pass 1: histogram of the high 16 bits of |x - base| */
-    memset(hist, 0, 65536 * sizeof *hist);
-    for (size_t j = 0; j < N; j++) hist[ml_abs_bits(base ? x[j] - base[j] : x[j]) >> 16]++;
+    /* pass 1: histogram of the high 16 bits of |x - base|, in 4 interleaved
+     * copies so that repeated bins do not serialise on one counter */
+    memset(hist, 0, 4 * 65536 * sizeof *hist);
+    size_t j = 0;
+    for (; j + 4 <= N; j += 4)
+        for (int c = 0; c < 4; c++) hist[c * 65536 + (ml_abs_bits(base ? x[j + c] - base[j + c] : x[j + c]) >> 16)]++;
+    for (; j < N; j++) hist[ml_abs_bits(base ? x[j] - base[j] : x[j]) >> 16]++;
+    for (int b = 0; b < 65536; b++) hist[b] += hist[65536 + b] + hist[2 * 65536 + b] + hist[3 * 65536 + b];
     size_t above = 0;
     int hb = 65535;
     for (; hb > 0; hb--) {
@@ -184,7 +189,7 @@ void ml_merge_topk_threshold(const float *x, const float *base, size_t N, size_t
     }
     /* pass 2: low 16 bits inside bin hb */
     memset(hist, 0, 65536 * sizeof *hist);
-    for (size_t j = 0; j < N; j++) {
+    for (j = 0; j < N; j++) {
         uint32_t u = ml_abs_bits(base ? x[j] - base[j] : x[j]);
         if ((int)(u >> 16) == hb) hist[u & 0xffffu]++;
     }

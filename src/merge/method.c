@@ -252,9 +252,10 @@ void ml_merge_stats_release(ml_merge_stats *st) {
 struct ml_merge_work {
     int K;
     size_t max_rows;
-    uint32_t *hist; /* (65536) radix select */
+    uint32_t *hist; /* (4, 65536) radix select */
     float *dbuf;    /* (K, B) masked deltas of one block */
     double *mix;    /* (3, B) sign sums, mixed deltas, divisors of one block */
+    uint32_t *draws; /* (B + 1) DARE random draws of one block */
     double *coef;   /* (max_rows, K + 1) per-row coefficients */
 };
 
@@ -267,11 +268,12 @@ int ml_merge_work_create(int K, size_t max_rows, ml_merge_work **out) {
     if (!w) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     w->K = K;
     w->max_rows = max_rows;
-    w->hist = ml_malloc(65536 * sizeof *w->hist);
+    w->hist = ml_malloc(4 * 65536 * sizeof *w->hist);
     w->dbuf = ml_malloc((size_t)K * ML_GTA_BLOCK * sizeof *w->dbuf);
     w->mix = ml_malloc((size_t)3 * ML_GTA_BLOCK * sizeof *w->mix);
+    w->draws = ml_malloc((ML_GTA_BLOCK + 1) * sizeof *w->draws);
     w->coef = ml_malloc(max_rows * (size_t)(K + 1) * sizeof *w->coef);
-    if (!w->hist || !w->dbuf || !w->mix || !w->coef) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory for the merge workspace");
+    if (!w->hist || !w->dbuf || !w->mix || !w->draws || !w->coef) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory for the merge workspace");
     *out = w;
     return ML_OK;
 fail:
@@ -284,6 +286,7 @@ void ml_merge_work_destroy(ml_merge_work **w) {
     ml_free((*w)->hist);
     ml_free((*w)->dbuf);
     ml_free((*w)->mix);
+    ml_free((*w)->draws);
     ml_free((*w)->coef);
     ml_free(*w);
     *w = NULL;
@@ -502,18 +505,17 @@ static int ml_gta_apply(const ml_merge_params *p, const ml_merge_inputs *in, ml_
             } else {
                 ml_rng r;
                 ml_rng_seed(&r, p->seed, ml_mix64(p->stream ^ ml_mix64(((uint64_t)i << 40) ^ blk)));
-                uint64_t th = thr32[i];
-                float sc = (float)scale[i];
-                size_t j = 0;
-                for (; j + 1 < nb; j += 2) { /* one 64-bit draw decides two elements */
+                uint32_t *restrict draw = w->draws;
+                for (size_t j = 0; j < nb; j += 2) { /* one 64-bit draw decides two elements */
                     uint64_t u = ml_rng_u64(&r);
-                    float d0 = x[j] - b[j], d1 = x[j + 1] - b[j + 1];
-                    d[j] = (u & 0xffffffffu) < th ? d0 * sc : 0.0f;
-                    d[j + 1] = (u >> 32) < th ? d1 * sc : 0.0f;
+                    draw[j] = (uint32_t)u;
+                    draw[j + 1] = (uint32_t)(u >> 32);
                 }
-                if (j < nb) {
-                    uint64_t u = ml_rng_u64(&r);
-                    d[j] = (u & 0xffffffffu) < th ? (x[j] - b[j]) * sc : 0.0f;
+                uint32_t th = (uint32_t)thr32[i];
+                float sc = (float)scale[i];
+                for (size_t j = 0; j < nb; j++) { /* keep with probability density */
+                    float dj = x[j] - b[j];
+                    d[j] = draw[j] < th ? dj * sc : 0.0f;
                 }
             }
         }

@@ -212,7 +212,7 @@ static void test_topk_threshold(void **state) {
     (void)state;
     enum { N = 20000 };
     float *x = malloc(N * 4), *base = malloc(N * 4), *mag = malloc(N * 4);
-    uint32_t *hist = malloc(65536 * 4);
+    uint32_t *hist = malloc(4 * 65536 * 4);
     fill_normal(x, N, 30, 1);
     fill_normal(base, N, 31, 1);
     for (int i = 0; i < N; i += 7) x[i] = base[i]; /* many exact zeros (ties) */
