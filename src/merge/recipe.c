@@ -516,7 +516,7 @@ int ml_merge_recipe_to_json(const ml_merge_recipe *r, char **json) {
     json_object_set_new(j, "inputs", inputs); /* resolved paths, base first when used */
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     if (r->root->file) json_object_set_new(j, "source", json_string(r->root->file));
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     json_decref(j);
     if (!s) return ML_FAIL(ML_ERR_NOMEM, "out of memory writing the recipe JSON");
     *json = ml_strdup(s);

@@ -155,6 +155,36 @@ static void test_lookup_order(void **state) {
     ml_merge_recipe_destroy(&r);
 }
 
+/* the paper's recipe (nilq/feature-dynamics experiments/merging/finetuned/
+ * baby-python-1L-mistral-lua-stories-slerp.yaml) with local paths */
+static void test_paper_recipe(void **state) {
+    (void)state;
+    ml_merge_recipe *r = parse_ok("models:\n"
+                                  "  - model: models/lua.h5\n"
+                                  "  - model: models/tinystories.h5\n"
+                                  "merge_method: slerp\n"
+                                  "base_model: models/lua.h5\n"
+                                  "parameters:\n"
+                                  "  t:\n"
+                                  "    - value: 0.58\n"
+                                  "dtype: float16\n");
+    const char *const *paths;
+    int n;
+    ml_merge_recipe_models(r, &paths, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(paths[0], "models/lua.h5"); /* t = 0 end */
+    assert_string_equal(paths[1], "models/tinystories.h5");
+    assert_string_equal(ml_merge_recipe_dtype(r), "float16");
+    assert_string_equal(ml_merge_recipe_out_dtype(r), "float16");
+    ml_merge_params p;
+    const char *names[] = {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight"};
+    for (int i = 0; i < 3; i++) {
+        ML_ASSERT_OK(ml_merge_recipe_resolve(r, names[i], ml_merge_layer_t(names[i], 1), &p));
+        ML_ASSERT_CLOSE(p.t, 0.58, 0);
+    }
+    ml_merge_recipe_destroy(&r);
+}
+
 #define BAD(text, code, msg)                                                                                 \
     do {                                                                                                     \
         ml_merge_recipe *r_ = NULL;                                                                          \
@@ -224,6 +254,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_layer_t),
         cmocka_unit_test(test_gradient_and_filters),
         cmocka_unit_test(test_lookup_order),
+        cmocka_unit_test(test_paper_recipe),
         cmocka_unit_test(test_bad_recipes),
     };
     return ml_test_run(argc, argv, "merge_recipe", tests, sizeof tests / sizeof tests[0]);
