@@ -234,7 +234,7 @@ int main(int argc, char **argv) {
         }
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = ml_wtime();
-        if (ml_merge_checkpoints(MPI_COMM_WORLD, r, out, NULL)) {
+        if (ml_merge_checkpoints(MPI_COMM_WORLD, r, out, NULL, 0)) {
             ml_error_print(stderr, 1);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }

@@ -189,9 +189,12 @@ int ml_merge_recipe_to_json(const ml_merge_recipe *r, char **json);
 
 /* Merge checkpoints as r says into out_path (collective over comm). Tensors
  * are spread over the ranks; each rank reads only the tensors it merges,
- * one tensor at a time. Everything is validated before the output is
- * created. config_json (may be NULL) becomes the root `config` attribute. */
-int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *out_path, const char *config_json);
+ * one tensor at a time, in reads of read_chunk elements per model (0: the
+ * default, 1M; the result does not depend on it). Everything is validated
+ * before the output is created; out_path NULL only validates. config_json
+ * (may be NULL) becomes the root `config` attribute. */
+int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *out_path, const char *config_json,
+                         size_t read_chunk);
 
 /* `mergelens merge CONFIG.yaml --out OUT.h5 [--seed S]` */
 int ml_cmd_merge(MPI_Comm comm, int argc, char **argv);
