@@ -436,22 +436,19 @@ static const ml_option_spec ml_merge_options[] = {
     ML_OPT_END};
 
 int ml_cmd_merge(MPI_Comm comm, int argc, char **argv) {
-    int rank, rc = ML_OK, help = 0, npos = 0, check = 0;
-    MPI_Comm_rank(comm, &rank);
+    int rc = ML_OK, help = 0, npos = 0, check = 0;
     ml_options *o = NULL;
     char **pos = NULL, *cfg_json = NULL;
     ml_merge_recipe *r = NULL;
-    ML_CHECK_GOTO(ml_options_create("merge", ml_merge_options, &o), done);
-    ML_CHECK_GOTO(ml_options_apply_argv(o, argc, argv, &npos, &pos, &help), done);
-    if (help) {
-        if (rank == 0) {
-            printf("usage: mergelens merge CONFIG.yaml --out OUT.h5 [options]\n\n"
-                   "Merge checkpoints as a mergekit-style recipe says (methods: linear, slerp, task_arithmetic,\n"
-                   "ties, dare_linear, dare_ties, model_stock, soup, multislerp, karcher).\n\noptions:\n");
-            ml_options_print_help(o, stdout);
-        }
-        goto done;
-    }
+    ML_CHECK_GOTO(ml_options_parse_command(
+                      comm, "merge",
+                      "usage: mergelens merge CONFIG.yaml --out OUT.h5 [options]\n\n"
+                      "Merge checkpoints as a mergekit-style recipe says (methods: linear, slerp, task_arithmetic,\n"
+                      "ties, dare_linear, dare_ties, model_stock, soup, multislerp, karcher). Tensors are spread\n"
+                      "over the MPI ranks; the output does not depend on their number.",
+                      ml_merge_options, argc, argv, &o, &npos, &pos, &help),
+                  done);
+    if (help) goto done;
     if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "merge: expected one recipe file (CONFIG.yaml), got %d arguments", npos);
     check = ml_opt_bool(o, "check");
     const char *outp = ml_opt_str(o, "out");
