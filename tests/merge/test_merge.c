@@ -565,6 +565,27 @@ static void test_allocation_failures(void **state) {
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
+/* remove this run's files (every test above leaves its checks done) */
+static void test_cleanup(void **state) {
+    (void)state;
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0 && dir[0]) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        char p[1400];
+        while (d && (e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+                unlink(p);
+            }
+        if (d) closedir(d);
+        rmdir(dir);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slerp_model),
@@ -572,6 +593,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_rank_independence),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_allocation_failures),
+        cmocka_unit_test(test_cleanup),
     };
     return ml_test_run(argc, argv, "merge_cmd", tests, sizeof tests / sizeof tests[0]);
 }
