@@ -70,7 +70,10 @@ typedef enum { ML_CORR_AUTO = 0, ML_CORR_DENSE = 1, ML_CORR_SPARSE = 2 } ml_corr
  *   sum_t nnzA_t * nnzB_t / (n * FA_blk * FB_blk)
  * (about density_A * density_B) is at most this (measured crossover, see
  * docs/modules/features.md). */
-#define ML_CORR_SPARSE_THRESHOLD 4.0e-3
+#define ML_CORR_SPARSE_THRESHOLD 1.5e-3
+/* The dense path densifies CSR input in sub-chunks of at most this many
+ * rows (scratch: rows x (FA_blk + FB_blk) floats). */
+#define ML_CORR_DENSE_ROWS 4096
 
 typedef struct {
     int64_t n_a, n_b;        /* features of dictionaries A and B */

@@ -17,6 +17,7 @@
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 struct ml_corr {
     ml_feat_grid g;
@@ -32,12 +33,28 @@ struct ml_corr {
     int32_t *ia, *ib;         /* block-filtered CSR columns (local), capacity cap_a / cap_b */
     float *va, *vb;
     int64_t cap_a, cap_b;
+    int64_t *fptr;            /* (na + 1) feature-major pointers of A's block */
+    int32_t *ft;              /* feature-major token ids / values, capacity cap_t */
+    float *fv;
+    int64_t cap_t;
     int64_t n_tokens, dense_chunks, sparse_chunks;
     int finalized, broken;
 };
 
 const ml_feat_grid *ml_feat_corr_grid(const ml_corr *c) { return &c->g; }
 int64_t ml_feat_corr_max_rows(const ml_corr *c) { return c->cfg.max_rows; }
+
+/* Ask for transparent huge pages on a large buffer before first touch (the
+ * sparse path updates S at random places: fewer TLB misses). Advisory. */
+static void ml_corr_hugepages(void *p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, e = ((uintptr_t)p + bytes) & ~(uintptr_t)4095;
+    if (e > a + ((size_t)4 << 20)) (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
 
 int ml_corr_create(MPI_Comm comm, const ml_corr_config *cfg, ml_corr **out) {
     *out = NULL;
@@ -60,7 +77,11 @@ int ml_corr_create(MPI_Comm comm, const ml_corr_config *cfg, ml_corr **out) {
     c->cfg = *cfg;
     c->threshold = cfg->sparse_threshold > 0 ? cfg->sparse_threshold : ML_CORR_SPARSE_THRESHOLD;
     size_t na = (size_t)g.na, nb = (size_t)g.nb, mr = (size_t)cfg->max_rows;
-    c->S = ml_calloc(na * nb, sizeof(double));
+    c->S = ml_malloc(sizeof(double) * na * nb);
+    if (c->S) {
+        ml_corr_hugepages(c->S, sizeof(double) * na * nb);
+        memset(c->S, 0, sizeof(double) * na * nb);
+    }
     c->sa = ml_calloc(na, sizeof(double));
     c->sa2 = ml_calloc(na, sizeof(double));
     c->sb = ml_calloc(nb, sizeof(double));
@@ -71,8 +92,9 @@ int ml_corr_create(MPI_Comm comm, const ml_corr_config *cfg, ml_corr **out) {
     c->cnt_b = ml_malloc(sizeof(int64_t) * mr);
     c->pa = ml_malloc(sizeof(int64_t) * (mr + 1));
     c->pb = ml_malloc(sizeof(int64_t) * (mr + 1));
+    c->fptr = ml_malloc(sizeof(int64_t) * (na + 1));
     if (!c->S || !c->sa || !c->sa2 || !c->sb || !c->sb2 || !c->dead_a || !c->dead_b || !c->cnt_a || !c->cnt_b ||
-        !c->pa || !c->pb)
+        !c->pa || !c->pb || !c->fptr)
         rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
 agree:
     rc = ml_agree(comm, rc);
@@ -107,6 +129,9 @@ void ml_corr_destroy(ml_corr **cp) {
     ml_free(c->ib);
     ml_free(c->va);
     ml_free(c->vb);
+    ml_free(c->fptr);
+    ml_free(c->ft);
+    ml_free(c->fv);
     ml_free(c);
     *cp = NULL;
 }
@@ -229,35 +254,80 @@ static int ml_corr_sparse_view(const ml_fcodes *x, int64_t lo, int64_t m, const 
     return ML_OK;
 }
 
-/* S (na, nb) += sum_t outer(A_t, B_t) over the active sets, in double. */
-static void ml_corr_sparse_accumulate(double *S, int64_t nb, int64_t n, const int64_t *pa, const int32_t *ia,
-                                      const float *va, const int64_t *pb, const int32_t *ib, const float *vb) {
-    for (int64_t t = 0; t < n; t++) {
-        int64_t b_lo = pb[t], b_hi = pb[t + 1];
-        if (b_lo == b_hi) continue;
+/* S (na, nb) += sum_t outer(A_t, B_t) over the active sets, in double.
+ * Feature-major: A's block CSR is transposed (stably, so every S entry still
+ * receives its terms in token order) and each row of S is updated for all
+ * tokens where its feature fires, so the row (nb doubles) stays in cache
+ * instead of one random miss per update. cnt (na+1), ft, fv (nnz) scratch. */
+static void ml_corr_sparse_accumulate(double *S, int64_t na, int64_t nb, int64_t n, const int64_t *pa,
+                                      const int32_t *ia, const float *va, const int64_t *pb, const int32_t *ib,
+                                      const float *vb, int64_t *fptr, int32_t *ft, float *fv) {
+    memset(fptr, 0, sizeof(int64_t) * (size_t)(na + 1));
+    for (int64_t e = pa[0]; e < pa[n]; e++) fptr[ia[e] + 1]++;
+    for (int64_t i = 0; i < na; i++) fptr[i + 1] += fptr[i];
+    for (int64_t t = 0; t < n; t++) /* counting sort by feature, tokens ascending */
         for (int64_t e = pa[t]; e < pa[t + 1]; e++) {
-            double a = va[e];
-            double *row = S + (int64_t)ia[e] * nb; /* (nb) */
-            for (int64_t f = b_lo; f < b_hi; f++) row[ib[f]] += a * (double)vb[f];
+            int64_t k = fptr[ia[e]]++;
+            ft[k] = (int32_t)t;
+            fv[k] = va[e];
+        }
+    for (int64_t i = na; i > 0; i--) fptr[i] = fptr[i - 1];
+    fptr[0] = 0;
+    const int64_t lines = (nb * (int64_t)sizeof(double) + 63) / 64; /* cache lines per row of S */
+    for (int64_t i = 0; i < na; i++) {
+        double *row = S + i * nb; /* (nb) */
+        int64_t fires = fptr[i + 1] - fptr[i];
+        /* when the next row will see about as many updates as it has lines,
+         * stream it in while this one is updated (interleaved prefetches) */
+        const char *next = (const char *)(row + nb);
+        int64_t per = 0, done = 0;
+        if (i + 1 < na && fires > 0) {
+            int64_t upd = 0;
+            for (int64_t e = fptr[i + 1]; e < fptr[i + 2]; e++) upd += pb[ft[e] + 1] - pb[ft[e]];
+            if (2 * upd >= lines) per = (lines + fires - 1) / fires;
+        }
+        for (int64_t e = fptr[i]; e < fptr[i + 1]; e++) {
+            double a = fv[e];
+            int64_t t = ft[e];
+            for (int64_t q = 0; q < per && done < lines; q++, done++) __builtin_prefetch(next + 64 * done, 1, 3);
+            for (int64_t f = pb[t]; f < pb[t + 1]; f++) row[ib[f]] += a * (double)vb[f];
         }
     }
+}
+
+/* Rows [s, s+m) of a codes chunk, as a codes chunk. */
+static ml_fcodes ml_corr_rows(const ml_fcodes *x, int64_t s, int64_t m) {
+    ml_fcodes y = *x;
+    y.n = m;
+    if (x->x)
+        y.x = x->x + s * x->ld;
+    else
+        y.row_ptr = x->row_ptr + s;
+    return y;
 }
 
 static int ml_corr_add_dense(ml_corr *c, const ml_fcodes *A, const ml_fcodes *B) {
     const ml_feat_grid *g = &c->g;
     int64_t n = A->n, na = g->na, nb = g->nb;
-    if (!c->C) {
-        ML_ALLOC(c->C, na * nb);
+    int64_t sub = c->cfg.max_rows < ML_CORR_DENSE_ROWS ? c->cfg.max_rows : ML_CORR_DENSE_ROWS;
+    if (!c->C) ML_ALLOC(c->C, na * nb);
+    if (!A->x && !c->xa) ML_ALLOC(c->xa, sub * na);
+    if (!B->x && !c->xb) ML_ALLOC(c->xb, sub * nb);
+    /* CSR input is densified in sub-chunks of <= sub rows; dense input is
+     * multiplied whole. C accumulates in float over the chunk. */
+    int64_t step = (A->x && B->x) ? n : sub;
+    for (int64_t s = 0; s < n; s += step) {
+        int64_t m = n - s < step ? n - s : step;
+        ml_fcodes As = ml_corr_rows(A, s, m), Bs = ml_corr_rows(B, s, m);
+        int64_t lda, ldb;
+        const float *XA = ml_corr_dense_view(&As, g->a0, na, c->xa, &lda); /* (m, lda) */
+        const float *XB = ml_corr_dense_view(&Bs, g->b0, nb, c->xb, &ldb); /* (m, ldb) */
+        ml_prof_begin("corr_dense_gemm");
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)na, (int)nb, (int)m, 1.0f, XA, (int)lda, XB,
+                    (int)ldb, s == 0 ? 0.0f : 1.0f, c->C, (int)nb);
+        ml_prof_end("corr_dense_gemm", 2.0 * (double)m * (double)na * (double)nb,
+                    4.0 * (double)m * (double)(na + nb));
     }
-    if (!A->x && !c->xa) ML_ALLOC(c->xa, c->cfg.max_rows * na);
-    if (!B->x && !c->xb) ML_ALLOC(c->xb, c->cfg.max_rows * nb);
-    int64_t lda, ldb;
-    const float *XA = ml_corr_dense_view(A, g->a0, na, c->xa, &lda); /* (n, lda) */
-    const float *XB = ml_corr_dense_view(B, g->b0, nb, c->xb, &ldb); /* (n, ldb) */
-    ml_prof_begin("corr_dense_gemm");
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)na, (int)nb, (int)n, 1.0f, XA, (int)lda, XB, (int)ldb,
-                0.0f, c->C, (int)nb);
-    ml_prof_end("corr_dense_gemm", 2.0 * (double)n * (double)na * (double)nb, 4.0 * (double)n * (double)(na + nb));
     ml_prof_begin("corr_dense_accum");
     double *S = c->S;
     const float *C = c->C;
@@ -272,8 +342,19 @@ static int ml_corr_add_sparse(ml_corr *c, const ml_fcodes *A, const ml_fcodes *B
     const ml_feat_grid *g = &c->g;
     ML_CHECK(ml_corr_sparse_view(A, g->a0, g->na, c->cnt_a, c->pa, &c->ia, &c->va, &c->cap_a));
     ML_CHECK(ml_corr_sparse_view(B, g->b0, g->nb, c->cnt_b, c->pb, &c->ib, &c->vb, &c->cap_b));
+    int64_t nnz = c->pa[A->n];
+    if (nnz > c->cap_t) {
+        ml_free(c->ft);
+        ml_free(c->fv);
+        c->cap_t = 0;
+        c->ft = ml_malloc(sizeof(int32_t) * (size_t)(nnz + nnz / 2 + 64));
+        c->fv = ml_malloc(sizeof(float) * (size_t)(nnz + nnz / 2 + 64));
+        if (!c->ft || !c->fv) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        c->cap_t = nnz + nnz / 2 + 64;
+    }
     ml_prof_begin("corr_sparse");
-    ml_corr_sparse_accumulate(c->S, g->nb, A->n, c->pa, c->ia, c->va, c->pb, c->ib, c->vb);
+    ml_corr_sparse_accumulate(c->S, g->na, g->nb, A->n, c->pa, c->ia, c->va, c->pb, c->ib, c->vb, c->fptr, c->ft,
+                              c->fv);
     ml_prof_end("corr_sparse", 2.0 * pairs, 16.0 * pairs);
     c->sparse_chunks++;
     return ML_OK;
