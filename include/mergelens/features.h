@@ -254,4 +254,57 @@ int ml_tracking_write_traces(ml_h5 *h, const char *name, int n_models, const cha
  * slab by slab to one rank, which writes them (memory: chunk_rows x n_b). */
 int ml_corr_write_matrix(ml_corr *c, ml_h5 *h, const char *name, int64_t chunk_rows);
 
+/* ---- one comparison from two code streams (for `mergelens compare`) -------- */
+/* A stream of codes, e.g. the SAE module encoding a model's activations.
+ * next() fills *out with the next chunk of at most max_rows token rows that
+ * covers at least features [f0, f0 + nf) (it may give the full width) and,
+ * when asked (tokens != NULL), the chunk's token ids; out->n == 0 ends the
+ * stream. The arrays must stay valid until the next call. Both streams of a
+ * comparison walk the same token positions with the same chunking, and
+ * every rank receives the same rows. */
+typedef struct {
+    int (*next)(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml_fcodes *out, const int32_t **tokens);
+    void *ctx;
+    int64_t n_features;
+    int64_t n_rows; /* total token rows when known (progress display), else 0 */
+} ml_codes_stream;
+
+typedef struct {
+    int64_t max_rows;         /* rows per chunk; 0 = 16384 */
+    ml_corr_path path;        /* activation correlation path (AUTO) */
+    int grid_rows, grid_cols; /* 0 = MPI_Dims_create */
+    int64_t vocab;            /* > 0: token-profile correlation too (streams give token ids) */
+    const float *dec_a, *dec_b; /* decoder rows (n_a, d_in), (n_b, d_in), replicated; NULL = skip */
+    int64_t d_in;
+    const float *gram;        /* (d_in, d_in) logit Gram matrix (ml_logit_gram); NULL = skip */
+    double match_floor;       /* one-to-one matching on pairs with r >= floor; 0 = 0.2; > 1 = skip */
+    int64_t max_component;    /* see ml_assign_pairs; 0 = 8192 */
+    ml_h5 *matrix_file;       /* non-NULL: write the full r matrix there ... */
+    const char *matrix_name;  /* ... as this dataset */
+} ml_compare_config;
+
+typedef struct {
+    int64_t n_tokens, n_common_ids;
+    double match_floor;       /* floor actually used (raised when a component was too large) */
+    int has_one_to_one, has_token_profile, has_decoder, has_logit;
+    ml_best activation;       /* max matching on Pearson r over token positions */
+    ml_best one_to_one;       /* one-to-one matching on the same r */
+    ml_best token_profile;    /* Pearson r of per-token-id mean activations */
+    ml_best decoder;          /* decoder-direction cosine */
+    ml_best logit;            /* logit-weight cosine */
+} ml_compare_result;
+
+/* Collective: stream both code sources once and compute every requested
+ * measure. Memory: one (na, nb) block of doubles at a time plus the chunks
+ * and the token profiles. */
+int ml_compare_run(MPI_Comm comm, const ml_compare_config *cfg, ml_codes_stream *a, ml_codes_stream *b,
+                   ml_compare_result *out);
+void ml_compare_result_free(ml_compare_result *r);
+/* Collective: /edges/<edge> with the statuses of the activation max matching
+ * (ml_tracking_write_edge) and one best group per computed measure:
+ * activation, activation_1to1, token_profile, decoder_cos, logit_cos. The
+ * classified edge is returned in *e (may be NULL). */
+int ml_tracking_write_compare(ml_h5 *h, const char *edge, const char *parent, const char *child, double tau,
+                              const ml_compare_result *r, ml_track_edge *e);
+
 #endif

@@ -210,3 +210,42 @@ done:
     ml_free(displs);
     return rc;
 }
+
+int ml_tracking_write_compare(ml_h5 *h, const char *edge, const char *parent, const char *child, double tau,
+                              const ml_compare_result *r, ml_track_edge *e_out) {
+    ml_track_edge e;
+    ML_CHECK(ml_agree(ml_h5_comm(h), ml_track_classify(&r->activation, tau, &e)));
+    int rc = ML_OK;
+    char g[600];
+    ML_CHECK_GOTO(ml_tracking_write_edge(h, edge, parent, child, "activation", &e), done);
+    snprintf(g, sizeof g, "/edges/%s", edge);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, g, "n_tokens", r->n_tokens), done);
+    const struct {
+        int has;
+        const char *name;
+        const ml_best *b;
+    } groups[] = {{1, "activation", &r->activation},
+                  {r->has_one_to_one, "activation_1to1", &r->one_to_one},
+                  {r->has_token_profile, "token_profile", &r->token_profile},
+                  {r->has_decoder, "decoder_cos", &r->decoder},
+                  {r->has_logit, "logit_cos", &r->logit}};
+    for (size_t k = 0; k < sizeof groups / sizeof groups[0]; k++) {
+        if (!groups[k].has) continue;
+        snprintf(g, sizeof g, "/edges/%s/%s", edge, groups[k].name);
+        ML_CHECK_GOTO(ml_tracking_write_best(h, g, groups[k].b), done);
+    }
+    if (r->has_one_to_one) {
+        snprintf(g, sizeof g, "/edges/%s/activation_1to1", edge);
+        ML_CHECK_GOTO(ml_h5_set_attr_double(h, g, "match_floor", r->match_floor), done);
+    }
+    if (r->has_token_profile) {
+        snprintf(g, sizeof g, "/edges/%s/token_profile", edge);
+        ML_CHECK_GOTO(ml_h5_set_attr_int(h, g, "n_common_ids", r->n_common_ids), done);
+    }
+done:
+    if (rc == ML_OK && e_out)
+        *e_out = e;
+    else
+        ml_track_edge_free(&e);
+    return rc;
+}

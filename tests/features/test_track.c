@@ -217,7 +217,128 @@ static void test_planted(void **state) {
     assert_int_equal(ml_alloc_live(), live0);
 }
 
+/* A code stream over an in-memory CSR (full width), with token ids. */
+typedef struct {
+    const ft_csr *csr;
+    const int32_t *tokens;
+    int64_t n, F, pos, short_by; /* short_by: give fewer rows (mismatch test) */
+} mem_stream;
+
+static int mem_next(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml_fcodes *out, const int32_t **tokens) {
+    mem_stream *m = ctx;
+    (void)f0;
+    (void)nf;
+    int64_t k = m->n - m->pos < max_rows ? m->n - m->pos : max_rows;
+    if (k > 0 && m->short_by) k -= m->short_by;
+    *out = ft_csr_view(m->csr, m->pos, k, 0, m->F);
+    if (tokens) *tokens = m->tokens + m->pos;
+    m->pos += k;
+    return ML_OK;
+}
+
+static void test_compare_streams(void **state) {
+    (void)state;
+    long live0 = ml_alloc_live();
+    planted p;
+    make_planted(&p);
+    ft_csr cx = ft_to_csr(p.X, NTOK, FA, 0, FA), cy = ft_to_csr(p.Y, NTOK, FB, 0, FB);
+    int32_t *tok = malloc(sizeof(int32_t) * NTOK);
+    for (int t = 0; t < NTOK; t++) tok[t] = (t * 7) % 97;
+    const int64_t d = 16, V = 30;
+    float *WA = malloc(sizeof(float) * FA * d), *WB = malloc(sizeof(float) * FB * d), *U = malloc(sizeof(float) * V * d);
+    float G[16 * 16];
+    ml_rng rng;
+    ml_rng_seed(&rng, 5, 1);
+    for (int64_t k = 0; k < FA * d; k++) WA[k] = ml_rng_normal(&rng);
+    for (int64_t k = 0; k < FB * d; k++) WB[k] = ml_rng_normal(&rng);
+    for (int64_t k = 0; k < V * d; k++) U[k] = ml_rng_normal(&rng);
+    ML_ASSERT_OK(ml_logit_gram(U, V, d, NULL, NULL, d, 1, G));
+    mem_stream ma = {&cx, tok, NTOK, FA, 0, 0}, mb = {&cy, tok, NTOK, FB, 0, 0};
+    ml_codes_stream sa = {mem_next, &ma, FA, NTOK}, sb = {mem_next, &mb, FB, NTOK};
+    ml_compare_config cfg = {.max_rows = 700, .vocab = 97, .dec_a = WA, .dec_b = WB, .d_in = d, .gram = G};
+    ml_compare_result res;
+    ML_ASSERT_OK(ml_compare_run(MPI_COMM_WORLD, &cfg, &sa, &sb, &res));
+    assert_int_equal(res.n_tokens, NTOK);
+    assert_int_equal(res.n_common_ids, 97);
+    assert_true(res.has_one_to_one && res.has_token_profile && res.has_decoder && res.has_logit);
+    ML_ASSERT_CLOSE(res.match_floor, 0.2, 1e-12);
+    /* each measure equals its direct computation */
+    ml_corr_config cc = {.n_a = FA, .n_b = FB, .max_rows = 700};
+    ml_corr *c = NULL;
+    ML_ASSERT_OK(ml_corr_create(MPI_COMM_WORLD, &cc, &c));
+    ml_tprof *pa = NULL, *pb = NULL;
+    ML_ASSERT_OK(ml_tprof_create(c, 0, 97, &pa));
+    ML_ASSERT_OK(ml_tprof_create(c, 1, 97, &pb));
+    ml_fcodes A = ft_csr_view(&cx, 0, NTOK, 0, FA), B = ft_csr_view(&cy, 0, NTOK, 0, FB);
+    ML_ASSERT_OK(ml_tprof_add(pa, tok, &A));
+    ML_ASSERT_OK(ml_tprof_add(pb, tok, &B));
+    int64_t nc;
+    ML_ASSERT_OK(ml_tprof_feed(pa, pb, c, &nc));
+    ML_ASSERT_OK(ml_corr_finalize(c));
+    ml_best tp, dec, lg;
+    ML_ASSERT_OK(ml_corr_best(c, &tp));
+    ML_ASSERT_OK(ml_cosine_best(MPI_COMM_WORLD, WA, FA, WB, FB, d, NULL, &dec));
+    ML_ASSERT_OK(ml_cosine_best(MPI_COMM_WORLD, WA, FA, WB, FB, d, G, &lg));
+    assert_memory_equal(tp.a_partner, res.token_profile.a_partner, sizeof(int32_t) * FA);
+    assert_memory_equal(tp.b_score, res.token_profile.b_score, sizeof(float) * FB);
+    assert_memory_equal(dec.a_partner, res.decoder.a_partner, sizeof(int32_t) * FA);
+    assert_memory_equal(lg.b_partner, res.logit.b_partner, sizeof(int32_t) * FB);
+    for (int i = 0; i < FA; i++) {
+        assert_int_equal(res.activation.a_partner[i], p.deadA[i] ? -1 : (p.a2b[i] >= 0 ? p.a2b[i] : res.activation.a_partner[i]));
+        if (p.a2b[i] >= 0) assert_int_equal(res.one_to_one.a_partner[i], p.a2b[i]);
+    }
+    /* the file: statuses from the activation max matching + one group per measure */
+    char path[1200];
+    snprintf(path, sizeof path, "%s/compare.h5", ml_test_dir("features_compare"));
+    ml_h5 *h = NULL;
+    ml_track_edge e;
+    ML_ASSERT_OK(ml_tracking_create(MPI_COMM_WORLD, path, NULL, 0.8, &h));
+    ML_ASSERT_OK(ml_tracking_write_compare(h, "base_to_lua", "base", "lua", 0.8, &res, &e));
+    ML_ASSERT_OK(ml_h5_close(&h));
+    check_edge(&e, &p);
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, path, "mergelens.tracking", 1, 1, &h));
+    const char *groups[5] = {"activation", "activation_1to1", "token_profile", "decoder_cos", "logit_cos"};
+    const ml_best *bests[5] = {&res.activation, &res.one_to_one, &res.token_profile, &res.decoder, &res.logit};
+    for (int k = 0; k < 5; k++) {
+        char ds[256];
+        float sc[FB];
+        hsize_t dims[1] = {FB};
+        snprintf(ds, sizeof ds, "/edges/base_to_lua/%s/b_score", groups[k]);
+        ML_ASSERT_OK(ml_h5_read_tensor(h, ds, ML_F32, 1, dims, sc));
+        assert_memory_equal(sc, bests[k]->b_score, sizeof sc);
+    }
+    int64_t ncommon = 0;
+    ML_ASSERT_OK(ml_h5_get_attr_int(h, "/edges/base_to_lua/token_profile", "n_common_ids", &ncommon));
+    assert_int_equal(ncommon, 97);
+    ML_ASSERT_OK(ml_h5_close(&h));
+    ml_track_edge_free(&e);
+
+    ml_compare_result_free(&res);
+    /* streams that disagree on the chunking fail on every rank */
+    ma.pos = mb.pos = 0;
+    mb.short_by = 1;
+    ML_ASSERT_FAILS(ml_compare_run(MPI_COMM_WORLD, &cfg, &sa, &sb, &res), ML_ERR_SHAPE,
+                    "stream A gave a chunk of 700 rows but stream B one of 699");
+
+    ml_compare_result_free(&res);
+    ml_best_free(&tp);
+    ml_best_free(&dec);
+    ml_best_free(&lg);
+    ml_tprof_destroy(&pa);
+    ml_tprof_destroy(&pb);
+    ml_corr_destroy(&c);
+    ft_csr_free(&cx);
+    ft_csr_free(&cy);
+    free(tok);
+    free(WA);
+    free(WB);
+    free(U);
+    free(p.X);
+    free(p.Y);
+    assert_int_equal(ml_alloc_live(), live0);
+}
+
 int main(int argc, char **argv) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_planted)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_planted), cmocka_unit_test(test_compare_streams)};
     return ml_test_run(argc, argv, "features_track", tests, sizeof tests / sizeof tests[0]);
 }
