@@ -3,8 +3,8 @@
  * diagonal correlation, bad input. Runs with 1, 2 and 4 ranks. */
 #include <math.h>
 
-#include "feat_test_util.h"
 #include "ml_test.h"
+#include "feat_test_util.h"
 
 /* Run a correlation over (n, FA) X and (n, FB) Y on comm, chunks of `chunk`
  * rows; csr != 0 passes CSR (only this rank's block columns when
@@ -462,12 +462,76 @@ static void test_diagcorr(void **state) {
     free(X2);
 }
 
+/* One whole pipeline on MPI_COMM_SELF for the allocation-failure sweep. */
+static int sweep_corr(void) {
+    enum { FA = 9, FB = 7, N = 40, V = 11 };
+    static float X[N * FA], Y[N * FB];
+    static int32_t tok[N];
+    static int init = 0;
+    if (!init) {
+        ml_rng rng;
+        ml_rng_seed(&rng, 77, 0);
+        ft_sparse_codes(&rng, N, FA, 0.3, X);
+        ft_sparse_codes(&rng, N, FB, 0.3, Y);
+        for (int t = 0; t < N; t++) tok[t] = t % V;
+        init = 1;
+    }
+    ml_corr_config cfg = {.n_a = FA, .n_b = FB, .max_rows = 16};
+    ml_corr *c = NULL, *c2 = NULL;
+    ml_tprof *pa = NULL, *pb = NULL;
+    ml_diagcorr *d = NULL;
+    ml_best best = {0};
+    ml_pair *pairs = NULL;
+    int64_t np, nc;
+    float r[FA * FB];
+    double dr[FA];
+    uint8_t dd[FA];
+    int rc = ML_OK;
+    ML_CHECK_GOTO(ml_corr_create(MPI_COMM_SELF, &cfg, &c), done);
+    ML_CHECK_GOTO(ml_tprof_create(c, 0, V, &pa), done);
+    ML_CHECK_GOTO(ml_tprof_create(c, 1, V, &pb), done);
+    ML_CHECK_GOTO(ml_diagcorr_create(FB, &d), done);
+    for (int t0 = 0; t0 < N; t0 += 16) {
+        int m = N - t0 < 16 ? N - t0 : 16;
+        ml_fcodes A = ft_dense_view(X, t0, m, FA), B = ft_dense_view(Y, t0, m, FB);
+        ML_CHECK_GOTO(ml_corr_add(c, &A, &B), done); /* AUTO: dense for the first chunks */
+        ML_CHECK_GOTO(ml_tprof_add(pa, tok + t0, &A), done);
+        ML_CHECK_GOTO(ml_tprof_add(pb, tok + t0, &B), done);
+        ML_CHECK_GOTO(ml_diagcorr_add(d, &B, &B), done);
+    }
+    ML_CHECK_GOTO(ml_corr_finalize(c), done);
+    ML_CHECK_GOTO(ml_corr_best(c, &best), done);
+    ML_CHECK_GOTO(ml_corr_pairs(c, 0.0, &pairs, &np), done);
+    ML_CHECK_GOTO(ml_corr_gather(c, r), done);
+    ML_CHECK_GOTO(ml_diagcorr_result(d, dr, dd), done);
+    cfg.path = ML_CORR_SPARSE;
+    ML_CHECK_GOTO(ml_corr_create(MPI_COMM_SELF, &cfg, &c2), done);
+    ML_CHECK_GOTO(ml_tprof_feed(pa, pb, c2, &nc), done);
+done:
+    ml_best_free(&best);
+    ml_free(pairs);
+    ml_corr_destroy(&c);
+    ml_corr_destroy(&c2);
+    ml_tprof_destroy(&pa);
+    ml_tprof_destroy(&pb);
+    ml_diagcorr_destroy(&d);
+    return rc;
+}
+
+static void test_alloc_failures(void **state) {
+    (void)state;
+    int points = ft_alloc_sweep(sweep_corr);
+    printf("allocation-failure sweep: %d failure points, all clean\n", points);
+    assert_true(points > 20);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_naive_dense),      cmocka_unit_test(test_sparse_vs_dense),
         cmocka_unit_test(test_dead_features),    cmocka_unit_test(test_rank_independence),
         cmocka_unit_test(test_pairs),            cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_token_profile),    cmocka_unit_test(test_diagcorr),
+        cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "features_corr", tests, sizeof tests / sizeof tests[0]);
 }

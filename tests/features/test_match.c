@@ -4,8 +4,8 @@
  * flow and traces. Runs with 1, 2 and 4 ranks. */
 #include <math.h>
 
-#include "feat_test_util.h"
 #include "ml_test.h"
+#include "feat_test_util.h"
 
 /* ---- brute force --------------------------------------------------------- */
 /* Minimum over injections rows -> columns (n <= m) of the summed cost. */
@@ -326,11 +326,63 @@ static void test_flow(void **state) {
     ML_ASSERT_FAILS(ml_flow_traces(3, nf, maps, &tr, &ntr), ML_ERR_ARG, "sends feature 1 to 5");
 }
 
+static int sweep_match(void) {
+    enum { FA = 6, FB = 5, D = 4, T = 6 };
+    static float WA[FA * D], WB[FB * D], CA[T * FA], CB[T * FB];
+    static int init = 0;
+    if (!init) {
+        ml_rng rng;
+        ml_rng_seed(&rng, 3, 3);
+        for (int k = 0; k < FA * D; k++) WA[k] = ml_rng_normal(&rng);
+        for (int k = 0; k < FB * D; k++) WB[k] = ml_rng_normal(&rng);
+        ft_sparse_codes(&rng, T, FA, 0.5, CA);
+        ft_sparse_codes(&rng, T, FB, 0.5, CB);
+        init = 1;
+    }
+    float G[D * D], cost[FA * FB];
+    ml_best b = {0}, b2 = {0};
+    ml_track_edge e = {0};
+    ml_flow *f = NULL;
+    int32_t ap[FA], bp[FB], r2c[FA], *tr = NULL;
+    float sup[FA];
+    int64_t ntr;
+    ml_pair pairs[3] = {{0, 1, 0.9f}, {1, 1, 0.8f}, {2, 3, 0.7f}};
+    int rc = ML_OK;
+    for (int k = 0; k < FA * FB; k++) cost[k] = (float)((k * 7) % 5);
+    ML_CHECK_GOTO(ml_assign_dense(cost, FA, FB, r2c, NULL), done);
+    ML_CHECK_GOTO(ml_logit_gram(WA, FA, D, NULL, NULL, D, 1, G), done);
+    ML_CHECK_GOTO(ml_cosine_best(MPI_COMM_SELF, WA, FA, WB, FB, D, G, &b), done);
+    ML_CHECK_GOTO(ml_assign_pairs(FA, FB, pairs, 3, 0.5, 0, ap, bp), done);
+    ML_CHECK_GOTO(ml_best_from_assignment(&b, pairs, 3, ap, bp, &b2), done);
+    ML_CHECK_GOTO(ml_track_classify(&b2, 0.75, &e), done);
+    ML_CHECK_GOTO(ml_flow_create(MPI_COMM_SELF, &(ml_flow_config){.n_a = FA, .n_b = FB}, &f), done);
+    ml_fcodes A = ft_dense_view(CA, 0, T, FA), B = ft_dense_view(CB, 0, T, FB);
+    ML_CHECK_GOTO(ml_flow_add_sample(f, &A, &B), done);
+    ML_CHECK_GOTO(ml_flow_result(f, ap, sup, NULL), done);
+    const int64_t nf[2] = {FA, FB};
+    const int32_t *maps[1] = {ap};
+    ML_CHECK_GOTO(ml_flow_traces(2, nf, maps, &tr, &ntr), done);
+done:
+    ml_best_free(&b);
+    ml_best_free(&b2);
+    ml_track_edge_free(&e);
+    ml_flow_destroy(&f);
+    ml_free(tr);
+    return rc;
+}
+
+static void test_alloc_failures(void **state) {
+    (void)state;
+    int points = ft_alloc_sweep(sweep_match);
+    printf("allocation-failure sweep: %d failure points, all clean\n", points);
+    assert_true(points > 20);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hungarian_brute_force), cmocka_unit_test(test_assign_pairs_brute_force),
         cmocka_unit_test(test_cosine_and_logit),      cmocka_unit_test(test_classify),
-        cmocka_unit_test(test_flow),
+        cmocka_unit_test(test_flow),                  cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "features_match", tests, sizeof tests / sizeof tests[0]);
 }

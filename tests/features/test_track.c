@@ -5,9 +5,9 @@
  * and the tracking file must hold them. Runs with 1, 2 and 4 ranks. */
 #include <math.h>
 
-#include "feat_test_util.h"
 #include "mergelens/io.h"
 #include "ml_test.h"
+#include "feat_test_util.h"
 
 enum { FA = 60, FB = 52, NTOK = 4000, NKEEP = 42, CHUNK = 512 };
 
@@ -338,7 +338,38 @@ static void test_compare_streams(void **state) {
     assert_int_equal(ml_alloc_live(), live0);
 }
 
+static int sweep_compare(void) {
+    static planted p;
+    static ft_csr cx, cy;
+    static int32_t tok[NTOK];
+    static float W[FA * 8];
+    static int init = 0;
+    if (!init) {
+        make_planted(&p);
+        cx = ft_to_csr(p.X, NTOK, FA, 0, FA);
+        cy = ft_to_csr(p.Y, NTOK, FB, 0, FB);
+        for (int t = 0; t < NTOK; t++) tok[t] = t % 13;
+        for (int k = 0; k < FA * 8; k++) W[k] = (float)((k * 37) % 11) - 5.0f;
+        init = 1;
+    }
+    mem_stream ma = {&cx, tok, NTOK, FA, 0, 0}, mb = {&cy, tok, NTOK, FB, 0, 0};
+    ml_codes_stream sa = {mem_next, &ma, FA, NTOK}, sb = {mem_next, &mb, FB, NTOK};
+    ml_compare_config cfg = {.max_rows = 1500, .vocab = 13, .dec_a = W, .dec_b = W, .d_in = 8, .gram = NULL};
+    ml_compare_result res;
+    int rc = ml_compare_run(MPI_COMM_SELF, &cfg, &sa, &sb, &res);
+    if (rc == ML_OK) ml_compare_result_free(&res);
+    return rc;
+}
+
+static void test_alloc_failures(void **state) {
+    (void)state;
+    int points = ft_alloc_sweep(sweep_compare);
+    printf("allocation-failure sweep: %d failure points, all clean\n", points);
+    assert_true(points > 20);
+}
+
 int main(int argc, char **argv) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_planted), cmocka_unit_test(test_compare_streams)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_planted), cmocka_unit_test(test_compare_streams),
+                                       cmocka_unit_test(test_alloc_failures)};
     return ml_test_run(argc, argv, "features_track", tests, sizeof tests / sizeof tests[0]);
 }
