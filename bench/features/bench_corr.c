@@ -3,14 +3,14 @@
  *  sparse: F_A x F_B features (default 16384 x 16384) over N tokens (default
  *          102400) of synthetic SAE codes with L0 active features per token
  *          (default 64; 3/4 of B's active set is a fixed permutation of A's).
- *          Timed on the sparse path, and on the forced dense path for a few
- *          chunks (extrapolated to N tokens) for the speed-up.
+ *          Timed on the sparse path, and on the forced dense path for one
+ *          sample of --dense-sample tokens (extrapolated to N) for the speed-up.
  *  dense:  F x F features (default 4096) over M dense tokens (default 32768),
  *          forced dense path, effective GFLOP/s = 2 M F^2 / t next to the
  *          measured cblas_sgemm rate of the same per-rank block shape.
  *
  * Usage: bench_features_corr [--fa N] [--fb N] [--tokens N] [--l0 K] [--chunk N]
- *        [--dense-chunks K] [--dense-f F] [--dense-tokens M] [--dense-chunk N] [--reps R]
+ *        [--dense-sample N] [--path 0|1|2 (auto|dense|sparse)] [--dense-f F] [--dense-tokens M] [--dense-chunk N] [--reps R]
  *        [--skip-sparse] [--skip-dense] [--profile]
  * Run with OPENBLAS_CORETYPE=SkylakeX (see docs/modules/features.md).
  */
@@ -100,7 +100,7 @@ static double sgemm_rate(MPI_Comm comm, int64_t m, int64_t n, int64_t k, int rep
 }
 
 static int bench_sparse(MPI_Comm comm, int rank, int size, int64_t FA, int64_t FB, int64_t N, int64_t L0,
-                        int64_t chunk, int64_t dense_chunks) {
+                        int64_t chunk, int64_t dense_sample, ml_corr_path main_path) {
     ml_rng rng;
     ml_rng_seed(&rng, 42, 0);
     int64_t F = FA < FB ? FA : FB;
@@ -119,17 +119,18 @@ static int bench_sparse(MPI_Comm comm, int rank, int size, int64_t FA, int64_t F
     if (!perm || !ra || !rb || !ca || !cb || !va || !vb || !mark) return ML_ERR_NOMEM;
     double results[2] = {0, 0}; /* seconds per token: sparse, dense */
     for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1 && dense_chunks <= 0) break;
-        ml_corr_config cfg = {.n_a = FA, .n_b = FB, .max_rows = chunk, .path = pass ? ML_CORR_DENSE : ML_CORR_AUTO};
+        if (pass == 1 && dense_sample <= 0) break;
+        int64_t ch = pass && dense_sample < chunk ? dense_sample : chunk; /* dense: one sample */
+        ml_corr_config cfg = {.n_a = FA, .n_b = FB, .max_rows = ch, .path = pass ? ML_CORR_DENSE : main_path};
         ml_corr *c = NULL;
         ML_CHECK(ml_corr_create(comm, &cfg, &c));
         ml_rng_seed(&rng, 43, 0);
-        int64_t ntok = pass ? (dense_chunks * chunk < N ? dense_chunks * chunk : N) : N;
+        int64_t ntok = pass ? (dense_sample < N ? dense_sample : N) : N;
         double t_add = 0, t_gen = 0, cpu_add = 0;
         MPI_Barrier(comm);
         double t0 = ml_wtime();
-        for (int64_t t = 0; t < ntok; t += chunk) {
-            int64_t n = ntok - t < chunk ? ntok - t : chunk;
+        for (int64_t t = 0; t < ntok; t += ch) {
+            int64_t n = ntok - t < ch ? ntok - t : ch;
             double g0 = ml_wtime();
             gen_chunk(&rng, n, F, L0, perm, ra, ca, va, rb, cb, vb, mark);
             double g1 = ml_wtime(), c1 = cpu_time();
@@ -156,7 +157,7 @@ static int bench_sparse(MPI_Comm comm, int rank, int size, int64_t FA, int64_t F
         for (int64_t i = 0; i < FA; i++) hits += best.a_partner[i] == perm[i] && best.a_score[i] > 0.5f;
         results[pass] = t_add_max / (double)ntok;
         if (rank == 0) {
-            printf("%s path: %lld x %lld features, %lld tokens, L0 %lld, %d rank(s): accumulate %.2f s (max over ranks; "
+            printf("%s pass: %lld x %lld features, %lld tokens, L0 %lld, %d rank(s): accumulate %.2f s (max over ranks; "
                    "CPU %.2f s), "
                    "finalize+best %.2f s, wall %.2f s (synthetic generation %.2f s), chunks dense/sparse %lld/%lld\n",
                    pass ? "dense" : "sparse", (long long)FA, (long long)FB, (long long)ntok, (long long)L0, size,
@@ -251,7 +252,8 @@ int main(int argc, char **argv) {
     if (!arg_flag(argc, argv, "--skip-sparse"))
         rc = bench_sparse(MPI_COMM_WORLD, rank, size, arg_i(argc, argv, "--fa", 16384), arg_i(argc, argv, "--fb", 16384),
                           arg_i(argc, argv, "--tokens", 102400), arg_i(argc, argv, "--l0", 64),
-                          arg_i(argc, argv, "--chunk", 4096), arg_i(argc, argv, "--dense-chunks", 1));
+                          arg_i(argc, argv, "--chunk", 16384), arg_i(argc, argv, "--dense-sample", 4096),
+                          (ml_corr_path)arg_i(argc, argv, "--path", ML_CORR_AUTO));
     if (rc == ML_OK && !arg_flag(argc, argv, "--skip-dense"))
         rc = bench_dense(MPI_COMM_WORLD, rank, size, arg_i(argc, argv, "--dense-f", 4096),
                          arg_i(argc, argv, "--dense-tokens", 32768), arg_i(argc, argv, "--dense-chunk", 4096),
