@@ -125,18 +125,22 @@ static inline void ft_naive_best(const double *r, int64_t FA, int64_t FB, const 
 
 /* Make the 1st, 2nd, ... allocation of f() fail until it succeeds: every
  * failure must return ML_ERR_NOMEM (or ML_ERR_REMOTE from a peer) and free
- * what it took. Returns the number of failure points tried. */
-static inline int ft_alloc_sweep(int (*f)(void)) {
+ * what it took. Prints and checks the number of failure points tried. */
+static inline void ft_alloc_sweep(int (*f)(void), int min_points) {
     for (int n = 1; n < 10000; n++) {
         long live0 = ml_alloc_live();
         ml_alloc_fail_at(n);
         int rc = f();
         ml_alloc_fail_at(0);
         if (ml_alloc_live() != live0) fail_msg("allocation %d failing leaks %ld blocks", n, ml_alloc_live() - live0);
-        if (rc == ML_OK) return n - 1;
+        if (rc == ML_OK) {
+            printf("allocation-failure sweep: %d failure points, all clean\n", n - 1);
+            if (n - 1 < min_points) fail_msg("only %d allocations: the sweep missed the pipeline", n - 1);
+            return;
+        }
         if (rc != ML_ERR_NOMEM) fail_msg("allocation %d failing gave %s: %s", n, ml_status_name(rc), ml_error_message());
     }
-    return -1;
+    fail_msg("the pipeline never succeeded");
 }
 
 #endif

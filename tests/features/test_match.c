@@ -373,9 +373,7 @@ done:
 
 static void test_alloc_failures(void **state) {
     (void)state;
-    int points = ft_alloc_sweep(sweep_match);
-    printf("allocation-failure sweep: %d failure points, all clean\n", points);
-    assert_true(points > 20);
+    ft_alloc_sweep(sweep_match, 20);
 }
 
 int main(int argc, char **argv) {

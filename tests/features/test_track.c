@@ -363,9 +363,7 @@ static int sweep_compare(void) {
 
 static void test_alloc_failures(void **state) {
     (void)state;
-    int points = ft_alloc_sweep(sweep_compare);
-    printf("allocation-failure sweep: %d failure points, all clean\n", points);
-    assert_true(points > 20);
+    ft_alloc_sweep(sweep_compare, 20);
 }
 
 int main(int argc, char **argv) {
