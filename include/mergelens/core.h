@@ -152,7 +152,16 @@ typedef struct {
     double seconds, flops, bytes;
 } ml_prof_event;
 int ml_prof_events(const ml_prof_event **events); /* returns count */
-/* Collective: prints min/max/mean time across ranks per event (rank 0). */
+/* Collective: per event of rank 0's list, time min/max/mean across ranks and
+ * flops/bytes summed over ranks. *stats is ml_malloc'd (caller ml_free()s). */
+typedef struct {
+    char name[48];
+    long count;
+    double seconds_min, seconds_max, seconds_mean, flops, bytes;
+} ml_prof_stat;
+int ml_prof_gather(MPI_Comm comm, ml_prof_stat **stats, int *count);
+/* Collective: prints the gathered table on rank 0 (GFLOP/s and GB/s use the
+ * max time across ranks). */
 int ml_prof_summary(MPI_Comm comm, FILE *out);
 
 /* ---- small utilities ------------------------------------------------------ */
