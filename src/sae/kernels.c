@@ -334,6 +334,21 @@ static void ml_fb_dense(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const flo
 }
 
 /* ---- TopK (sparse decoder and gradients) ---------------------------------------------------------- */
+/* Gradients of one row's sparse code: idx/val (T) active latents, dout (D)
+ * gradient w.r.t. the decoded vector, xin (D) encoder input. */
+static void ml_sparse_grad(const ml_sae *sae, const int32_t *idx, const float *val, int T, const float *dout,
+                           const float *xin, float *gWe, float *gbe, float *gWd) {
+    int D = sae->d_in;
+    for (int t = 0; t < T; t++) {
+        if (!(val[t] > 0)) continue;
+        int32_t j = idx[t];
+        ml_axpyf(val[t], dout, gWd + (size_t)j * D, D);
+        float dv = ml_dotf(dout, sae->W_dec + (size_t)j * D, D);
+        ml_axpyf(dv, xin, gWe + (size_t)j * D, D);
+        gbe[j] += dv;
+    }
+}
+
 static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *x, int N, int64_t G,
                        const uint8_t *dead, ml_sae_work *w, float *grads, float *fired, ml_sae_stats *st) {
     int S = sae->d_sae, D = sae->d_in, K = w->K;
@@ -412,17 +427,7 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
         const float *xb = xin + (size_t)b * D;
         const float *db = w->dxhat + (size_t)b * D;
         if (grads) {
-            const int32_t *ib = w->tk_idx + (size_t)b * K;
-            const float *vb = w->tk_val + (size_t)b * K;
-            for (int t = 0; t < K; t++) {
-                if (!(vb[t] > 0)) continue;
-                int32_t j = ib[t];
-                const float *wd = sae->W_dec + (size_t)j * D;
-                ml_axpyf(vb[t], db, gWd + (size_t)j * D, D);
-                float dv = ml_dotf(db, wd, D);
-                ml_axpyf(dv, xb, gWe + (size_t)j * D, D);
-                gbe[j] += dv;
-            }
+            ml_sparse_grad(sae, w->tk_idx + (size_t)b * K, w->tk_val + (size_t)b * K, K, db, xb, gWe, gbe, gWd);
         }
         if (A > 0) {
             const int32_t *ia = w->ax_idx + (size_t)b * A;
@@ -439,15 +444,7 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
                 daux = r;
                 float s = (float)(2.0 * cfg->aux_coef * w->rw[b]);
                 for (int i = 0; i < D; i++) daux[i] *= s;
-                for (int t = 0; t < A; t++) {
-                    if (!(va[t] > 0)) continue;
-                    int32_t j = ia[t];
-                    const float *wd = sae->W_dec + (size_t)j * D;
-                    ml_axpyf(va[t], daux, gWd + (size_t)j * D, D);
-                    float dv = ml_dotf(daux, wd, D);
-                    ml_axpyf(dv, xb, gWe + (size_t)j * D, D);
-                    gbe[j] += dv;
-                }
+                ml_sparse_grad(sae, ia, va, A, daux, xb, gWe, gbe, gWd);
             }
         }
     }

@@ -151,7 +151,10 @@ int ml_sae_decode(const ml_sae *sae, const float *f, int n, float *x_hat) {
     return ML_OK;
 }
 
-int ml_sae_reconstruct(const ml_sae *sae, const float *x, int n, float *x_hat, float *f_scratch) {
+/* Encode x (n,D) in blocks of at most ML_SAE_BLOCK rows into f (block,S)
+ * (f_scratch or a temporary) and hand each block to fn(ctx, r0, rows, f). */
+typedef int (*ml_block_fn)(void *ctx, int r0, int rows, const float *f);
+static int ml_encode_blocks(const ml_sae *sae, const float *x, int n, float *f_scratch, ml_block_fn fn, void *ctx) {
     if (n <= 0) return ML_OK;
     int rc = ML_OK, S = sae->d_sae, D = sae->d_in;
     int blk = n < ML_SAE_BLOCK ? n : ML_SAE_BLOCK;
@@ -162,12 +165,29 @@ int ml_sae_reconstruct(const ml_sae *sae, const float *x, int n, float *x_hat, f
     for (int r0 = 0; r0 < n; r0 += blk) {
         int m = n - r0 < blk ? n - r0 : blk;
         ml_encode_rows(sae, sc.b_eff, x + (size_t)r0 * D, m, f, sc.sel_idx, sc.sel_val);
-        ml_sae_decode(sae, f, m, x_hat + (size_t)r0 * D);
+        ML_CHECK_GOTO(fn(ctx, r0, m, f), out);
     }
+out:
     ml_enc_scratch_free(&sc);
 done:
     if (!f_scratch) ml_free(f);
     return rc;
+}
+
+typedef struct {
+    const ml_sae *sae;
+    float *x_hat;
+} ml_recon_ctx;
+
+static int ml_recon_block(void *ctx, int r0, int rows, const float *f) {
+    ml_recon_ctx *c = ctx;
+    return ml_sae_decode(c->sae, f, rows, c->x_hat + (size_t)r0 * c->sae->d_in);
+}
+
+int ml_sae_reconstruct(const ml_sae *sae, const float *x, int n, float *x_hat, float *f_scratch) {
+    ml_recon_ctx c = {sae, x_hat};
+    ML_CHECK(ml_encode_blocks(sae, x, n, f_scratch, ml_recon_block, &c));
+    return ML_OK;
 }
 
 static int ml_csr_reserve(ml_sae_csr *c, int64_t rows, int64_t nnz) {
@@ -193,8 +213,33 @@ static int ml_csr_reserve(ml_sae_csr *c, int64_t rows, int64_t nnz) {
     return ML_OK;
 }
 
+typedef struct {
+    const ml_sae *sae;
+    ml_sae_csr *csr;
+} ml_csr_ctx;
+
+static int ml_csr_block(void *ctx, int r0, int rows, const float *f) {
+    ml_csr_ctx *c = ctx;
+    ml_sae_csr *csr = c->csr;
+    int S = c->sae->d_sae;
+    int64_t add = 0;
+    for (size_t i = 0; i < (size_t)rows * (size_t)S; i++) add += f[i] > 0;
+    ML_CHECK(ml_csr_reserve(csr, r0 + rows, csr->nnz + add));
+    for (int b = 0; b < rows; b++) {
+        const float *fb = f + (size_t)b * S;
+        for (int j = 0; j < S; j++)
+            if (fb[j] > 0) {
+                csr->col[csr->nnz] = j;
+                csr->val[csr->nnz] = fb[j];
+                csr->nnz++;
+            }
+        csr->row_ptr[r0 + b + 1] = csr->nnz;
+    }
+    csr->n_rows = r0 + rows;
+    return ML_OK;
+}
+
 int ml_sae_encode_csr(const ml_sae *sae, const float *x, int n, ml_sae_csr *csr) {
-    int rc = ML_OK, S = sae->d_sae, D = sae->d_in;
     csr->n_rows = 0;
     csr->nnz = 0;
     ML_CHECK(ml_csr_reserve(csr, n, 0));
@@ -202,33 +247,13 @@ int ml_sae_encode_csr(const ml_sae *sae, const float *x, int n, ml_sae_csr *csr)
     if (n <= 0) return ML_OK;
     if (!csr->scratch || csr->scratch_rows < ML_SAE_BLOCK) {
         ml_free(csr->scratch);
-        csr->scratch = ml_malloc(sizeof(float) * (size_t)ML_SAE_BLOCK * (size_t)S);
+        csr->scratch = ml_malloc(sizeof(float) * (size_t)ML_SAE_BLOCK * (size_t)sae->d_sae);
         if (!csr->scratch) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
         csr->scratch_rows = ML_SAE_BLOCK;
     }
-    ml_enc_scratch sc;
-    ML_CHECK(ml_enc_scratch_init(sae, &sc));
-    for (int r0 = 0; r0 < n; r0 += ML_SAE_BLOCK) {
-        int m = n - r0 < ML_SAE_BLOCK ? n - r0 : ML_SAE_BLOCK;
-        ml_encode_rows(sae, sc.b_eff, x + (size_t)r0 * D, m, csr->scratch, sc.sel_idx, sc.sel_val);
-        int64_t add = 0;
-        for (size_t i = 0; i < (size_t)m * (size_t)S; i++) add += csr->scratch[i] > 0;
-        ML_CHECK_GOTO(ml_csr_reserve(csr, r0 + m, csr->nnz + add), done);
-        for (int b = 0; b < m; b++) {
-            const float *fb = csr->scratch + (size_t)b * S;
-            for (int j = 0; j < S; j++)
-                if (fb[j] > 0) {
-                    csr->col[csr->nnz] = j;
-                    csr->val[csr->nnz] = fb[j];
-                    csr->nnz++;
-                }
-            csr->row_ptr[r0 + b + 1] = csr->nnz;
-        }
-    }
-    csr->n_rows = n;
-done:
-    ml_enc_scratch_free(&sc);
-    return rc;
+    ml_csr_ctx c = {sae, csr};
+    ML_CHECK(ml_encode_blocks(sae, x, n, csr->scratch, ml_csr_block, &c));
+    return ML_OK;
 }
 
 void ml_sae_csr_free(ml_sae_csr *csr) {
@@ -240,31 +265,32 @@ void ml_sae_csr_free(ml_sae_csr *csr) {
     memset(csr, 0, sizeof *csr);
 }
 
-int ml_sae_encode_top(const ml_sae *sae, const float *x, int n, int m, int32_t *idx, float *val, float *f_scratch) {
-    if (n <= 0) return ML_OK;
-    if (m <= 0) return ML_FAIL(ML_ERR_ARG, "SAE top-m encoding: m must be positive (got %d)", m);
-    int rc = ML_OK, S = sae->d_sae, D = sae->d_in;
-    int blk = n < ML_SAE_BLOCK ? n : ML_SAE_BLOCK;
-    float *f = f_scratch ? f_scratch : ml_malloc(sizeof(float) * (size_t)blk * (size_t)S);
-    if (!f) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    ml_enc_scratch sc;
-    ML_CHECK_GOTO(ml_enc_scratch_init(sae, &sc), done);
-    for (int r0 = 0; r0 < n; r0 += blk) {
-        int mm = n - r0 < blk ? n - r0 : blk;
-        ml_encode_rows(sae, sc.b_eff, x + (size_t)r0 * D, mm, f, sc.sel_idx, sc.sel_val);
-        for (int b = 0; b < mm; b++) {
-            int32_t *ib = idx + (size_t)(r0 + b) * m;
-            float *vb = val + (size_t)(r0 + b) * m;
-            int got = ml_topk_select(f + (size_t)b * S, S, NULL, S, m, ib, vb);
-            for (int t = 0; t < m; t++)
-                if (t >= got || !(vb[t] > 0)) {
-                    ib[t] = -1;
-                    vb[t] = 0;
-                }
-        }
+typedef struct {
+    const ml_sae *sae;
+    int m;
+    int32_t *idx;
+    float *val;
+} ml_top_ctx;
+
+static int ml_top_block(void *ctx, int r0, int rows, const float *f) {
+    ml_top_ctx *c = ctx;
+    int S = c->sae->d_sae, m = c->m;
+    for (int b = 0; b < rows; b++) {
+        int32_t *ib = c->idx + (size_t)(r0 + b) * m;
+        float *vb = c->val + (size_t)(r0 + b) * m;
+        int got = ml_topk_select(f + (size_t)b * S, S, NULL, S, m, ib, vb);
+        for (int t = 0; t < m; t++)
+            if (t >= got || !(vb[t] > 0)) {
+                ib[t] = -1;
+                vb[t] = 0;
+            }
     }
-    ml_enc_scratch_free(&sc);
-done:
-    if (!f_scratch) ml_free(f);
-    return rc;
+    return ML_OK;
+}
+
+int ml_sae_encode_top(const ml_sae *sae, const float *x, int n, int m, int32_t *idx, float *val, float *f_scratch) {
+    if (m <= 0) return ML_FAIL(ML_ERR_ARG, "SAE top-m encoding: m must be positive (got %d)", m);
+    ml_top_ctx c = {sae, m, idx, val};
+    ML_CHECK(ml_encode_blocks(sae, x, n, f_scratch, ml_top_block, &c));
+    return ML_OK;
 }
