@@ -54,6 +54,8 @@ const char *ml_error_message(void);
 /* Replace the message (used when adopting another rank's error). */
 void ml_error_adopt(int code, const char *message);
 int ml_error_code(void);
+/* 1 if the current error went through ml_agree (every rank knows of it). */
+int ml_error_agreed(void);
 void ml_error_clear(void);
 /* Print "error: <message>" and, if verbose, the traceback frames. */
 void ml_error_print(FILE *out, int verbose);
@@ -152,7 +154,16 @@ typedef struct {
     double seconds, flops, bytes;
 } ml_prof_event;
 int ml_prof_events(const ml_prof_event **events); /* returns count */
-/* Collective: prints min/max/mean time across ranks per event (rank 0). */
+/* Collective: per event of rank 0's list, time min/max/mean across ranks and
+ * flops/bytes summed over ranks. *stats is ml_malloc'd (caller ml_free()s). */
+typedef struct {
+    char name[48];
+    long count;
+    double seconds_min, seconds_max, seconds_mean, flops, bytes;
+} ml_prof_stat;
+int ml_prof_gather(MPI_Comm comm, ml_prof_stat **stats, int *count);
+/* Collective: prints the gathered table on rank 0 (GFLOP/s and GB/s use the
+ * max time across ranks). */
 int ml_prof_summary(MPI_Comm comm, FILE *out);
 
 /* ---- small utilities ------------------------------------------------------ */
@@ -163,6 +174,13 @@ uint64_t ml_rng_u64(ml_rng *r);
 double ml_rng_uniform(ml_rng *r);         /* [0, 1) */
 float ml_rng_normal(ml_rng *r);           /* N(0, 1) */
 uint64_t ml_rng_below(ml_rng *r, uint64_t n); /* uniform in [0, n) */
+
+/* OpenBLAS: the kernel family it chose and its thread count. ml_blas_check
+ * returns 1 (and fills advice) when the kernels are weaker than the CPU
+ * supports, e.g. Prescott on an AVX-512 CPU. */
+const char *ml_blas_corename(void);
+int ml_blas_threads(void);
+int ml_blas_check(char *advice, size_t n);
 
 /* Make directories like `mkdir -p`. */
 int ml_mkdirs(const char *path);

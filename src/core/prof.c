@@ -55,39 +55,61 @@ int ml_prof_events(const ml_prof_event **events) {
     return ml_nevents;
 }
 
-int ml_prof_summary(MPI_Comm comm, FILE *out) {
+int ml_prof_gather(MPI_Comm comm, ml_prof_stat **stats, int *count) {
     int rank = 0, size = 1;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     /* ranks may have different event sets: use rank 0's list, 0 if missing */
     int n = ml_nevents;
     ML_CHECK_MPI(MPI_Bcast(&n, 1, MPI_INT, 0, comm));
-    if (rank == 0 && out) {
-        fprintf(out, "\n%-28s %7s %10s %10s %10s %9s %9s\n", "event", "count", "min s", "max s",
-                "mean s", "GFLOP/s", "GB/s");
-    }
+    ml_prof_stat *st = ml_calloc((size_t)n + 1, sizeof *st);
+    if (!st) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    int rc = ML_OK;
     for (int i = 0; i < n; i++) {
-        char name[48];
-        if (rank == 0) memcpy(name, ml_events[i].name, sizeof name);
-        ML_CHECK_MPI(MPI_Bcast(name, sizeof name, MPI_CHAR, 0, comm));
-        double t = 0, fl = 0, by = 0;
-        long cnt = 0;
+        if (rank == 0) memcpy(st[i].name, ml_events[i].name, sizeof st[i].name);
+        rc = MPI_Bcast(st[i].name, sizeof st[i].name, MPI_CHAR, 0, comm);
+        double local[3] = {0, 0, 0}, tmin = 0, tmax = 0, sums[3] = {0, 0, 0};
         for (int j = 0; j < ml_nevents; j++)
-            if (!strcmp(ml_events[j].name, name)) {
-                t = ml_events[j].seconds;
-                fl = ml_events[j].flops;
-                by = ml_events[j].bytes;
-                cnt = ml_events[j].count;
+            if (!strcmp(ml_events[j].name, st[i].name)) {
+                local[0] = ml_events[j].seconds;
+                local[1] = ml_events[j].flops;
+                local[2] = ml_events[j].bytes;
+                st[i].count = ml_events[j].count;
             }
-        double tmin, tmax, tsum, flsum, bysum;
-        ML_CHECK_MPI(MPI_Reduce(&t, &tmin, 1, MPI_DOUBLE, MPI_MIN, 0, comm));
-        ML_CHECK_MPI(MPI_Reduce(&t, &tmax, 1, MPI_DOUBLE, MPI_MAX, 0, comm));
-        ML_CHECK_MPI(MPI_Reduce(&t, &tsum, 1, MPI_DOUBLE, MPI_SUM, 0, comm));
-        ML_CHECK_MPI(MPI_Reduce(&fl, &flsum, 1, MPI_DOUBLE, MPI_SUM, 0, comm));
-        ML_CHECK_MPI(MPI_Reduce(&by, &bysum, 1, MPI_DOUBLE, MPI_SUM, 0, comm));
-        if (rank == 0 && out)
-            fprintf(out, "%-28s %7ld %10.4f %10.4f %10.4f %9.2f %9.3f\n", name, cnt, tmin, tmax, tsum / size,
-                    tmax > 0 ? flsum / tmax * 1e-9 : 0.0, tmax > 0 ? bysum / tmax * 1e-9 : 0.0);
+        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&local[0], &tmin, 1, MPI_DOUBLE, MPI_MIN, comm);
+        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&local[0], &tmax, 1, MPI_DOUBLE, MPI_MAX, comm);
+        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(local, sums, 3, MPI_DOUBLE, MPI_SUM, comm);
+        if (rc != MPI_SUCCESS) {
+            ml_free(st);
+            return ml_mpi_error(rc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
+        }
+        st[i].seconds_min = tmin;
+        st[i].seconds_max = tmax;
+        st[i].seconds_mean = sums[0] / size;
+        st[i].flops = sums[1];
+        st[i].bytes = sums[2];
     }
+    *stats = st;
+    *count = n;
+    return ML_OK;
+}
+
+int ml_prof_summary(MPI_Comm comm, FILE *out) {
+    ml_prof_stat *st = NULL;
+    int n = 0, rank = 0, size = 1;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    ML_CHECK(ml_prof_gather(comm, &st, &n));
+    if (rank == 0 && out && n > 0) {
+        fprintf(out, "\nprofile (%d rank%s)\n%-28s %7s %10s %10s %10s %9s %9s\n", size, size > 1 ? "s" : "",
+                "event", "count", "min s", "max s", "mean s", "GFLOP/s", "GB/s");
+        for (int i = 0; i < n; i++) {
+            double t = st[i].seconds_max;
+            fprintf(out, "%-28s %7ld %10.4f %10.4f %10.4f %9.2f %9.3f\n", st[i].name, st[i].count,
+                    st[i].seconds_min, t, st[i].seconds_mean, t > 0 ? st[i].flops / t * 1e-9 : 0.0,
+                    t > 0 ? st[i].bytes / t * 1e-9 : 0.0);
+        }
+    }
+    ml_free(st);
     return ML_OK;
 }
