@@ -8,7 +8,9 @@
  *    weighted by decoder-row norms, no norm constraint (Anthropic, April 2024);
  *  - "topk": f = relu(TopK_k((x - b_dec) W_enc + b_enc)), unit-norm decoder
  *    rows, AuxK loss on dead latents (Gao et al. 2024).
- * nMSE (the authors' normalised MSE) = mean_b ||x_hat_b - x_b||^2 / ||x_b||^2.
+ * nMSE (the authors' normalised MSE) = mean_b ||x_hat_b - x_b||^2 / ||x_b||^2,
+ * with ||x_b||^2 floored (rows of zeros would otherwise dominate); or, as an
+ * option, normalised by the constant E||x||^2 of a sample.
  *
  * Tensors follow SAELens names and orientation in files: W_enc (D,S),
  * b_enc (S), W_dec (S,D), b_dec (D). In memory the encoder is kept
@@ -106,7 +108,15 @@ int ml_topk_select(const float *v, int n, const int32_t *subset, int m, int k, i
 int ml_geometric_median(MPI_Comm comm, const float *x, int64_t n_local, int d, int max_iter, double tol,
                         float *median, int *iters);
 
+/* How the squared reconstruction error is normalised (the nMSE term). */
+typedef enum {
+    ML_SAE_NORM_ROW = 0,    /* per row: ||x_hat_b - x_b||^2 / max(||x_b||^2, norm_sq) (the authors' nMSE) */
+    ML_SAE_NORM_DATASET = 1 /* constant: ||x_hat_b - x_b||^2 / norm_sq, norm_sq = E||x||^2 of a sample */
+} ml_sae_norm;
+
 typedef struct {
+    int mse_norm;    /* ml_sae_norm */
+    double norm_sq;  /* row: floor of ||x_b||^2 (<= 0: 1e-8); dataset: the constant (must be > 0) */
     double l1;       /* L1 coefficient (standard, anthropic) */
     double aux_coef; /* AuxK coefficient alpha (topk; 1/32 in Gao et al.) */
     int k_aux;       /* AuxK latents per row (topk; 0 disables AuxK) */
@@ -114,17 +124,17 @@ typedef struct {
 
 /* Sums over the rows of one call (add across ranks to combine). */
 typedef struct {
-    double loss_mse; /* sum_b ||x_hat-x||^2 / (||x||^2 n_global): the nMSE term */
+    double loss_mse; /* sum_b w_b ||x_hat-x||^2: the nMSE term (w_b = 1 / (n_global * normaliser_b)) */
     double loss_l1;  /* l1 * sum_b sum_j f_bj c_j / n_global (c_j = 1 or ||W_dec_j||) */
-    double loss_aux; /* aux_coef * sum_b ||e_hat-e||^2 / (||x||^2 n_global) */
+    double loss_aux; /* aux_coef * sum_b w_b ||e_hat-e||^2 */
     double sq_err;   /* sum_b ||x_hat_b - x_b||^2 */
-    double sum_x, sum_x2; /* sum over rows and dims of x and of x^2 (for FVU) */
     double l0;       /* sum_b #active latents */
     double rows;     /* rows processed */
 } ml_sae_stats;
 
 typedef struct ml_sae_work ml_sae_work;
-/* Scratch for up to max_rows rows per call (allocated once per run). */
+/* Scratch for up to max_rows rows per call (allocated once per run); it
+ * serves every SAE of the same architecture and shape with k <= sae->k. */
 int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work **out);
 void ml_sae_work_destroy(ml_sae_work **w);
 
@@ -156,11 +166,18 @@ typedef struct {
     int (*read_meta)(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids);
 } ml_row_source;
 
-/* A source over rows held in memory on every rank (tests, tools). tokens
- * and doc_ids may be NULL (then token = row index % 65536, doc = 0). The
- * arrays must outlive the source. */
-void ml_row_source_memory(ml_row_source *src, const float *x, int64_t n_rows, int d, const int32_t *tokens,
-                          const int64_t *doc_ids);
+/* A source over rows held in memory on every rank (tests, tools): init
+ * fills m->src (whose ctx points at m, so m must stay in place). tokens and
+ * doc_ids may be NULL (then token = row % 65536, doc = 0). The arrays must
+ * outlive m. */
+typedef struct {
+    ml_row_source src;
+    const float *x;        /* (n_rows, d) */
+    const int32_t *tokens; /* (n_rows) */
+    const int64_t *doc_ids;/* (n_rows) */
+} ml_row_memory;
+void ml_row_memory_init(ml_row_memory *m, const float *x, int64_t n_rows, int d, const int32_t *tokens,
+                        const int64_t *doc_ids);
 
 /* Rows shuffled by block + within-buffer permutations: the file is cut into
  * blocks of block_rows; each epoch permutes the blocks, groups them into
@@ -205,7 +222,9 @@ typedef struct {
     int64_t max_steps;         /* 0: no limit beyond tokens */
     uint64_t seed;
     int block_rows, buffer_blocks;
-    int median_rows, median_iters; /* geometric-median sample for b_dec */
+    int median_rows, median_iters; /* geometric-median sample for b_dec (also gives E||x||^2 and the mean) */
+    int mse_norm;              /* ml_sae_norm (row) */
+    double norm_floor;         /* row normalisation: ||x_b||^2 floored at norm_floor * E||x||^2 (0.01) */
     float dec_init_norm;       /* decoder row norm at init when not normalised (anthropic: 0.1) */
     int64_t dead_window;       /* tokens without firing => dead (AuxK and metrics) */
     double dense_threshold;    /* density above this => dense (0.1) */
@@ -219,6 +238,12 @@ typedef struct {
     int quiet;                 /* no progress display */
 } ml_sae_train_config;
 void ml_sae_train_config_default(ml_sae_train_config *c);
+
+/* log10 firing-density histogram of S latents with count[j] firings over
+ * `rows` rows: hist (ML_SAE_HIST_BINS) bins of ML_SAE_HIST_STEP from
+ * ML_SAE_HIST_LO (densities below/above the range go to the end bins);
+ * *zero = latents that never fired. */
+void ml_sae_density_hist(const double *count, int S, double rows, int64_t *hist, int64_t *zero);
 
 /* Metric history of one SAE, one entry per log interval (values over the
  * rows of that interval). */
@@ -238,6 +263,9 @@ typedef struct {
     int64_t *tokens_since_fired; /* (S) at the end of training */
     int64_t resampled_total;
     int median_iters;
+    int mse_norm;                /* ml_sae_norm used */
+    double norm_sq;              /* its norm_sq (row: the floor; dataset: E||x||^2) */
+    double mean_sq_norm;         /* E||x||^2 of the sample */
 } ml_sae_trained;
 
 typedef struct {

@@ -7,7 +7,8 @@
  *
  * Loss for a global batch of G rows, of which this call sees N (per-rank
  * gradients add up across ranks):
- *   L = sum_b w_b ||x_hat_b - x_b||^2                      (nMSE, w_b = 1 / (G max(||x_b||^2, 1e-8)))
+ *   L = sum_b w_b ||x_hat_b - x_b||^2                      (nMSE, w_b = 1 / (G max(||x_b||^2, floor))
+ *                                                          or 1 / (G E||x||^2) with ML_SAE_NORM_DATASET)
  *     + (l1 / G) sum_b sum_j f_bj c_j                     (standard: c_j = 1; anthropic: c_j = ||W_dec_j||)
  *     + alpha sum_b w_b ||e_hat_b - e_b||^2               (topk AuxK; e = x - x_hat, held constant)
  */
@@ -196,20 +197,19 @@ void ml_sae_work_destroy(ml_sae_work **wp) {
 }
 
 /* ---- forward pieces ------------------------------------------------------------------------ */
-/* rw (N) from x (N,D); also accumulates sum x and sum x^2 into st */
-static void ml_row_weights(float *rw, const float *x, int N, int D, int64_t n_global, ml_sae_stats *st) {
-    double sx = 0, sx2 = 0;
+/* rw (N) row weights w_b from x (N,D) */
+static void ml_row_weights(float *rw, const float *x, int N, int D, int64_t n_global, const ml_sae_loss_cfg *cfg) {
+    if (cfg->mse_norm == ML_SAE_NORM_DATASET) {
+        float w = (float)(1.0 / ((double)n_global * cfg->norm_sq));
+        for (int b = 0; b < N; b++) rw[b] = w;
+        return;
+    }
+    double floor_sq = cfg->norm_sq > 0 ? cfg->norm_sq : 1e-8;
     for (int b = 0; b < N; b++) {
         const float *xb = x + (size_t)b * D;
-        float n2 = ml_dotf(xb, xb, D);
-        float s = 0;
-        for (int i = 0; i < D; i++) s += xb[i];
-        sx += s;
-        sx2 += n2;
-        rw[b] = (float)(1.0 / ((double)n_global * (n2 > 1e-8f ? (double)n2 : 1e-8)));
+        double n2 = ml_dotf(xb, xb, D);
+        rw[b] = (float)(1.0 / ((double)n_global * (n2 > floor_sq ? n2 : floor_sq)));
     }
-    st->sum_x = sx;
-    st->sum_x2 = sx2;
 }
 
 /* xin (N,D) = x - b_dec (or a plain copy pointer when b_dec is not applied) */
@@ -261,7 +261,7 @@ static void ml_fb_dense(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const flo
                         ml_sae_work *w, float *grads, float *fired, ml_sae_stats *st) {
     int S = sae->d_sae, D = sae->d_in;
     int anth = sae->arch == ML_SAE_ANTHROPIC;
-    ml_row_weights(w->rw, x, N, D, G, st);
+    ml_row_weights(w->rw, x, N, D, G, cfg);
     const float *xin = ml_encoder_input(sae, x, N, w->xin);
     for (int j = 0; j < S; j++) {
         w->cj[j] = anth ? sqrtf(ml_dotf(sae->W_dec + (size_t)j * D, sae->W_dec + (size_t)j * D, D)) : 1.0f;
@@ -351,8 +351,8 @@ static void ml_sparse_grad(const ml_sae *sae, const int32_t *idx, const float *v
 
 static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *x, int N, int64_t G,
                        const uint8_t *dead, ml_sae_work *w, float *grads, float *fired, ml_sae_stats *st) {
-    int S = sae->d_sae, D = sae->d_in, K = w->K;
-    ml_row_weights(w->rw, x, N, D, G, st);
+    int S = sae->d_sae, D = sae->d_in, K = sae->k;
+    ml_row_weights(w->rw, x, N, D, G, cfg);
     const float *xin = ml_encoder_input(sae, x, N, w->xin);
     float *pre = w->f;
     ml_prof_begin("sae.encode");
@@ -462,10 +462,12 @@ int ml_sae_forward_backward(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const
     memset(st, 0, sizeof *st);
     if (n > w->max_rows)
         return ML_FAIL(ML_ERR_ARG, "SAE forward: %d rows exceed the workspace's %d", n, w->max_rows);
-    if (w->S != sae->d_sae || w->D != sae->d_in || (sae->arch == ML_SAE_TOPK && w->K != sae->k))
-        return ML_FAIL(ML_ERR_SHAPE, "SAE forward: workspace made for d_in %d d_sae %d k %d, SAE has %d %d %d", w->D,
+    if (w->S != sae->d_sae || w->D != sae->d_in || (sae->arch == ML_SAE_TOPK) != (w->K > 0) || sae->k > w->K)
+        return ML_FAIL(ML_ERR_SHAPE, "SAE forward: workspace made for d_in %d d_sae %d k <= %d, SAE has %d %d %d", w->D,
                        w->S, w->K, sae->d_in, sae->d_sae, sae->k);
     if (n_global < n) return ML_FAIL(ML_ERR_ARG, "SAE forward: n_global %lld < n %d", (long long)n_global, n);
+    if (cfg->mse_norm == ML_SAE_NORM_DATASET && !(cfg->norm_sq > 0))
+        return ML_FAIL(ML_ERR_ARG, "SAE forward: dataset normalisation needs norm_sq > 0 (got %g)", cfg->norm_sq);
     st->rows = n;
     if (n == 0) {
         if (grads) memset(grads, 0, sizeof(float) * sae->n_params);

@@ -11,6 +11,7 @@
 /* ---- naive double reference -------------------------------------------------------- */
 typedef struct {
     const ml_sae *s; /* shapes and flags */
+    double norm_sq;  /* > 0: dataset normalisation constant; else per-row */
     double l1, aux_coef;
     int k_aux;
     const uint8_t *dead;
@@ -54,7 +55,7 @@ static double ref_loss(const ref_cfg *c, const double *P, const float *x, int N,
             xin[i] = xb[i] - (s->apply_b_dec_to_input ? bd[i] : 0.0);
             n2 += (double)xb[i] * xb[i];
         }
-        double w = 1.0 / (N * (n2 > 1e-8 ? n2 : 1e-8));
+        double w = c->norm_sq > 0 ? 1.0 / (N * c->norm_sq) : 1.0 / (N * (n2 > 1e-8 ? n2 : 1e-8));
         for (int j = 0; j < S; j++) {
             pre[j] = be[j];
             for (int i = 0; i < D; i++) pre[j] += We[(size_t)j * D + i] * xin[i];
@@ -112,7 +113,7 @@ static void fill_random(float *a, size_t n, ml_rng *r, float scale) {
     for (size_t i = 0; i < n; i++) a[i] = scale * ml_rng_normal(r);
 }
 
-static void grad_check(ml_sae_arch arch) {
+static void grad_check(ml_sae_arch arch, int dataset_norm) {
     const int D = 8, S = 12, N = 6, K = 3;
     ml_sae *s = NULL;
     ML_ASSERT_OK(ml_sae_create(arch, D, S, K, &s));
@@ -131,6 +132,10 @@ static void grad_check(ml_sae_arch arch) {
     for (int j = 0; j < S; j++) dead[j] = (j % 3) == 1;
 
     ml_sae_loss_cfg lc = {.l1 = 0.05, .aux_coef = 1.0 / 32, .k_aux = 2};
+    if (dataset_norm) {
+        lc.mse_norm = ML_SAE_NORM_DATASET;
+        lc.norm_sq = 5.5;
+    }
     ml_sae_work *w = NULL;
     ML_ASSERT_OK(ml_sae_work_create(s, N, lc.k_aux, &w));
     float *g = calloc(s->n_params, sizeof(float));
@@ -138,7 +143,7 @@ static void grad_check(ml_sae_arch arch) {
     ml_sae_stats st;
     ML_ASSERT_OK(ml_sae_forward_backward(s, &lc, x, N, N, arch == ML_SAE_TOPK ? dead : NULL, w, g, fired, &st));
 
-    ref_cfg rc = {.s = s, .l1 = lc.l1, .aux_coef = lc.aux_coef, .k_aux = lc.k_aux,
+    ref_cfg rc = {.s = s, .norm_sq = dataset_norm ? lc.norm_sq : 0, .l1 = lc.l1, .aux_coef = lc.aux_coef, .k_aux = lc.k_aux,
                   .dead = arch == ML_SAE_TOPK ? dead : NULL};
     double *P = malloc(sizeof(double) * s->n_params);
     for (size_t i = 0; i < s->n_params; i++) P[i] = s->params[i];
@@ -164,8 +169,8 @@ static void grad_check(ml_sae_arch arch) {
         if (err > 1e-3 * fabs(fd) + 2e-5)
             fail_msg("%s: param %zu: analytic %.8g vs finite difference %.8g", ml_sae_arch_name(arch), p, g[p], fd);
     }
-    printf("# %s: %zu params, max |grad| %.3g, max |analytic - fd| %.3g\n", ml_sae_arch_name(arch), s->n_params,
-           gmax, errmax);
+    printf("# %s (%s nMSE): %zu params, max |grad| %.3g, max |analytic - fd| %.3g\n", ml_sae_arch_name(arch),
+           dataset_norm ? "dataset" : "row", s->n_params, gmax, errmax);
     assert_true(gmax > 1e-3);
     /* fired counts: naive count of active latents */
     float f_dense[6 * 12];
@@ -184,15 +189,18 @@ static void grad_check(ml_sae_arch arch) {
 
 static void test_grad_standard(void **state) {
     (void)state;
-    grad_check(ML_SAE_STANDARD);
+    grad_check(ML_SAE_STANDARD, 0);
+    grad_check(ML_SAE_STANDARD, 1);
 }
 static void test_grad_anthropic(void **state) {
     (void)state;
-    grad_check(ML_SAE_ANTHROPIC);
+    grad_check(ML_SAE_ANTHROPIC, 0);
+    grad_check(ML_SAE_ANTHROPIC, 1);
 }
 static void test_grad_topk(void **state) {
     (void)state;
-    grad_check(ML_SAE_TOPK);
+    grad_check(ML_SAE_TOPK, 0);
+    grad_check(ML_SAE_TOPK, 1);
 }
 
 /* Per-rank pieces add up: two half-batches with n_global = N give the full gradient. */
