@@ -156,28 +156,30 @@ void ml_adam_step(float *p, const float *g, float *m, float *v, size_t n, float 
 /* ---- shuffled row streams --------------------------------------------------------- */
 /* A dataset of rows. read() is collective: every rank calls it at the same
  * time with its own range (count may be 0) and gets rows [row0,row0+count)
- * as float32 (count,d). read_meta (may be NULL) gives per-row token ids and
- * document ids of a range, also collectively (either output may be NULL). */
+ * as float32 (count,d). read_meta (may be NULL) gives per-row token ids,
+ * document ids and positions of a range, also collectively (any output may
+ * be NULL). */
 typedef struct {
     int64_t n_rows;
     int d;
     void *ctx;
     int (*read)(void *ctx, int64_t row0, int64_t count, float *out);
-    int (*read_meta)(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids);
+    int (*read_meta)(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids, int32_t *positions);
 } ml_row_source;
 
 /* A source over rows held in memory on every rank (tests, tools): init
- * fills m->src (whose ctx points at m, so m must stay in place). tokens and
- * doc_ids may be NULL (then token = row % 65536, doc = 0). The arrays must
- * outlive m. */
+ * fills m->src (whose ctx points at m, so m must stay in place). tokens,
+ * doc_ids and positions may be NULL (then token = row % 65536, doc = 0,
+ * position = row). The arrays must outlive m. */
 typedef struct {
     ml_row_source src;
-    const float *x;        /* (n_rows, d) */
-    const int32_t *tokens; /* (n_rows) */
-    const int64_t *doc_ids;/* (n_rows) */
+    const float *x;           /* (n_rows, d) */
+    const int32_t *tokens;    /* (n_rows) */
+    const int64_t *doc_ids;   /* (n_rows) */
+    const int32_t *positions; /* (n_rows) */
 } ml_row_memory;
 void ml_row_memory_init(ml_row_memory *m, const float *x, int64_t n_rows, int d, const int32_t *tokens,
-                        const int64_t *doc_ids);
+                        const int64_t *doc_ids, const int32_t *positions);
 
 /* Rows shuffled by block + within-buffer permutations: the file is cut into
  * blocks of block_rows; each epoch permutes the blocks, groups them into
@@ -278,7 +280,7 @@ void ml_sae_run_destroy(ml_sae_run **run);
 
 /* ---- evaluation and feature examples ------------------------------------------------- */
 typedef struct {
-    int64_t row0, n_rows;      /* evaluation rows [row0, row0 + n_rows) of the source */
+    int64_t row0, n_rows;      /* evaluation rows [row0, row0 + n_rows) of the source (n_rows 0: to the end) */
     int block_rows;            /* rows encoded at a time (512) */
     int top_examples;          /* top-activating contexts per feature (10) */
     int quantile_examples;     /* samples from lower quantiles per feature (8) */
@@ -301,7 +303,8 @@ typedef struct {
     /* per feature j, slot s (top: s < K, by decreasing activation; -1 row when fewer) */
     int64_t *top_row;          /* (S,K) */
     float *top_act;            /* (S,K) */
-    int32_t *top_tokens;       /* (S,K,W) token ids; -1 outside the row's document or the source */
+    int32_t *top_tokens;       /* (S,K,W) token ids; -1 where the window leaves the example's context
+                                  (another document, a position jump, or the source's ends) */
     float *top_window_acts;    /* (S,K,W) the latent's activation on each window token */
     int64_t *q_row;            /* (S,Q) quantile samples, increasing activation; -1 when fewer */
     float *q_act;              /* (S,Q) */

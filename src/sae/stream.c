@@ -284,7 +284,8 @@ static int ml_mem_read(void *ctx, int64_t row0, int64_t count, float *out) {
     return ML_OK;
 }
 
-static int ml_mem_read_meta(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids) {
+static int ml_mem_read_meta(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids,
+                            int32_t *positions) {
     const ml_row_memory *m = ctx;
     if (row0 < 0 || row0 + count > m->src.n_rows)
         return ML_FAIL(ML_ERR_ARG, "memory rows [%lld, %lld) outside [0, %lld)", (long long)row0,
@@ -292,16 +293,18 @@ static int ml_mem_read_meta(void *ctx, int64_t row0, int64_t count, int32_t *tok
     for (int64_t i = 0; i < count; i++) {
         if (tokens) tokens[i] = m->tokens ? m->tokens[row0 + i] : (int32_t)((row0 + i) % 65536);
         if (doc_ids) doc_ids[i] = m->doc_ids ? m->doc_ids[row0 + i] : 0;
+        if (positions) positions[i] = m->positions ? m->positions[row0 + i] : (int32_t)(row0 + i);
     }
     return ML_OK;
 }
 
 void ml_row_memory_init(ml_row_memory *m, const float *x, int64_t n_rows, int d, const int32_t *tokens,
-                        const int64_t *doc_ids) {
+                        const int64_t *doc_ids, const int32_t *positions) {
     memset(m, 0, sizeof *m);
     m->x = x;
     m->tokens = tokens;
     m->doc_ids = doc_ids;
+    m->positions = positions;
     m->src.n_rows = n_rows;
     m->src.d = d;
     m->src.ctx = m;

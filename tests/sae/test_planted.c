@@ -65,7 +65,7 @@ static ml_sae_run *train(ml_sae_arch arch, double l1, int k, int d_sae, int64_t 
                          double aux_coef, int64_t dead_window) {
     make_planted();
     ml_row_memory mem;
-    ml_row_memory_init(&mem, g_x, g_n, D, NULL, NULL);
+    ml_row_memory_init(&mem, g_x, g_n, D, NULL, NULL, NULL);
     ml_sae_train_config c;
     ml_sae_train_config_default(&c);
     c.arch = arch;

@@ -20,7 +20,7 @@ static void test_stream_union(void **state) {
         x[i * d + 2] = (float)-i;
     }
     ml_row_memory mem;
-    ml_row_memory_init(&mem, x, N, d, NULL, NULL);
+    ml_row_memory_init(&mem, x, N, d, NULL, NULL, NULL);
     int P;
     MPI_Comm_size(MPI_COMM_WORLD, &P);
     int L = B / P;
@@ -133,7 +133,7 @@ static void test_train_ranks(void **state) {
     const int d = 16;
     float *x = make_data(N, d);
     ml_row_memory mem;
-    ml_row_memory_init(&mem, x, N, d, NULL, NULL);
+    ml_row_memory_init(&mem, x, N, d, NULL, NULL, NULL);
     for (int a = 0; a < 3; a++) {
         ml_sae_train_config c;
         ml_sae_train_config_default(&c);
