@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include "mergelens/config.h"
+#include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/pipeline.h"
 
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
     int rank;
@@ -30,16 +32,12 @@ static int ml_cmd_inspect(MPI_Comm comm, int argc, char **argv) {
     MPI_Comm_rank(comm, &rank);
     ml_options *o = NULL;
     char **pos = NULL;
-    ML_CHECK(ml_options_create("inspect", ml_inspect_opts, &o));
-    rc = ml_options_apply_argv(o, argc, argv, &npos, &pos, &help);
-    if (rc == ML_OK && help) {
-        if (rank == 0) {
-            printf("usage: mergelens inspect FILE.h5 [FILE.h5 ...] [options]\n\n"
-                   "Print the tree of an HDF5 file: groups, datasets with shapes and dtypes, attributes.\n\n");
-            ml_options_print_help(o, stdout);
-        }
-        goto done;
-    }
+    ML_CHECK(ml_options_parse_command(comm, "inspect",
+                                      "usage: mergelens inspect FILE.h5 [FILE.h5 ...] [options]\n\n"
+                                      "Print the tree of an HDF5 file: groups, datasets with shapes and dtypes, "
+                                      "attributes.",
+                                      ml_inspect_opts, argc, argv, &o, &npos, &pos, &help));
+    if (help) goto done;
     if (rc == ML_OK && npos == 0) rc = ML_FAIL(ML_ERR_ARG, "inspect: no file given (usage: mergelens inspect FILE.h5)");
     for (int i = 0; rc == ML_OK && i < npos; i++)
         if (rank == 0) rc = ml_h5_inspect(pos[i], stdout, ml_opt_bool(o, "all"));
@@ -65,15 +63,10 @@ static int ml_cmd_doctor(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     float *a = NULL, *b = NULL, *c = NULL;
     ml_h5 *h = NULL;
-    ML_CHECK(ml_options_create("doctor", ml_doctor_opts, &o));
-    ML_CHECK_GOTO(ml_options_apply_argv(o, argc, argv, NULL, NULL, &help), done);
-    if (help) {
-        if (rank == 0) {
-            printf("usage: mergelens doctor [options]\n\nCheck MPI, OpenBLAS and parallel HDF5.\n\n");
-            ml_options_print_help(o, stdout);
-        }
-        goto done;
-    }
+    ML_CHECK(ml_options_parse_command(comm, "doctor",
+                                      "usage: mergelens doctor [options]\n\nCheck MPI, OpenBLAS and parallel HDF5.",
+                                      ml_doctor_opts, argc, argv, &o, NULL, NULL, &help));
+    if (help) goto done;
     /* a rank failing alone, before any agreement point (tests the abort path) */
     ML_CHECK_GOTO(ml_inject_point("doctor-alone", rank), done);
     char host[256] = "?";
@@ -129,10 +122,19 @@ done:
 
 static const ml_command ml_commands[] = {
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
+    {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
+    {"export", ml_cmd_export, "write a model as a Hugging Face directory or an SAE as a SAELens directory"},
+    {"import", ml_cmd_import, "read a Hugging Face MistralForCausalLM directory into a checkpoint"},
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
     {"version", ml_cmd_version, "print the version"},
 };
 static const int ml_ncommands = (int)(sizeof ml_commands / sizeof ml_commands[0]);
+
+const ml_command *ml_cli_find(const char *name) {
+    for (int i = 0; i < ml_ncommands; i++)
+        if (!strcmp(name, ml_commands[i].name)) return &ml_commands[i];
+    return NULL;
+}
 
 static void ml_usage(FILE *out) {
     fprintf(out, "usage: mergelens <command> [options]\n\ncommands:\n");
@@ -152,9 +154,7 @@ int ml_cli_main(int argc, char **argv) {
         MPI_Finalize();
         return argc < 2 ? 2 : 0;
     }
-    const ml_command *cmd = NULL;
-    for (int i = 0; i < ml_ncommands; i++)
-        if (!strcmp(argv[1], ml_commands[i].name)) cmd = &ml_commands[i];
+    const ml_command *cmd = ml_cli_find(argv[1]);
     if (!cmd) {
         if (rank == 0) {
             fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
