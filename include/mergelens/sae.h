@@ -294,7 +294,7 @@ void ml_sae_eval_config_default(ml_sae_eval_config *c);
 typedef struct {
     int S, K, Q, W;            /* latents, top examples, quantile examples, window length */
     int ctx_left, ctx_right;
-    int64_t n_rows;            /* evaluated rows */
+    int64_t row0, n_rows;      /* evaluated rows [row0, row0 + n_rows) of the source */
     double mse, fvu, l0, dead_fraction, dense_fraction;
     int64_t *count;            /* (S) rows on which the latent fired */
     double *density;           /* (S) count / n_rows */

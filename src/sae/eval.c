@@ -402,6 +402,7 @@ int ml_sae_evaluate(MPI_Comm comm, ml_sae *const *saes, int n_saes, const ml_row
         ML_CHECK_GOTO(ml_eval_alloc(&v->out, Sg, K, Q, W), done);
         v->out->ctx_left = cl;
         v->out->ctx_right = cr;
+        v->out->row0 = row0;
         v->out->n_rows = n;
         v->count = ml_calloc((size_t)Sg, sizeof(int64_t));
         v->sum = ml_calloc((size_t)Sg, sizeof(double));
