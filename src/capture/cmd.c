@@ -27,7 +27,8 @@ static int ml_split_list(const char *key, const char *text, char **store, const 
     *n = 0;
     *store = ml_strdup(text ? text : "");
     if (!*store) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    for (char *p = *store; *p;) {
+    if (!**store) return ML_FAIL(ML_ERR_ARG, "--%s is empty", key);
+    for (char *p = *store;;) {
         char *comma = strchr(p, ',');
         if (comma) *comma = 0;
         if (!*p) return ML_FAIL(ML_ERR_ARG, "--%s '%s': empty item in the comma-separated list", key, text);
@@ -36,7 +37,6 @@ static int ml_split_list(const char *key, const char *text, char **store, const 
         if (!comma) break;
         p = comma + 1;
     }
-    if (*n == 0) return ML_FAIL(ML_ERR_ARG, "--%s is empty", key);
     return ML_OK;
 }
 
@@ -208,13 +208,12 @@ static int ml_sae_eval_print(const char *sae_path, const char *model_path, const
     } else {
         printf("sae-eval %s on %s at %s: %lld windows x %d tokens (%s split)\n", sae_path, model_path, hook,
                (long long)r->total.windows, w->T, w->split);
-        printf("%-32s %8s %9s %9s %9s %12s %9s %9s\n", "domain", "windows", "L_clean", "L_zero", "L_spliced",
+        printf("%-32s %8s %9s %9s %9s %12s %9s %9s\n", "domain (store)", "windows", "L_clean", "L_zero", "L_spliced",
                "CE_recovered", "acc_clean", "acc_splic");
         for (int d = 0; d <= r->n_domains; d++) {
             const ml_ce_stats *s = d < r->n_domains ? &r->domain[d] : &r->total;
-            const char *name = d < r->n_domains ? w->paths[d] : "all";
-            size_t len = strlen(name);
-            printf("%-32s %8lld %9.4f %9.4f %9.4f %12.4f %9.4f %9.4f\n", len > 32 ? name + len - 32 : name,
+            const char *name = d < r->n_domains ? w->paths[d] : "all", *slash = strrchr(name, '/');
+            printf("%-32.32s %8lld %9.4f %9.4f %9.4f %12.4f %9.4f %9.4f\n", slash ? slash + 1 : name,
                    (long long)s->windows, s->loss_clean, s->loss_zero, s->loss_spliced, s->ce_recovered,
                    s->acc_clean, s->acc_spliced);
         }

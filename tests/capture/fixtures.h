@@ -99,14 +99,18 @@ static inline void fx_model_config(ml_model_config *c) {
     c->init_std = 0.3; /* large enough that the MLP matters for the loss */
 }
 
-/* Write a random-init checkpoint; the model is returned in *keep if not NULL. */
-static inline void fx_model_write(MPI_Comm comm, const char *path, uint64_t seed, ml_model **keep) {
+/* Write a random-init checkpoint with the MLP matrices scaled by mlp_scale;
+ * the model is returned in *keep if not NULL. */
+static inline void fx_model_write(MPI_Comm comm, const char *path, uint64_t seed, float mlp_scale, ml_model **keep) {
     ml_model_config c;
     fx_model_config(&c);
     ml_model *m = NULL;
     ml_h5 *h = NULL;
     ML_ASSERT_OK(ml_model_create(&c, &m));
     ML_ASSERT_OK(ml_model_init(m, seed));
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strstr(m->tensors[i].name, "mlp."))
+            for (size_t j = 0; j < m->tensors[i].numel; j++) m->params[m->tensors[i].offset + j] *= mlp_scale;
     ML_ASSERT_OK(ml_h5_create(comm, path, "mergelens.checkpoint", 1, &h));
     ML_ASSERT_OK(ml_model_config_save(h, &c));
     ML_ASSERT_OK(ml_model_save_params(h, m));

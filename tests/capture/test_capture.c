@@ -30,7 +30,7 @@ static void env_make(fx_env *e, const char *name) {
     snprintf(e->ckpt, sizeof e->ckpt, "%s/model.h5", e->dir);
     fx_store_write(MPI_COMM_WORLD, e->a, "alpha", 40, 30, 6, 11, 0, &e->sa);
     fx_store_write(MPI_COMM_WORLD, e->b, "beta", 40, 25, 6, 12, 1, &e->sb);
-    fx_model_write(MPI_COMM_WORLD, e->ckpt, 7, &e->m);
+    fx_model_write(MPI_COMM_WORLD, e->ckpt, 7, 1, &e->m);
 }
 
 static void env_free(fx_env *e) {
