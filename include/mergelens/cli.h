@@ -15,5 +15,7 @@ typedef struct {
 } ml_command;
 
 int ml_cli_main(int argc, char **argv);
+/* The command of that name, or NULL. */
+const ml_command *ml_cli_find(const char *name);
 
 #endif

@@ -84,6 +84,14 @@ const char *ml_opt_str(const ml_options *o, const char *key); /* NULL if unset &
 int ml_opt_is_set(const ml_options *o, const char *key);     /* explicitly given */
 /* Print generated help ("  --key <type>  default  help"). */
 void ml_options_print_help(const ml_options *o, FILE *out);
+/* The standard way a command reads its options: values from
+ * `--config FILE.yaml` (the mapping under key `section` when the file has
+ * one, else the whole top-level mapping), then `--key value` overrides.
+ * On `--help`, rank 0 prints `usage` and the generated option list and
+ * *help is set (the caller returns ML_OK). Required keys are checked.
+ * npos/pos may be NULL (then positional arguments are an error). */
+int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usage, const ml_option_spec *specs,
+                             int argc, char **argv, ml_options **out, int *npos, char ***pos, int *help);
 /* Effective configuration as a JSON object (caller ml_free()s). */
 int ml_options_to_json(const ml_options *o, char **json);
 

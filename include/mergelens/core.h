@@ -54,6 +54,8 @@ const char *ml_error_message(void);
 /* Replace the message (used when adopting another rank's error). */
 void ml_error_adopt(int code, const char *message);
 int ml_error_code(void);
+/* 1 if the current error went through ml_agree (every rank knows of it). */
+int ml_error_agreed(void);
 void ml_error_clear(void);
 /* Print "error: <message>" and, if verbose, the traceback frames. */
 void ml_error_print(FILE *out, int verbose);
@@ -172,6 +174,13 @@ uint64_t ml_rng_u64(ml_rng *r);
 double ml_rng_uniform(ml_rng *r);         /* [0, 1) */
 float ml_rng_normal(ml_rng *r);           /* N(0, 1) */
 uint64_t ml_rng_below(ml_rng *r, uint64_t n); /* uniform in [0, n) */
+
+/* OpenBLAS: the kernel family it chose and its thread count. ml_blas_check
+ * returns 1 (and fills advice) when the kernels are weaker than the CPU
+ * supports, e.g. Prescott on an AVX-512 CPU. */
+const char *ml_blas_corename(void);
+int ml_blas_threads(void);
+int ml_blas_check(char *advice, size_t n);
 
 /* Make directories like `mkdir -p`. */
 int ml_mkdirs(const char *path);

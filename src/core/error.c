@@ -40,6 +40,7 @@ const char *ml_status_message(int code) {
 
 #define ML_MAX_FRAMES 32
 static struct {
+    int agreed; /* every rank knows about this failure (set by ml_agree) */
     int code;
     char message[1024];
     int nframes;
@@ -61,6 +62,7 @@ int ml_error_set(int code, const char *file, int line, const char *func,
                  const char *fmt, ...) {
     va_list ap;
     ml_err.code = code;
+    ml_err.agreed = 0;
     ml_err.nframes = 0;
     va_start(ap, fmt);
     vsnprintf(ml_err.message, sizeof ml_err.message, fmt, ap);
@@ -84,15 +86,18 @@ int ml_error_trace(int code, const char *file, int line, const char *func) {
 
 const char *ml_error_message(void) { return ml_err.message; }
 int ml_error_code(void) { return ml_err.code; }
+int ml_error_agreed(void) { return ml_err.agreed; }
 
 void ml_error_adopt(int code, const char *message) {
     ml_err.code = code;
+    ml_err.agreed = 0;
     ml_err.nframes = 0;
     snprintf(ml_err.message, sizeof ml_err.message, "%s", message);
 }
 
 void ml_error_clear(void) {
     ml_err.code = ML_OK;
+    ml_err.agreed = 0;
     ml_err.message[0] = '\0';
     ml_err.nframes = 0;
 }
@@ -133,6 +138,7 @@ int ml_agree(MPI_Comm comm, int local_status) {
     }
     mrc = MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, first, comm);
     if (mrc != MPI_SUCCESS) return ml_mpi_error(mrc, "MPI_Bcast", __FILE__, __LINE__, __func__);
+    ml_err.agreed = 1;
     if (local_status != ML_OK) return local_status; /* keep own error + traceback */
     char text[1100];
     if (size > 1)
@@ -140,6 +146,7 @@ int ml_agree(MPI_Comm comm, int local_status) {
     else
         snprintf(text, sizeof text, "%s", msg.message);
     ml_error_adopt(ML_ERR_REMOTE, text);
+    ml_err.agreed = 1;
     return ML_ERR_REMOTE;
 }
 

@@ -327,3 +327,58 @@ int ml_options_to_json(const ml_options *o, char **json) {
     free(text);
     return *json ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
 }
+
+int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usage, const ml_option_spec *specs,
+                             int argc, char **argv, ml_options **out, int *npos, char ***pos, int *help) {
+    int rank = 0, rc = ML_OK, h = 0;
+    MPI_Comm_rank(comm, &rank);
+    ml_options *o = NULL;
+    ml_node *root = NULL;
+    char **args = NULL;
+    *out = NULL;
+    ML_CHECK(ml_options_create(section, specs, &o));
+    /* strip --config FILE / --config=FILE from argv */
+    args = ml_calloc((size_t)argc + 1, sizeof *args);
+    if (!args) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory");
+    int nargs = 0;
+    const char *config = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && !strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) ML_FAIL_GOTO(fail, ML_ERR_ARG, "command line: option '--config' needs a file");
+            config = argv[++i];
+        } else if (i > 0 && !strncmp(argv[i], "--config=", 9)) {
+            config = argv[i] + 9;
+        } else {
+            args[nargs++] = argv[i];
+        }
+    }
+    if (config) {
+        ML_CHECK_GOTO(ml_yaml_load(config, &root), fail);
+        const ml_node *sec = ml_node_get(root, section);
+        ML_CHECK_GOTO(ml_options_apply_node(o, sec ? sec : root, NULL), fail);
+    }
+    ML_CHECK_GOTO(ml_options_apply_argv(o, nargs, args, npos, pos, &h), fail);
+    if (h) {
+        if (rank == 0) {
+            printf("%s\n\noptions (also readable from --config FILE.yaml, key '%s' or top level):\n", usage, section);
+            ml_options_print_help(o, stdout);
+        }
+        if (help) *help = 1;
+    } else {
+        if (help) *help = 0;
+        ML_CHECK_GOTO(ml_options_finalize(o), fail);
+    }
+    ml_free(args);
+    ml_node_destroy(&root);
+    *out = o;
+    return ML_OK;
+fail:
+    if (pos && *pos) {
+        ml_free(*pos);
+        *pos = NULL;
+    }
+    ml_free(args);
+    ml_node_destroy(&root);
+    ml_options_destroy(&o);
+    return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+}

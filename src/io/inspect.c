@@ -8,6 +8,19 @@ typedef struct {
     int all_attrs;
 } ml_inspect_ctx;
 
+/* A string on one line: newlines and tabs escaped, long text cut unless asked. */
+static void ml_print_text(FILE *out, const char *s, size_t limit) {
+    size_t len = strlen(s), n = len > limit ? limit : len;
+    fputc('"', out);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\n') fputs("\\n", out);
+        else if (s[i] == '\t') fputs("\\t", out);
+        else fputc(s[i], out);
+    }
+    fputc('"', out);
+    if (n < len) fprintf(out, "... (%zu chars)", len);
+}
+
 static herr_t ml_attr_print(hid_t loc, const char *name, const H5A_info_t *info, void *data) {
     (void)info;
     ml_inspect_ctx *c = data;
@@ -22,21 +35,18 @@ static herr_t ml_attr_print(hid_t loc, const char *name, const H5A_info_t *info,
         if (H5Tis_variable_str(t) > 0) {
             hid_t mt = H5Tcopy(H5T_C_S1);
             H5Tset_size(mt, H5T_VARIABLE);
+            H5Tset_cset(mt, H5Tget_cset(t));
             if (H5Aread(a, mt, &s) >= 0 && s) {
-                size_t len = strlen(s);
-                if (len > 100 && !c->all_attrs) fprintf(c->out, "\"%.97s...\" (%zu chars)", s, len);
-                else fprintf(c->out, "\"%s\"", s);
+                ml_print_text(c->out, s, c->all_attrs ? (size_t)-1 : 100);
                 H5free_memory(s);
             }
             H5Tclose(mt);
         } else {
             size_t sz = H5Tget_size(t);
-            char buf[104] = {0};
             char *full = ml_malloc(sz + 1);
             if (full && H5Aread(a, t, full) >= 0) {
                 full[sz] = 0;
-                snprintf(buf, sizeof buf, "%s", full);
-                fprintf(c->out, "\"%s\"%s", buf, sz > 100 ? "..." : "");
+                ml_print_text(c->out, full, c->all_attrs ? (size_t)-1 : 100);
             }
             ml_free(full);
         }

@@ -36,8 +36,9 @@
         if (ml_trc_ != (code))                                                               \
             fail_msg("%s returned %s, expected %s (message: %s)", #call,                    \
                      ml_status_name(ml_trc_), ml_status_name(code), ml_error_message());     \
-        if ((text) && !strstr(ml_error_message(), (text)))                                   \
-            fail_msg("%s: message '%s' lacks '%s'", #call, ml_error_message(), (text));      \
+        const char *ml_ttext_ = (text);                                                      \
+        if (ml_ttext_ && !strstr(ml_error_message(), ml_ttext_))                             \
+            fail_msg("%s: message '%s' lacks '%s'", #call, ml_error_message(), ml_ttext_);   \
     } while (0)
 /* |a - b| <= tol * max(1, |b|), printing both values. */
 #define ML_ASSERT_CLOSE(a, b, tol)                                                           \

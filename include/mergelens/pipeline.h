@@ -1,0 +1,51 @@
+/* mergelens pipeline: experiments as job files. `mergelens run JOB.yaml`
+ * runs every stage in dependency order inside one MPI job, skipping stages
+ * whose outputs exist and validate, and records everything in
+ * RUN_DIR/experiment.h5 (job file, provenance, timings, external links to
+ * every stage's outputs).
+ *
+ * Job file:
+ *   name: tiny
+ *   run_dir: runs/tiny              # --out overrides
+ *   seed: 42                        # available as ${seed}
+ *   stages:
+ *     base:                         # stage name (file order breaks ties)
+ *       command: train              # any mergelens command
+ *       needs: [tokenize]           # stages that must finish first
+ *       args: [ ... ]               # positional arguments
+ *       options: {lr: 6e-4, ...}    # --key value (lists become comma-joined)
+ *       outputs: [models/base.h5]   # relative to run_dir; used for skipping
+ *       slurm: {time: "01:00:00", ntasks: 4}   # per-stage resources (slurm/submit)
+ * Strings may use ${run_dir}, ${job_dir} (the job file's directory) and ${seed}.
+ */
+#ifndef MERGELENS_PIPELINE_H
+#define MERGELENS_PIPELINE_H
+
+#include "mergelens/config.h"
+
+typedef struct ml_job ml_job;
+typedef struct {
+    const char *name, *command;
+    int argc;
+    char **argv;          /* argv[0] = command; substituted */
+    int n_needs;
+    int *needs;           /* stage indices */
+    int n_outputs;
+    char **outputs;       /* absolute or run_dir-relative resolved paths */
+    const ml_node *slurm; /* per-stage resources (may be NULL) */
+} ml_stage;
+
+/* Parse and validate a job file (unknown keys, unknown stages in needs,
+ * cycles, unknown commands). out_dir overrides run_dir when not NULL. */
+int ml_job_load(const char *path, const char *out_dir, ml_job **out);
+void ml_job_destroy(ml_job **job);
+int ml_job_stage_count(const ml_job *job);
+const ml_stage *ml_job_stage(const ml_job *job, int i); /* in run order */
+const char *ml_job_run_dir(const ml_job *job);
+const ml_node *ml_job_root(const ml_job *job);
+/* 1 if every declared output exists and opens as a mergelens file. */
+int ml_stage_complete(const ml_stage *s);
+
+int ml_cmd_run(MPI_Comm comm, int argc, char **argv);
+
+#endif

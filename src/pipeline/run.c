@@ -1,0 +1,248 @@
+/* `mergelens run JOB.yaml`: stages in dependency order, skip-if-complete,
+ * experiment.h5 with the job, provenance, timings and external links. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mergelens/cli.h"
+#include "mergelens/io.h"
+#include "mergelens/pipeline.h"
+
+static const ml_option_spec ml_run_opts[] = {
+    {"out", ML_OPT_STRING, "", 0, -1, NULL, "run directory (overrides the job's run_dir)"},
+    {"stage", ML_OPT_STRING, "", 0, -1, NULL, "run only this stage (its inputs must exist)"},
+    {"force", ML_OPT_BOOL, "false", 0, -1, NULL, "rerun stages even when their outputs are complete"},
+    {"dry_run", ML_OPT_BOOL, "false", 0, -1, NULL, "print the plan and exit"},
+    ML_OPT_END,
+};
+
+typedef struct {
+    const char *status; /* "done", "skipped", "failed", "pending" */
+    double seconds;
+} ml_stage_result;
+
+static void ml_iso_now(char *buf, size_t n) {
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int ml_read_text(const char *path, char **out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ML_FAIL(ML_ERR_IO, "%s: cannot read", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = ml_malloc((size_t)n + 1);
+    if (!b) {
+        fclose(f);
+        return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
+    size_t got = fread(b, 1, (size_t)n, f);
+    fclose(f);
+    b[got] = '\0';
+    *out = b;
+    return ML_OK;
+}
+
+/* Unique host names of all ranks as a JSON list (same on every rank). */
+static int ml_hosts_json(MPI_Comm comm, char **out) {
+    int size;
+    MPI_Comm_size(comm, &size);
+    char name[MPI_MAX_PROCESSOR_NAME] = {0};
+    int len = 0;
+    MPI_Get_processor_name(name, &len);
+    char *all = ml_calloc((size_t)size, MPI_MAX_PROCESSOR_NAME);
+    if (!all) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    ML_CHECK_MPI(MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, comm));
+    json_t *arr = json_array();
+    for (int r = 0; r < size; r++) {
+        const char *h = all + (size_t)r * MPI_MAX_PROCESSOR_NAME;
+        int seen = 0;
+        for (size_t k = 0; k < json_array_size(arr); k++) seen |= !strcmp(json_string_value(json_array_get(arr, k)), h);
+        if (!seen) json_array_append_new(arr, json_string(h));
+    }
+    ml_free(all);
+    char *s = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    *out = s ? ml_strdup(s) : NULL;
+    free(s);
+    return *out ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+}
+
+static int ml_write_experiment(MPI_Comm comm, const char *job_path, const ml_job *job, const ml_stage_result *res,
+                               const char *started) {
+    int rc = ML_OK, size;
+    MPI_Comm_size(comm, &size);
+    char path[4096], finished[64], *text = NULL, *json = NULL, *hosts = NULL;
+    snprintf(path, sizeof path, "%s/experiment.h5", ml_job_run_dir(job));
+    ml_iso_now(finished, sizeof finished);
+    ml_h5 *h = NULL;
+    ML_CHECK_GOTO(ml_read_text(job_path, &text), done);
+    ML_CHECK_GOTO(ml_node_to_json(ml_job_root(job), &json), done);
+    ML_CHECK_GOTO(ml_hosts_json(comm, &hosts), done);
+    ML_CHECK_GOTO(ml_h5_create(comm, path, "mergelens.experiment", 1, &h), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "job_file", job_path), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "job_yaml", text), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", json), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "hosts", hosts), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "ranks", size), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "started", started), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "finished", finished), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "run_dir", ml_job_run_dir(job)), done);
+    const char *rd = ml_job_run_dir(job);
+    size_t rdl = strlen(rd);
+    for (int i = 0; i < ml_job_stage_count(job); i++) {
+        const ml_stage *s = ml_job_stage(job, i);
+        char g[512];
+        snprintf(g, sizeof g, "/stages/%s", s->name);
+        ML_CHECK_GOTO(ml_h5_mkgroup(h, g), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "command", s->command), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "status", res[i].status), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_double(h, g, "seconds", res[i].seconds), done);
+        json_t *cmdline = json_array();
+        for (int a = 0; a < s->argc; a++) json_array_append_new(cmdline, json_string(s->argv[a]));
+        char *cl = json_dumps(cmdline, JSON_COMPACT);
+        json_decref(cmdline);
+        rc = cl ? ml_h5_set_attr_str(h, g, "argv", cl) : ML_FAIL(ML_ERR_NOMEM, "out of memory");
+        free(cl);
+        if (rc) goto done;
+        for (int o = 0; o < s->n_outputs; o++) {
+            if (!ml_file_exists(s->outputs[o])) continue;
+            /* links relative to run_dir resolve next to experiment.h5 */
+            const char *target = s->outputs[o];
+            if (!strncmp(target, rd, rdl) && target[rdl] == '/') target += rdl + 1;
+            const char *base = strrchr(s->outputs[o], '/');
+            base = base ? base + 1 : s->outputs[o];
+            char link[600];
+            snprintf(link, sizeof link, "/outputs/%s/%.*s", s->name,
+                     (int)(strlen(base) > 3 && !strcmp(base + strlen(base) - 3, ".h5") ? strlen(base) - 3 : strlen(base)),
+                     base);
+            char grp[520];
+            snprintf(grp, sizeof grp, "/outputs/%s", s->name);
+            ML_CHECK_GOTO(ml_h5_mkgroup(h, grp), done);
+            if (H5Lcreate_external(target, "/", ml_h5_id(h), link, H5P_DEFAULT, H5P_DEFAULT) < 0)
+                ML_FAIL_GOTO(done, ML_ERR_HDF5, "%s: cannot create external link %s -> %s", path, link, target);
+        }
+    }
+    ML_CHECK_GOTO(ml_h5_write_profile(h, "/profile"), done);
+    ML_CHECK_GOTO(ml_h5_close(&h), done);
+done:
+    if (h) ml_h5_discard(&h);
+    ml_free(text);
+    ml_free(json);
+    ml_free(hosts);
+    return rc;
+}
+
+int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
+    int rank, rc = ML_OK, npos = 0, help = 0;
+    MPI_Comm_rank(comm, &rank);
+    ml_options *o = NULL;
+    char **pos = NULL;
+    ml_job *job = NULL;
+    ml_stage_result *res = NULL;
+    ML_CHECK(ml_options_parse_command(comm, "run",
+                                      "usage: mergelens run JOB.yaml [options]\n\n"
+                                      "Run a job file's stages in dependency order. Stages whose outputs exist and "
+                                      "validate are skipped, so a rerun resumes where a failure stopped.",
+                                      ml_run_opts, argc, argv, &o, &npos, &pos, &help));
+    if (help) goto done;
+    if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "run: expected one job file (usage: mergelens run JOB.yaml)");
+    const char *out = ml_opt_str(o, "out");
+    rc = ml_job_load(pos[0], *out ? out : NULL, &job);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    const char *only = ml_opt_str(o, "stage");
+    int n = ml_job_stage_count(job), only_idx = -1;
+    if (*only) {
+        for (int i = 0; i < n; i++)
+            if (!strcmp(ml_job_stage(job, i)->name, only)) only_idx = i;
+        if (only_idx < 0) ML_FAIL_GOTO(done, ML_ERR_ARG, "%s: no stage named '%s'", pos[0], only);
+    }
+    res = ml_calloc((size_t)n, sizeof *res);
+    if (!res) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+    char started[64];
+    ml_iso_now(started, sizeof started);
+    const char *rd = ml_job_run_dir(job);
+    if (rank == 0) {
+        static const char *sub[] = {"", "/data", "/models", "/acts", "/saes", "/sweeps", "/tracking"};
+        char p[4096];
+        for (int i = 0; rc == ML_OK && i < 7; i++) {
+            snprintf(p, sizeof p, "%s%s", rd, sub[i]);
+            rc = ml_mkdirs(p);
+        }
+    }
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    int complete[256] = {0};
+    for (int i = 0; i < n && i < 256; i++) {
+        /* rank 0 decides, so every rank takes the same branch */
+        complete[i] = rank == 0 ? ml_stage_complete(ml_job_stage(job, i)) : 0;
+    }
+    ML_CHECK_MPI(MPI_Bcast(complete, 256, MPI_INT, 0, comm));
+    ml_info("job %s: %d stage%s, run directory %s", pos[0], n, n == 1 ? "" : "s", rd);
+    for (int i = 0; i < n; i++) {
+        const ml_stage *s = ml_job_stage(job, i);
+        res[i].status = "pending";
+        int selected = only_idx < 0 || only_idx == i;
+        if (!selected) continue;
+        if (complete[i] && !ml_opt_bool(o, "force")) {
+            res[i].status = "skipped";
+            ml_info("stage %d/%d %-12s complete, skipped", i + 1, n, s->name);
+            continue;
+        }
+        if (only_idx >= 0) /* a lone stage needs its inputs */
+            for (int k = 0; k < s->n_needs; k++)
+                if (!complete[s->needs[k]] && ml_job_stage(job, s->needs[k])->n_outputs > 0)
+                    ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: stage '%s' needs stage '%s', whose outputs are missing",
+                                 pos[0], s->name, ml_job_stage(job, s->needs[k])->name);
+        if (ml_opt_bool(o, "dry_run")) {
+            if (rank == 0) {
+                printf("stage %s:", s->name);
+                for (int a = 0; a < s->argc; a++) printf(" %s", s->argv[a]);
+                printf("\n");
+            }
+            continue;
+        }
+        ml_info("stage %d/%d %-12s mergelens %s ...", i + 1, n, s->name, s->command);
+        const ml_command *cmd = ml_cli_find(s->command);
+        double t0 = ml_wtime();
+        ml_prof_begin(s->name);
+        rc = cmd->fn(comm, s->argc, s->argv);
+        ml_prof_end(s->name, 0, 0);
+        res[i].seconds = ml_wtime() - t0;
+        rc = ml_agree(comm, rc);
+        if (rc) {
+            res[i].status = "failed";
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", ml_error_message());
+            int code = rc;
+            ml_error_clear();
+            ml_write_experiment(comm, pos[0], job, res, started);
+            rc = ML_FAIL(code, "stage '%s' (mergelens %s) failed: %s", s->name, s->command, msg);
+            rc = ml_agree(comm, rc);
+            goto done;
+        }
+        for (int k = 0; k < s->n_outputs; k++)
+            if (rank == 0 && !ml_stage_complete(s)) {
+                rc = ML_FAIL(ML_ERR_INTERNAL, "stage '%s' finished but its output %s is missing or invalid", s->name,
+                             s->outputs[k]);
+                break;
+            }
+        ML_CHECK_GOTO(ml_agree(comm, rc), done);
+        res[i].status = "done";
+        complete[i] = 1;
+        ml_info("stage %d/%d %-12s done in %.1f s", i + 1, n, s->name, res[i].seconds);
+    }
+    if (!ml_opt_bool(o, "dry_run")) {
+        ML_CHECK_GOTO(ml_write_experiment(comm, pos[0], job, res, started), done);
+        ml_info("experiment record: %s/experiment.h5", rd);
+    }
+done:
+    ml_free(res);
+    ml_job_destroy(&job);
+    ml_free(pos);
+    ml_options_destroy(&o);
+    return rc;
+}
