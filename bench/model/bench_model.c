@@ -19,7 +19,6 @@
 #include "mergelens/model.h"
 
 void openblas_set_num_threads(int);
-char *openblas_get_corename(void);
 
 /* GFLOP/s of one C (n, n) = A (n, n) B (n, n)^T; buffers allocated once. */
 static double sgemm_rate(int n) {
@@ -128,7 +127,7 @@ static int run_shape(char shape, int threads, int B, int steps) {
     const double mean = total / steps;
     const double gf = fpt * tokens / mean / 1e9, gf_best = fpt * tokens / best / 1e9;
     printf("shape (%c) D %d F %d H %d/%d V %d T %d B %d, %d thread(s), core %s\n", shape, c.d_model, c.d_mlp, c.n_heads,
-           c.n_kv_heads, c.vocab_size, T, B, threads, openblas_get_corename());
+           c.n_kv_heads, c.vocab_size, T, B, threads, ml_blas_corename());
     printf("  params %zu (non-embedding %zu), FLOPs/token 6N+6DV+12TD = %.2f M\n", m->n_params,
            ml_model_n_nonembedding(&c), fpt / 1e6);
     printf("  step %.1f ms mean (%.1f best) over %d steps: %.0f tokens/s, %.1f GFLOP/s (best %.1f)\n", mean * 1e3,

@@ -3,14 +3,13 @@
  * OpenBLAS threads the matrix products; everything else (norms, SwiGLU,
  * softmax cross-entropy, the attention blocks, AdamW) would run on one core
  * and leave the others idle. ml_par_for splits a loop statically over as many
- * threads as OpenBLAS uses (openblas_get_num_threads, i.e. OPENBLAS_NUM_THREADS),
+ * threads as OpenBLAS uses (ml_blas_threads, i.e. OPENBLAS_NUM_THREADS),
  * so with 1 thread nothing changes. Workers sleep on a condition variable
  * between loops (no spinning that would compete with OpenBLAS's threads).
  * Static contiguous ranges: each index is processed by exactly one thread;
  * callers keep reductions independent of the split. */
 #include "model_internal.h"
 
-#include <cblas.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -31,7 +30,7 @@ static struct {
 static atomic_int ml_pool_busy;
 
 int ml_par_threads(void) {
-    int t = openblas_get_num_threads();
+    int t = ml_blas_threads();
     return t < 1 ? 1 : t > ML_PAR_MAX ? ML_PAR_MAX : t;
 }
 
@@ -53,8 +52,19 @@ static void *ml_pool_worker(void *arg) {
     return NULL;
 }
 
+/* A forked child has none of the parent's workers. */
+static void ml_pool_after_fork(void) {
+    pthread_mutex_init(&ml_pool.mu, NULL);
+    pthread_cond_init(&ml_pool.start, NULL);
+    pthread_cond_init(&ml_pool.done, NULL);
+    ml_pool.nworkers = 0;
+    atomic_store(&ml_pool_busy, 0);
+}
+
 /* Grow the pool to `want` workers (called with the mutex held); returns the count. */
 static int ml_pool_grow(int want) {
+    static int atfork;
+    if (!atfork) atfork = pthread_atfork(NULL, NULL, ml_pool_after_fork) == 0;
     while (ml_pool.nworkers < want && ml_pool.nworkers + 1 < ML_PAR_MAX) {
         pthread_t th;
         pthread_attr_t attr;
