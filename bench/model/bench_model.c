@@ -15,13 +15,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mergelens/model.h"
 
 void openblas_set_num_threads(int);
 
-/* GFLOP/s of one C (n, n) = A (n, n) B (n, n)^T; buffers allocated once. */
-static double sgemm_rate(int n) {
+/* CPU seconds of all threads of this process (excludes time waiting for a CPU). */
+static double cpu_time(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* GFLOP/s of one C (n, n) = A (n, n) B (n, n)^T; buffers allocated once.
+ * *cpu receives the CPU seconds the product used. */
+static double sgemm_rate(int n, double *cpu) {
     static float *a, *b, *c;
     static int have;
     if (have != n) {
@@ -31,8 +40,9 @@ static double sgemm_rate(int n) {
         have = n;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
     }
-    double t0 = ml_wtime();
+    double t0 = ml_wtime(), c0 = cpu_time();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    if (cpu) *cpu = cpu_time() - c0;
     return 2.0 * n * (double)n * n / (ml_wtime() - t0) / 1e9;
 }
 
@@ -76,7 +86,7 @@ static int run_shape(char shape, int threads, int B, int steps) {
     }
     c.max_context = T;
     openblas_set_num_threads(threads);
-    for (int r = 0; r < 3; r++) sgemm_rate(2048); /* warm up the BLAS threads */
+    for (int r = 0; r < 3; r++) sgemm_rate(2048, NULL); /* warm up the BLAS threads */
     reset_peak_rss();
     const long rss0 = vm_kb("VmRSS:");
     ml_model *m = NULL;
@@ -98,7 +108,7 @@ static int run_shape(char shape, int threads, int B, int steps) {
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)ml_rng_below(&rng, c.vocab_size);
     for (int i = 0; i < B * T; i++) tgt[i] = (int32_t)ml_rng_below(&rng, c.vocab_size);
     ml_lm_stats st;
-    double best = 1e30, total = 0, sg_sum = 0, sg_best = 0;
+    double best = 1e30, total = 0, sg_sum = 0, sg_best = 0, cpu_step = 0, cpu_sgemm = 0, wall_sgemm = 0;
     /* ml_prof_reset keeps old totals in reused slots: take differences of snapshots */
     ml_prof_event ev0[64];
     int ne0 = 0;
@@ -108,17 +118,21 @@ static int run_shape(char shape, int threads, int B, int steps) {
             ne0 = ml_prof_events(&e);
             memcpy(ev0, e, sizeof(ml_prof_event) * (size_t)ne0);
         }
-        double t0 = ml_wtime();
+        double t0 = ml_wtime(), c0 = cpu_time();
         ml_model_zero_grad(m);
         ML_CHECK_GOTO(ml_model_forward_backward(m, ws, tok, tgt, B, T, 0.0, &st), done);
         ml_model_clip_grads(m, 1.0);
         ML_CHECK_GOTO(ml_adamw_step(opt, m, 1e-4), done);
-        double t = ml_wtime() - t0;
+        double t = ml_wtime() - t0, ct = cpu_time() - c0;
         if (s >= 0) {
             total += t;
+            cpu_step += ct;
             best = t < best ? t : best;
             /* an sgemm after every step: the machine's rate at the same moment */
-            const double r = sgemm_rate(2048);
+            double sc;
+            const double r = sgemm_rate(2048, &sc);
+            cpu_sgemm += sc;
+            wall_sgemm += 2.0 * 2048.0 * 2048.0 * 2048.0 / r / 1e9;
             sg_sum += r;
             sg_best = r > sg_best ? r : sg_best;
         }
@@ -136,6 +150,12 @@ static int run_shape(char shape, int threads, int B, int steps) {
     printf("  sgemm 2048^3 after each step, same threads: %.1f GFLOP/s mean (%.1f best) -> step at %.0f%% of sgemm "
            "(means), %.0f%% (bests)\n",
            sg, sg_best, 100 * gf / sg, 100 * gf_best / sg_best);
+    /* CPU-time view (robust to other jobs on the machine): FLOPs per CPU-second of all our threads */
+    const double cpu_rate = fpt * tokens * steps / cpu_step / 1e9,
+                 cpu_sg = 2.0 * 2048.0 * 2048.0 * 2048.0 * steps / cpu_sgemm / 1e9;
+    printf("  per CPU-second of all threads: step %.1f GFLOP, sgemm %.1f GFLOP -> %.0f%%; CPU use %.2f cores in "
+           "steps, %.2f in sgemm\n",
+           cpu_rate, cpu_sg, 100 * cpu_rate / cpu_sg, cpu_step / total, cpu_sgemm / wall_sgemm);
     const ml_prof_event *ev;
     int ne = ml_prof_events(&ev);
     printf("  per step:");
