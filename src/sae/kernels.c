@@ -33,7 +33,8 @@ struct ml_sae_work {
     float *rvec;      /* (D) per-row scratch */
     int32_t *dead_list; /* (S) */
     float *cj;        /* (S) L1 weights c_j */
-    double *colsum;   /* (S) */
+    double *colsum;   /* (S) per-latent sums of activations */
+    float *cnt;       /* (S) per-latent firing counts */
     /* AuxK over a moderate number of dead latents M <= aux_mmax runs as dense
      * products over the dead subset (cache friendly) instead of row by row */
     int aux_mmax;
@@ -219,6 +220,7 @@ int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work *
     w->dead_list = ml_malloc(sizeof(int32_t) * (size_t)S);
     w->cj = ml_malloc(sizeof(float) * (size_t)S);
     w->colsum = ml_malloc(sizeof(double) * (size_t)S);
+    w->cnt = ml_malloc(sizeof(float) * (size_t)S);
     w->aux_mmax = w->A > 0 ? (8 * w->A < S ? 8 * w->A : S) : 0;
     size_t M = (size_t)(w->aux_mmax > 0 ? w->aux_mmax : 1);
     w->ax_W = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? D : 1));
@@ -233,7 +235,7 @@ int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work *
         return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
     if (!w->xin || !w->f || !w->df || !w->xhat || !w->dxhat || !w->rw || !w->tk_idx || !w->tk_val || !w->ax_idx ||
-        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum) {
+        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum || !w->cnt) {
         ml_sae_work_destroy(&w);
         return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
@@ -258,6 +260,7 @@ void ml_sae_work_destroy(ml_sae_work **wp) {
     ml_free(w->dead_list);
     ml_free(w->cj);
     ml_free(w->colsum);
+    ml_free(w->cnt);
     ml_free(w->ax_W);
     ml_free(w->ax_Z);
     ml_free(w->ax_dZ);
@@ -344,25 +347,23 @@ static void ml_fb_dense(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const flo
     ml_prof_begin("sae.encode");
     ml_encoder_pre(sae, xin, N, f);
     ml_prof_end("sae.encode", 2.0 * N * S * D, 0);
-    double l1sum = 0, l0 = 0;
+    /* ReLU and per-latent sums in one branch-free pass (vectorised); row sums follow from them */
+    float *cnt = w->cnt;
+    memset(cnt, 0, sizeof(float) * (size_t)S);
     for (int b = 0; b < N; b++) {
         float *fb = f + (size_t)b * S;
-        double rs = 0;
-        int nz = 0;
         for (int j = 0; j < S; j++) {
             float v = fb[j] > 0 ? fb[j] : 0.0f;
             fb[j] = v;
-            rs += (double)v * w->cj[j];
-            nz += v > 0;
+            cnt[j] += v > 0 ? 1.0f : 0.0f;
+            w->colsum[j] += v;
         }
-        if (fired || anth)
-            for (int j = 0; j < S; j++)
-                if (fb[j] > 0) {
-                    if (fired) fired[j] += 1.0f;
-                    w->colsum[j] += fb[j];
-                }
-        l1sum += rs;
-        l0 += nz;
+    }
+    double l1sum = 0, l0 = 0;
+    for (int j = 0; j < S; j++) {
+        l1sum += w->colsum[j] * w->cj[j];
+        l0 += cnt[j];
+        if (fired) fired[j] += cnt[j];
     }
     st->loss_l1 = cfg->l1 * l1sum / (double)G;
     st->l0 = l0;
