@@ -65,9 +65,10 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < (size_t)N * D; i++) x[i] = ml_rng_normal(&r);
     double flops_row = 12.0 * D * S;
     double rows_relu = 0;
-    for (int a = 0; a < 3; a++) {
+    const double dead_frac[4] = {0, 0, 0.02, 0.10};
+    for (int a = 0; a < 4; a++) {
         ml_sae_arch arch = a == 0 ? ML_SAE_STANDARD : ML_SAE_TOPK;
-        int with_aux = a == 2;
+        int with_aux = a >= 2;
         ml_sae *s = NULL;
         ml_sae_work *w = NULL;
         if (ml_sae_create(arch, D, S, K, &s) || ml_sae_work_create(s, N, D / 2, &w)) {
@@ -78,21 +79,30 @@ int main(int argc, char **argv) {
         float *g = ml_calloc(s->n_params, sizeof(float)), *m = ml_calloc(s->n_params, sizeof(float)),
               *v = ml_calloc(s->n_params, sizeof(float));
         uint8_t *dead = ml_calloc((size_t)S, 1);
-        for (int j = 0; j < S; j++) dead[j] = with_aux && (j % 10 == 0); /* 10% dead latents */
+        int every = with_aux ? (int)(1.0 / dead_frac[a] + 0.5) : 0;
+        for (int j = 0; j < S; j++) dead[j] = with_aux && (j % every == 0);
         ml_sae_loss_cfg lc = {.l1 = 3e-4, .aux_coef = 1.0 / 32, .k_aux = D / 2};
-        ml_prof_reset();
+        ml_prof_event before[64];
+        const ml_prof_event *ev;
+        int nb0 = ml_prof_events(&ev);
+        memcpy(before, ev, sizeof(ml_prof_event) * (size_t)nb0);
         double dt = step_time(s, w, x, N, with_aux ? dead : NULL, g, m, v, steps, &lc);
         double rows = N / dt;
         if (a == 0) rows_relu = rows;
-        printf("  %-24s %9.0f rows/s  %7.1f GFLOP/s (12 d_in F / row)  %5.1f%% of sgemm  %.3f s/step%s\n",
-               a == 0 ? "standard ReLU (dense)" : with_aux ? "topk + AuxK (10% dead)" : "topk (sparse)", rows,
-               rows * flops_row / 1e9, 100.0 * rows * flops_row / 1e9 / sg, dt,
-               a ? "" : "");
+        char name[64];
+        if (with_aux) snprintf(name, sizeof name, "topk + AuxK (%.0f%% dead)", 100 * dead_frac[a]);
+        else snprintf(name, sizeof name, "%s", a == 0 ? "standard ReLU (dense)" : "topk (sparse)");
+        printf("  %-24s %9.0f rows/s  %7.1f GFLOP/s (12 d_in F / row)  %5.1f%% of sgemm  %.3f s/step\n", name, rows,
+               rows * flops_row / 1e9, 100.0 * rows * flops_row / 1e9 / sg, dt);
         if (a) printf("  %-24s %.2fx faster per row than dense ReLU\n", "", rows / rows_relu);
-        const ml_prof_event *ev;
         int ne = ml_prof_events(&ev);
-        for (int e = 0; e < ne; e++)
-            printf("      %-14s %.3f s/step%s", ev[e].name, ev[e].seconds / ev[e].count, e + 1 < ne ? "" : "\n");
+        printf("     ");
+        for (int e = 0; e < ne; e++) { /* this configuration's share of the cumulative events */
+            double sec = ev[e].seconds - (e < nb0 ? before[e].seconds : 0);
+            long cnt = ev[e].count - (e < nb0 ? before[e].count : 0);
+            if (cnt > 0) printf(" %s %.3f s", ev[e].name, sec / cnt);
+        }
+        printf("  (per call, mean over %d steps)\n", steps + 1);
         ml_free(g);
         ml_free(m);
         ml_free(v);

@@ -155,6 +155,7 @@ int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sa
     ml_h5 *h = NULL;
     ML_CHECK_GOTO(ml_h5_create(comm, path, ML_SAE_FORMAT, ML_SAE_VERSION, &h), done);
     rc = ml_write_body(h, sae, tr, ev, config_json, W_enc ? W_enc : sae->params);
+    if (rc == ML_OK) rc = ml_h5_write_profile(h, "/profile");
     if (rc != ML_OK) {
         ml_error_trace(rc, __FILE__, __LINE__, __func__);
         ml_h5_discard(&h);

@@ -33,7 +33,18 @@ struct ml_sae_work {
     float *rvec;      /* (D) per-row scratch */
     int32_t *dead_list; /* (S) */
     float *cj;        /* (S) L1 weights c_j */
-    double *colsum;   /* (S) */
+    double *colsum;   /* (S) per-latent sums of activations */
+    float *cnt;       /* (S) per-latent firing counts */
+    /* AuxK over a moderate number of dead latents M <= aux_mmax runs as dense
+     * products over the dead subset (cache friendly) instead of row by row */
+    int aux_mmax;
+    float *ax_W;      /* (M,D) decoder rows of the dead latents */
+    float *ax_Z;      /* (N,M) AuxK codes */
+    float *ax_dZ;     /* (N,M) their gradients */
+    float *ax_E;      /* (N,D) e_hat, then its gradient */
+    float *ax_G;      /* (M,D) gradient rows before the scatter */
+    float *ax_row;    /* (M) one row's dead pre-activations */
+    int32_t *ax_pos;  /* (M) their positions in the dead list */
 };
 
 /* ---- small vector helpers (16 partial sums so GCC vectorises the reduction) ---- */
@@ -78,19 +89,32 @@ static inline int ml_tk_worse(float va, int32_t ia, float vb, int32_t ib) {
     return va < vb || (va == vb && ia > ib);
 }
 
+static inline void ml_tk_swap(float *v, int32_t *id, int a, int b) {
+    float tv = v[a];
+    v[a] = v[b];
+    v[b] = tv;
+    int32_t ti = id[a];
+    id[a] = id[b];
+    id[b] = ti;
+}
+
 static void ml_tk_sift_down(float *hv, int32_t *hi, int n, int i) {
     for (;;) {
         int l = 2 * i + 1, r = l + 1, m = i;
         if (l < n && ml_tk_worse(hv[l], hi[l], hv[m], hi[m])) m = l;
         if (r < n && ml_tk_worse(hv[r], hi[r], hv[m], hi[m])) m = r;
         if (m == i) return;
-        float tv = hv[i];
-        hv[i] = hv[m];
-        hv[m] = tv;
-        int32_t ti = hi[i];
-        hi[i] = hi[m];
-        hi[m] = ti;
+        ml_tk_swap(hv, hi, i, m);
         i = m;
+    }
+}
+
+/* insert (x, j) into the full min-heap of kk entries if it ranks above the root */
+static inline void ml_tk_offer(float *val, int32_t *idx, int kk, float x, int32_t j) {
+    if (ml_tk_worse(val[0], idx[0], x, j)) {
+        val[0] = x;
+        idx[0] = j;
+        ml_tk_sift_down(val, idx, kk, 0);
     }
 }
 
@@ -98,43 +122,73 @@ int ml_topk_select(const float *v, int n, const int32_t *subset, int m, int k, i
     int cand = subset ? m : n;
     int kk = k < cand ? k : cand;
     if (kk <= 0) return 0;
-    /* min-heap (root = worst kept) in idx/val */
-    int h = 0;
-    for (int c = 0; c < cand; c++) {
-        int32_t j = subset ? subset[c] : c;
-        float x = v[j];
-        if (h < kk) {
-            int i = h++;
-            idx[i] = j;
-            val[i] = x;
-            while (i > 0) { /* sift up */
-                int p = (i - 1) / 2;
-                if (!ml_tk_worse(val[i], idx[i], val[p], idx[p])) break;
-                float tv = val[i];
-                val[i] = val[p];
-                val[p] = tv;
-                int32_t ti = idx[i];
-                idx[i] = idx[p];
-                idx[p] = ti;
-                i = p;
-            }
-        } else if (ml_tk_worse(val[0], idx[0], x, j)) {
-            val[0] = x;
-            idx[0] = j;
-            ml_tk_sift_down(val, idx, kk, 0);
+    /* min-heap (root = worst kept) in idx/val, filled with the first kk candidates */
+    for (int h = 0; h < kk; h++) {
+        int32_t j = subset ? subset[h] : h;
+        int i = h;
+        idx[i] = j;
+        val[i] = v[j];
+        while (i > 0) { /* sift up */
+            int p = (i - 1) / 2;
+            if (!ml_tk_worse(val[i], idx[i], val[p], idx[p])) break;
+            ml_tk_swap(val, idx, i, p);
+            i = p;
         }
+    }
+    int c = kk;
+    if (!subset) {
+        /* later candidates have larger indices, so they enter only with a value
+         * above the root's: skip 16-wide chunks with none (a vectorised test) */
+        for (; c + 16 <= n; c += 16) {
+            float thr = val[0];
+            int any = 0;
+            for (int l = 0; l < 16; l++) any |= v[c + l] > thr;
+            if (!any) continue;
+            for (int l = 0; l < 16; l++) ml_tk_offer(val, idx, kk, v[c + l], c + l);
+        }
+    }
+    for (; c < cand; c++) {
+        int32_t j = subset ? subset[c] : c;
+        ml_tk_offer(val, idx, kk, v[j], j);
     }
     /* heap sort: repeatedly move the worst to the end -> descending order */
     for (int e = kk - 1; e > 0; e--) {
-        float tv = val[0];
-        val[0] = val[e];
-        val[e] = tv;
-        int32_t ti = idx[0];
-        idx[0] = idx[e];
-        idx[e] = ti;
+        ml_tk_swap(val, idx, 0, e);
         ml_tk_sift_down(val, idx, e, 0);
     }
     return kk;
+}
+
+/* Unordered top-k by quickselect: afterwards v[0..k) / id[0..k) hold the k
+ * best of the n pairs (value descending, ties to the lower id: the same set
+ * ml_topk_select picks). Expected O(n). */
+static inline int ml_tk_better(float va, int32_t ia, float vb, int32_t ib) { return ml_tk_worse(vb, ib, va, ia); }
+
+static void ml_select_top(float *v, int32_t *id, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi && k > lo && k <= hi) {
+        /* median of three as pivot, moved to hi */
+        int mid = lo + (hi - lo) / 2;
+        int a = lo, b = mid, c = hi, m;
+        if (ml_tk_better(v[a], id[a], v[b], id[b])) {
+            if (ml_tk_better(v[b], id[b], v[c], id[c])) m = b;
+            else m = ml_tk_better(v[a], id[a], v[c], id[c]) ? c : a;
+        } else {
+            if (ml_tk_better(v[a], id[a], v[c], id[c])) m = a;
+            else m = ml_tk_better(v[b], id[b], v[c], id[c]) ? c : b;
+        }
+        ml_tk_swap(v, id, m, hi);
+        float pv = v[hi];
+        int32_t pi = id[hi];
+        int st = lo;
+        for (int i = lo; i < hi; i++)
+            if (ml_tk_better(v[i], id[i], pv, pi)) ml_tk_swap(v, id, i, st++);
+        ml_tk_swap(v, id, st, hi);
+        /* [lo, st) better than the pivot, st the pivot, (st, hi] worse */
+        if (st == k || st + 1 == k) return;
+        if (st > k) hi = st - 1;
+        else lo = st + 1;
+    }
 }
 
 /* ---- workspace ---------------------------------------------------------------------------- */
@@ -166,8 +220,22 @@ int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work *
     w->dead_list = ml_malloc(sizeof(int32_t) * (size_t)S);
     w->cj = ml_malloc(sizeof(float) * (size_t)S);
     w->colsum = ml_malloc(sizeof(double) * (size_t)S);
+    w->cnt = ml_malloc(sizeof(float) * (size_t)S);
+    w->aux_mmax = w->A > 0 ? (8 * w->A < S ? 8 * w->A : S) : 0;
+    size_t M = (size_t)(w->aux_mmax > 0 ? w->aux_mmax : 1);
+    w->ax_W = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? D : 1));
+    w->ax_Z = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? N : 1));
+    w->ax_dZ = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? N : 1));
+    w->ax_E = ml_malloc(sizeof(float) * (w->A > 0 ? nd : 1));
+    w->ax_G = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? D : 1));
+    w->ax_row = ml_malloc(sizeof(float) * M);
+    w->ax_pos = ml_malloc(sizeof(int32_t) * M);
+    if (!w->ax_pos || !w->ax_W || !w->ax_Z || !w->ax_dZ || !w->ax_E || !w->ax_G || !w->ax_row) {
+        ml_sae_work_destroy(&w);
+        return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
     if (!w->xin || !w->f || !w->df || !w->xhat || !w->dxhat || !w->rw || !w->tk_idx || !w->tk_val || !w->ax_idx ||
-        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum) {
+        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum || !w->cnt) {
         ml_sae_work_destroy(&w);
         return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
@@ -192,6 +260,14 @@ void ml_sae_work_destroy(ml_sae_work **wp) {
     ml_free(w->dead_list);
     ml_free(w->cj);
     ml_free(w->colsum);
+    ml_free(w->cnt);
+    ml_free(w->ax_W);
+    ml_free(w->ax_Z);
+    ml_free(w->ax_dZ);
+    ml_free(w->ax_E);
+    ml_free(w->ax_G);
+    ml_free(w->ax_row);
+    ml_free(w->ax_pos);
     ml_free(w);
     *wp = NULL;
 }
@@ -271,25 +347,23 @@ static void ml_fb_dense(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const flo
     ml_prof_begin("sae.encode");
     ml_encoder_pre(sae, xin, N, f);
     ml_prof_end("sae.encode", 2.0 * N * S * D, 0);
-    double l1sum = 0, l0 = 0;
+    /* ReLU and per-latent sums in one branch-free pass (vectorised); row sums follow from them */
+    float *cnt = w->cnt;
+    memset(cnt, 0, sizeof(float) * (size_t)S);
     for (int b = 0; b < N; b++) {
         float *fb = f + (size_t)b * S;
-        double rs = 0;
-        int nz = 0;
         for (int j = 0; j < S; j++) {
             float v = fb[j] > 0 ? fb[j] : 0.0f;
             fb[j] = v;
-            rs += (double)v * w->cj[j];
-            nz += v > 0;
+            cnt[j] += v > 0 ? 1.0f : 0.0f;
+            w->colsum[j] += v;
         }
-        if (fired || anth)
-            for (int j = 0; j < S; j++)
-                if (fb[j] > 0) {
-                    if (fired) fired[j] += 1.0f;
-                    w->colsum[j] += fb[j];
-                }
-        l1sum += rs;
-        l0 += nz;
+    }
+    double l1sum = 0, l0 = 0;
+    for (int j = 0; j < S; j++) {
+        l1sum += w->colsum[j] * w->cj[j];
+        l0 += cnt[j];
+        if (fired) fired[j] += cnt[j];
     }
     st->loss_l1 = cfg->l1 * l1sum / (double)G;
     st->l0 = l0;
@@ -349,6 +423,66 @@ static void ml_sparse_grad(const ml_sae *sae, const int32_t *idx, const float *v
     }
 }
 
+/* AuxK as dense products over the M dead latents (M <= aux_mmax): the codes
+ * Z (N,M) hold each row's A largest dead pre-activations (after ReLU).
+ * e_hat = Z W_M; dE = 2 alpha w_b (e_hat - e); gW_dec[M] += Z^T dE;
+ * dZ = (dE W_M^T) masked to Z > 0; gW_enc_t[M] += dZ^T xin; gb_enc[M] += colsum dZ. */
+static double ml_aux_dense(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *xin, int N, int M,
+                           ml_sae_work *w, float *gWe, float *gbe, float *gWd) {
+    int D = sae->d_in;
+    for (int t = 0; t < M; t++)
+        memcpy(w->ax_W + (size_t)t * D, sae->W_dec + (size_t)w->dead_list[t] * D, sizeof(float) * (size_t)D);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, M, 1.0f, w->ax_Z, M, w->ax_W, D, 0.0f, w->ax_E, D);
+    double laux = 0;
+    for (int b = 0; b < N; b++) { /* r = e_hat - e = e_hat + (x_hat - x) */
+        float *eb = w->ax_E + (size_t)b * D;
+        const float *db = w->dxhat + (size_t)b * D;
+        float inv = 1.0f / (2.0f * w->rw[b]);
+        for (int i = 0; i < D; i++) eb[i] += db[i] * inv;
+        laux += cfg->aux_coef * (double)w->rw[b] * ml_dotf(eb, eb, D);
+        float sc = (float)(2.0 * cfg->aux_coef * w->rw[b]);
+        for (int i = 0; i < D; i++) eb[i] *= sc;
+    }
+    if (!gWd) return laux;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, D, N, 1.0f, w->ax_Z, M, w->ax_E, D, 0.0f, w->ax_G, D);
+    for (int t = 0; t < M; t++) ml_axpyf(1.0f, w->ax_G + (size_t)t * D, gWd + (size_t)w->dead_list[t] * D, D);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, M, D, 1.0f, w->ax_E, D, w->ax_W, D, 0.0f, w->ax_dZ, M);
+    for (int b = 0; b < N; b++) {
+        const float *zb = w->ax_Z + (size_t)b * M;
+        float *gb = w->ax_dZ + (size_t)b * M;
+        for (int t = 0; t < M; t++) {
+            gb[t] = zb[t] > 0 ? gb[t] : 0.0f;
+            gbe[w->dead_list[t]] += gb[t];
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, D, N, 1.0f, w->ax_dZ, M, xin, D, 0.0f, w->ax_G, D);
+    for (int t = 0; t < M; t++) ml_axpyf(1.0f, w->ax_G + (size_t)t * D, gWe + (size_t)w->dead_list[t] * D, D);
+    return laux;
+}
+
+/* AuxK row by row over many dead latents: sparse gathers and scatters. */
+static double ml_aux_sparse(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *xin, int N, int A,
+                            ml_sae_work *w, float *gWe, float *gbe, float *gWd) {
+    int D = sae->d_in;
+    double laux = 0;
+    for (int b = 0; b < N; b++) {
+        const float *db = w->dxhat + (size_t)b * D;
+        const int32_t *ia = w->ax_idx + (size_t)b * A;
+        const float *va = w->ax_val + (size_t)b * A;
+        float *r = w->rvec;
+        float inv = 1.0f / (2.0f * w->rw[b]);
+        for (int i = 0; i < D; i++) r[i] = db[i] * inv;
+        for (int t = 0; t < A; t++)
+            if (va[t] > 0) ml_axpyf(va[t], sae->W_dec + (size_t)ia[t] * D, r, D);
+        laux += cfg->aux_coef * (double)w->rw[b] * ml_dotf(r, r, D);
+        if (!gWd) continue;
+        float sc = (float)(2.0 * cfg->aux_coef * w->rw[b]);
+        for (int i = 0; i < D; i++) r[i] *= sc;
+        ml_sparse_grad(sae, ia, va, A, r, xin + (size_t)b * D, gWe, gbe, gWd);
+    }
+    return laux;
+}
+
 static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *x, int N, int64_t G,
                        const uint8_t *dead, ml_sae_work *w, float *grads, float *fired, ml_sae_stats *st) {
     int S = sae->d_sae, D = sae->d_in, K = sae->k;
@@ -359,13 +493,15 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
     ml_encoder_pre(sae, xin, N, pre);
     ml_prof_end("sae.encode", 2.0 * N * S * D, 0);
 
-    int A = 0, n_dead = 0;
+    int A = 0, M = 0;
     if (dead && cfg->k_aux > 0 && cfg->aux_coef > 0 && w->A > 0) {
         for (int j = 0; j < S; j++)
-            if (dead[j]) w->dead_list[n_dead++] = j;
-        A = n_dead < w->A ? n_dead : w->A;
+            if (dead[j]) w->dead_list[M++] = j;
+        A = M < w->A ? M : w->A;
         if (A > cfg->k_aux) A = cfg->k_aux;
     }
+    int aux_dense = A > 0 && M <= w->aux_mmax;
+    if (aux_dense) memset(w->ax_Z, 0, sizeof(float) * (size_t)N * (size_t)M);
     ml_prof_begin("sae.topk");
     double l0 = 0;
     for (int b = 0; b < N; b++) {
@@ -384,12 +520,29 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
                 if (fired) fired[ib[t]] += 1.0f;
             }
         }
-        if (A > 0) {
-            int32_t *ia = w->ax_idx + (size_t)b * A;
-            float *va = w->ax_val + (size_t)b * A;
-            ml_topk_select(pb, S, w->dead_list, n_dead, A, ia, va);
+        if (A == 0) continue;
+        int32_t *ia = w->ax_idx + (size_t)b * A;
+        float *va = w->ax_val + (size_t)b * A;
+        if (aux_dense) { /* Z row: the A best dead pre-activations, by position in the dead list */
+            float *zb = w->ax_Z + (size_t)b * M;
+            if (A == M) {
+                for (int t = 0; t < M; t++) {
+                    float p = pb[w->dead_list[t]];
+                    zb[t] = p > 0 ? p : 0.0f;
+                }
+                continue;
+            }
+            for (int t = 0; t < M; t++) {
+                w->ax_row[t] = pb[w->dead_list[t]];
+                w->ax_pos[t] = t;
+            }
+            ml_select_top(w->ax_row, w->ax_pos, M, A);
             for (int t = 0; t < A; t++)
-                if (!(va[t] > 0)) va[t] = 0;
+                if (w->ax_row[t] > 0) zb[w->ax_pos[t]] = w->ax_row[t];
+        } else {
+            int ga = ml_topk_select(pb, S, w->dead_list, M, A, ia, va);
+            for (int t = 0; t < A; t++)
+                if (t >= ga || !(va[t] > 0)) va[t] = 0;
         }
     }
     ml_prof_end("sae.topk", 0, 0);
@@ -409,9 +562,6 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
     ml_prof_end("sae.decode", 2.0 * N * K * D, 0);
     ml_recon_loss(x, w->xhat, w->rw, N, D, w->dxhat, st);
 
-    /* AuxK: e_hat_b = sum_a v_a W_dec[i_a]; r = e_hat - e where e = x - x_hat = -dxhat / (2 w_b) */
-    double laux = 0;
-    float *daux = NULL; /* per row, reuse rvec */
     size_t oe = 0, obe = 0, od = 0, obd = 0;
     float *gWe = NULL, *gbe = NULL, *gWd = NULL, *gbd = NULL;
     if (grads) {
@@ -423,38 +573,24 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
         memset(grads, 0, sizeof(float) * sae->n_params);
     }
     ml_prof_begin("sae.backward");
-    for (int b = 0; b < N; b++) {
-        const float *xb = xin + (size_t)b * D;
-        const float *db = w->dxhat + (size_t)b * D;
-        if (grads) {
-            ml_sparse_grad(sae, w->tk_idx + (size_t)b * K, w->tk_val + (size_t)b * K, K, db, xb, gWe, gbe, gWd);
-        }
-        if (A > 0) {
-            const int32_t *ia = w->ax_idx + (size_t)b * A;
-            const float *va = w->ax_val + (size_t)b * A;
-            float *r = w->rvec;
-            /* r = e_hat - e = e_hat + (x_hat - x) */
-            float inv = 1.0f / (2.0f * w->rw[b]);
-            for (int i = 0; i < D; i++) r[i] = db[i] * inv;
-            for (int t = 0; t < A; t++)
-                if (va[t] > 0) ml_axpyf(va[t], sae->W_dec + (size_t)ia[t] * D, r, D);
-            float r2 = ml_dotf(r, r, D);
-            laux += cfg->aux_coef * (double)w->rw[b] * r2;
-            if (grads) {
-                daux = r;
-                float s = (float)(2.0 * cfg->aux_coef * w->rw[b]);
-                for (int i = 0; i < D; i++) daux[i] *= s;
-                ml_sparse_grad(sae, ia, va, A, daux, xb, gWe, gbe, gWd);
-            }
-        }
+    if (grads)
+        for (int b = 0; b < N; b++)
+            ml_sparse_grad(sae, w->tk_idx + (size_t)b * K, w->tk_val + (size_t)b * K, K, w->dxhat + (size_t)b * D,
+                           xin + (size_t)b * D, gWe, gbe, gWd);
+    ml_prof_end("sae.backward", grads ? 6.0 * N * K * D : 0, 0);
+    /* AuxK: e_hat_b = sum_a v_a W_dec[i_a] should predict e = x - x_hat (held constant) */
+    st->loss_aux = 0;
+    if (A > 0) {
+        ml_prof_begin("sae.auxk");
+        st->loss_aux = aux_dense ? ml_aux_dense(sae, cfg, xin, N, M, w, gWe, gbe, gWd)
+                                 : ml_aux_sparse(sae, cfg, xin, N, A, w, gWe, gbe, gWd);
+        ml_prof_end("sae.auxk", aux_dense ? 8.0 * N * M * D : 6.0 * N * A * D, 0);
     }
-    st->loss_aux = laux;
     if (grads) {
         for (int b = 0; b < N; b++) ml_axpyf(1.0f, w->dxhat + (size_t)b * D, gbd, D);
         if (sae->apply_b_dec_to_input)
             cblas_sgemv(CblasRowMajor, CblasTrans, S, D, -1.0f, sae->W_enc_t, D, gbe, 1, 1.0f, gbd, 1);
     }
-    ml_prof_end("sae.backward", grads ? 6.0 * N * (K + A) * D : 2.0 * N * A * D, 0);
 }
 
 int ml_sae_forward_backward(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const float *x, int n, int64_t n_global,

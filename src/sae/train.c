@@ -472,7 +472,10 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
             float *fired = sl->buf + np, *stv = fired + S;
             memset(fired, 0, sizeof(float) * (size_t)S);
             ml_sae_stats st;
-            ML_CHECK_GOTO(ml_sae_forward_backward(sae, &sl->lc, x, L, B, dead, work, sl->buf, fired, &st), fail);
+            rc = ml_sae_forward_backward(sae, &sl->lc, x, L, B, dead, work, sl->buf, fired, &st);
+            if (rc != ML_OK) ml_error_trace(rc, __FILE__, __LINE__, __func__);
+            if (P > 1) rc = ml_agree(comm, rc); /* e.g. NaN rows on one rank: every rank stops cleanly */
+            if (rc != ML_OK) goto fail;
             stv[ST_MSE] = (float)st.loss_mse;
             stv[ST_L1] = (float)st.loss_l1;
             stv[ST_AUX] = (float)st.loss_aux;

@@ -293,6 +293,36 @@ static void test_hf_byte_fallback(void **state) {
     expect_ids(tok2, "the cat \xC3\xA9", want, 5);
     ml_tokenizer_destroy(&tok2);
     ml_tokenizer_destroy(&tok);
+    /* the same vocabulary behind a Metaspace pre-tokenizer (Llama 2 style): "▁" is prepended only when
+     * the text does not start with a space, and chunks start at each space (ids checked with HF) */
+    char *text = NULL;
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    text = calloc((size_t)n + 1, 1);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    char *norm = strstr(text, "\"normalizer\""), *dec = strstr(text, ",\"decoder\"");
+    assert_true(norm && dec && dec > norm);
+    snprintf(path2, sizeof path2, "%s/metaspace.json", dir);
+    f = fopen(path2, "wb");
+    fwrite(text, 1, (size_t)(norm - text), f);
+    fputs("\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
+          "\"prepend_scheme\":\"first\",\"split\":true}", f);
+    fputs(dec, f);
+    fclose(f);
+    free(text);
+    ML_ASSERT_OK(ml_tokenizer_load_hf_json(path2, &tok));
+    expect_ids(tok, "the cat \xC3\xA9", want, 5);
+    const int32_t m1[] = {259, 267, 259, 270}, m2[] = {267, 3 + '\n', 263, 268};
+    expect_ids(tok, "  the  cat", m1, 4);
+    expect_ids(tok, "the\ncat", m2, 4);
+    ML_ASSERT_OK(ml_tokenizer_save_hf_json(tok, path2));
+    ML_ASSERT_OK(ml_tokenizer_load_hf_json(path2, &tok2));
+    expect_ids(tok2, "  the  cat", m1, 4);
+    ml_tokenizer_destroy(&tok2);
+    ml_tokenizer_destroy(&tok);
 }
 
 static void test_hf_errors(void **state) {

@@ -113,7 +113,7 @@ static void fill_random(float *a, size_t n, ml_rng *r, float scale) {
     for (size_t i = 0; i < n; i++) a[i] = scale * ml_rng_normal(r);
 }
 
-static void grad_check(ml_sae_arch arch, int dataset_norm) {
+static void grad_check(ml_sae_arch arch, int dataset_norm, int k_aux, int dead_every) {
     const int D = 8, S = 12, N = 6, K = 3;
     ml_sae *s = NULL;
     ML_ASSERT_OK(ml_sae_create(arch, D, S, K, &s));
@@ -129,9 +129,9 @@ static void grad_check(ml_sae_arch arch, int dataset_norm) {
     float x[6 * 8];
     fill_random(x, (size_t)N * D, &r, 1.0f);
     uint8_t dead[12];
-    for (int j = 0; j < S; j++) dead[j] = (j % 3) == 1;
+    for (int j = 0; j < S; j++) dead[j] = (j % dead_every) == 1 % dead_every;
 
-    ml_sae_loss_cfg lc = {.l1 = 0.05, .aux_coef = 1.0 / 32, .k_aux = 2};
+    ml_sae_loss_cfg lc = {.l1 = 0.05, .aux_coef = 1.0 / 32, .k_aux = k_aux};
     if (dataset_norm) {
         lc.mse_norm = ML_SAE_NORM_DATASET;
         lc.norm_sq = 5.5;
@@ -169,8 +169,8 @@ static void grad_check(ml_sae_arch arch, int dataset_norm) {
         if (err > 1e-3 * fabs(fd) + 2e-5)
             fail_msg("%s: param %zu: analytic %.8g vs finite difference %.8g", ml_sae_arch_name(arch), p, g[p], fd);
     }
-    printf("# %s (%s nMSE): %zu params, max |grad| %.3g, max |analytic - fd| %.3g\n", ml_sae_arch_name(arch),
-           dataset_norm ? "dataset" : "row", s->n_params, gmax, errmax);
+    printf("# %s (%s nMSE, k_aux %d, %d dead): %zu params, max |grad| %.3g, max |analytic - fd| %.3g\n",
+           ml_sae_arch_name(arch), dataset_norm ? "dataset" : "row", k_aux, S / dead_every, s->n_params, gmax, errmax);
     assert_true(gmax > 1e-3);
     /* fired counts: naive count of active latents */
     float f_dense[6 * 12];
@@ -189,18 +189,20 @@ static void grad_check(ml_sae_arch arch, int dataset_norm) {
 
 static void test_grad_standard(void **state) {
     (void)state;
-    grad_check(ML_SAE_STANDARD, 0);
-    grad_check(ML_SAE_STANDARD, 1);
+    grad_check(ML_SAE_STANDARD, 0, 2, 3);
+    grad_check(ML_SAE_STANDARD, 1, 2, 3);
 }
 static void test_grad_anthropic(void **state) {
     (void)state;
-    grad_check(ML_SAE_ANTHROPIC, 0);
-    grad_check(ML_SAE_ANTHROPIC, 1);
+    grad_check(ML_SAE_ANTHROPIC, 0, 2, 3);
+    grad_check(ML_SAE_ANTHROPIC, 1, 2, 3);
 }
 static void test_grad_topk(void **state) {
     (void)state;
-    grad_check(ML_SAE_TOPK, 0);
-    grad_check(ML_SAE_TOPK, 1);
+    grad_check(ML_SAE_TOPK, 0, 2, 3); /* 4 dead latents: AuxK as dense products over them */
+    grad_check(ML_SAE_TOPK, 1, 2, 3);
+    grad_check(ML_SAE_TOPK, 0, 4, 3); /* k_aux = the 4 dead: every dead latent in every row */
+    grad_check(ML_SAE_TOPK, 0, 1, 1); /* 12 dead > 8 k_aux: AuxK row by row */
 }
 
 /* Per-rank pieces add up: two half-batches with n_global = N give the full gradient. */

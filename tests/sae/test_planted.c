@@ -165,13 +165,16 @@ static void test_dead_handling(void **state) {
 }
 
 int main(int argc, char **argv) {
-    const struct CMUnitTest tests[] = {
+    /* `sae_planted` runs the recovery tests, `sae_planted dead` the dead-latent comparison */
+    int dead = argc > 1 && !strcmp(argv[1], "dead");
+    const struct CMUnitTest recovery[] = {
         cmocka_unit_test(test_planted_standard),
         cmocka_unit_test(test_planted_topk),
         cmocka_unit_test(test_planted_anthropic),
-        cmocka_unit_test(test_dead_handling),
     };
-    int rc = ml_test_run(argc, argv, "sae_planted", tests, sizeof tests / sizeof tests[0]);
+    const struct CMUnitTest dead_tests[] = {cmocka_unit_test(test_dead_handling)};
+    int rc = dead ? ml_test_run(argc, argv, "sae_dead", dead_tests, 1)
+                  : ml_test_run(argc, argv, "sae_planted", recovery, sizeof recovery / sizeof recovery[0]);
     free(g_x);
     free(g_dict);
     return rc;

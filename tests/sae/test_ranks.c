@@ -199,11 +199,38 @@ static void test_train_ranks(void **state) {
     free(x);
 }
 
+/* A NaN row reaching one rank stops every rank with the message, no hang. */
+static void test_nan_rows(void **state) {
+    (void)state;
+    const int64_t N = 2000;
+    const int d = 8;
+    float *x = make_data(N, d);
+    for (int k = 0; k < d; k++) x[1500 * d + k] = NAN; /* outside the geometric-median sample */
+    ml_row_memory mem;
+    ml_row_memory_init(&mem, x, N, d, NULL, NULL, NULL);
+    ml_sae_train_config c;
+    ml_sae_train_config_default(&c);
+    c.d_sae = 16;
+    c.batch = 64;
+    c.block_rows = 2000; /* one block: the stream is a permutation of all rows from step 1 */
+    c.median_rows = 64;
+    c.tokens = 2 * N;
+    c.quiet = 1;
+    ml_sae_run *run = NULL;
+    ml_error_clear();
+    int rc = ml_sae_train(MPI_COMM_WORLD, &c, &mem.src, &run);
+    assert_true(rc == ML_ERR_NUMERIC || rc == ML_ERR_REMOTE);
+    if (!strstr(ml_error_message(), "not finite")) fail_msg("message: %s", ml_error_message());
+    assert_null(run);
+    free(x);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_union),
         cmocka_unit_test(test_median_ranks),
         cmocka_unit_test(test_train_ranks),
+        cmocka_unit_test(test_nan_rows),
     };
     return ml_test_run(argc, argv, "sae_ranks", tests, sizeof tests / sizeof tests[0]);
 }
