@@ -49,8 +49,19 @@ int ml_capture_json_list(const char *const *items, int n, char **out) {
     return ML_OK;
 }
 
+typedef struct {
+    int n;
+    char name[ML_CAPTURE_MAX_HOOKS][128]; /* canonical hook names */
+    const char *names[ML_CAPTURE_MAX_HOOKS];
+    int width[ML_CAPTURE_MAX_HOOKS];   /* d_h */
+    char dset[ML_CAPTURE_MAX_HOOKS][192];
+    float *stage[ML_CAPTURE_MAX_HOOKS]; /* (R, d_h) */
+    uint16_t *half;                     /* (R, max d_h) */
+} ml_hook_set;
+
 /* Root attributes describing the capture. */
-static int ml_capture_attrs(ml_h5 *h, const ml_capture_config *c, const ml_window_plan *plan, int64_t W) {
+static int ml_capture_attrs(ml_h5 *h, const ml_capture_config *c, const ml_hook_set *hs, const ml_window_plan *plan,
+                            int64_t W) {
     char *json = NULL;
     const char *names[ML_CAPTURE_MAX_DOMAINS];
     const ml_window_spec *s = &c->windows;
@@ -63,7 +74,7 @@ static int ml_capture_attrs(ml_h5 *h, const ml_capture_config *c, const ml_windo
     ML_CHECK_GOTO(ml_capture_json_list(names, s->n_domains, &json), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "domain_names", json), done);
     ml_free(json);
-    ML_CHECK_GOTO(ml_capture_json_list(c->hooks, c->n_hooks, &json), done);
+    ML_CHECK_GOTO(ml_capture_json_list(hs->names, hs->n, &json), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "hooks", json), done);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_tokens", c->n_tokens), done);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_windows", W), done);
@@ -78,13 +89,24 @@ done:
     return rc;
 }
 
-typedef struct {
-    int n;
-    int width[ML_CAPTURE_MAX_HOOKS];   /* d_h */
-    char dset[ML_CAPTURE_MAX_HOOKS][192];
-    float *stage[ML_CAPTURE_MAX_HOOKS]; /* (R, d_h) */
-    uint16_t *half;                     /* (R, max d_h) */
-} ml_hook_set;
+
+/* Canonical name: "blocks.<i>.<hook>" and "ln_final.*" as given; a short name
+ * ("mlp.hook_post", "resid_pre", "hook_attn_out", ...) means layer 0 of a
+ * one-layer model. */
+static int ml_hook_canonical(const char *name, int n_layers, char *out, size_t cap) {
+    if (!strncmp(name, "blocks.", 7) || !strncmp(name, "ln_final.", 9)) {
+        if (strlen(name) >= cap) return ML_FAIL(ML_ERR_ARG, "capture: hook name '%s' is too long", name);
+        snprintf(out, cap, "%s", name);
+        return ML_OK;
+    }
+    const char *pre = !strncmp(name, "hook_", 5) || !strncmp(name, "mlp.", 4) ? "" : "hook_";
+    if (n_layers != 1)
+        return ML_FAIL(ML_ERR_ARG, "capture: hook '%s' is ambiguous in a %d-layer model: give blocks.<i>.%s%s", name,
+                       n_layers, pre, name);
+    if (strlen(name) + strlen(pre) + 9 >= cap) return ML_FAIL(ML_ERR_ARG, "capture: hook name '%s' is too long", name);
+    snprintf(out, cap, "blocks.0.%s%s", pre, name);
+    return ML_OK;
+}
 
 /* Check the names against the model with a one-token forward pass and learn the widths. */
 static int ml_hooks_resolve(const ml_model *m, ml_workspace *ws, const ml_capture_config *c, ml_hook_set *hs) {
@@ -94,14 +116,15 @@ static int ml_hooks_resolve(const ml_model *m, ml_workspace *ws, const ml_captur
     ML_CHECK(ml_model_forward(m, ws, &tok, NULL, 1, 1, NULL));
     hs->n = c->n_hooks;
     for (int i = 0; i < c->n_hooks; i++) {
+        ML_CHECK(ml_hook_canonical(c->hooks[i], m->cfg.n_layers, hs->name[i], sizeof hs->name[i]));
+        hs->names[i] = hs->name[i];
         for (int j = 0; j < i; j++)
-            if (!strcmp(c->hooks[i], c->hooks[j]))
-                return ML_FAIL(ML_ERR_ARG, "capture: hook '%s' is given twice", c->hooks[i]);
+            if (!strcmp(hs->name[i], hs->name[j]))
+                return ML_FAIL(ML_ERR_ARG, "capture: hook '%s' is given twice", hs->name[i]);
         ml_view v;
-        ML_CHECK(ml_workspace_hook(ws, c->hooks[i], &v));
+        ML_CHECK(ml_workspace_hook(ws, hs->name[i], &v));
         hs->width[i] = v.cols;
-        int k = snprintf(hs->dset[i], sizeof hs->dset[i], "/hooks/%s/acts", c->hooks[i]);
-        if (k >= (int)sizeof hs->dset[i]) return ML_FAIL(ML_ERR_ARG, "capture: hook name '%s' is too long", c->hooks[i]);
+        snprintf(hs->dset[i], sizeof hs->dset[i], "/hooks/%s/acts", hs->name[i]);
     }
     return ML_OK;
 }
@@ -170,10 +193,10 @@ static int ml_capture_read(ml_window_plan *plan, int64_t w0, int64_t w1, int T, 
 }
 
 /* Copy the hooks of the last forward pass (rows [0, rows)) into the staging buffers. */
-static int ml_capture_stage(ml_workspace *ws, const ml_capture_config *c, ml_hook_set *hs, int64_t rows) {
+static int ml_capture_stage(ml_workspace *ws, ml_hook_set *hs, int64_t rows) {
     for (int i = 0; i < hs->n; i++) {
         ml_view v;
-        ML_CHECK(ml_workspace_hook(ws, c->hooks[i], &v));
+        ML_CHECK(ml_workspace_hook(ws, hs->name[i], &v));
         const size_t d = (size_t)hs->width[i];
         for (int64_t r = 0; r < rows; r++) memcpy(hs->stage[i] + (size_t)r * d, v.data + (size_t)r * v.ld, sizeof(float) * d);
     }
@@ -245,7 +268,7 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
 
     ML_CHECK_GOTO(ml_h5_create(comm, path, ML_CAPTURE_FORMAT, 1, &h), done);
-    ML_CHECK_GOTO(ml_capture_attrs(h, c, plan, W), done);
+    ML_CHECK_GOTO(ml_capture_attrs(h, c, &hs, plan, W), done);
     ML_CHECK_GOTO(ml_capture_datasets(h, c, &hs, N), done);
 
     ml_progress pg;
@@ -261,7 +284,7 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
             lrc = ml_capture_read(plan, w0, w1, T, &b);
             ml_prof_end("capture.read", 0, (double)(w1 - w0) * (T + 1) * 4);
             if (lrc == ML_OK) lrc = ml_model_forward(model, ws, b.tok, NULL, (int)(w1 - w0), T, NULL);
-            if (lrc == ML_OK) lrc = ml_capture_stage(ws, c, &hs, rows);
+            if (lrc == ML_OK) lrc = ml_capture_stage(ws, &hs, rows);
         }
         ML_CHECK_GOTO(ml_agree(comm, lrc), done);
         ml_prof_begin("capture.write");

@@ -336,11 +336,46 @@ static void test_float16(void **state) {
     env_free(&e);
 }
 
+/* Short hook names (the spelling) mean layer 0 of a one-layer model. */
+static void test_short_names(void **state) {
+    (void)state;
+    const char *dir = ml_test_dir("capture_short");
+    char a[1100], ckpt[1100], out[1100];
+    snprintf(a, sizeof a, "%s/a.h5", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/one.h5", dir);
+    snprintf(out, sizeof out, "%s/acts.h5", dir);
+    fx_store_write(MPI_COMM_WORLD, a, "alpha", 40, 20, 4, 5, 0, NULL);
+    ml_model_config c;
+    fx_model_config(&c);
+    c.n_layers = 1;
+    ml_model *m = NULL;
+    ml_h5 *h = NULL;
+    ML_ASSERT_OK(ml_model_create(&c, &m));
+    ML_ASSERT_OK(ml_model_init(m, 3));
+    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, ckpt, "mergelens.checkpoint", 1, &h));
+    ML_ASSERT_OK(ml_model_config_save(h, &c));
+    ML_ASSERT_OK(ml_model_save_params(h, m));
+    ML_ASSERT_OK(ml_h5_close(&h));
+    const char *args[] = {"capture", ckpt, "--domains", a, "--tokens", "40", "--context", "8", "--out", out, "--hook",
+                          "mlp.hook_post,resid_pre,hook_resid_post,attn_out", NULL};
+    ML_ASSERT_OK(fx_cmd(ml_cmd_capture, MPI_COMM_WORLD, args));
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, out, ML_CAPTURE_FORMAT, 1, 1, &h));
+    char *hooks = NULL;
+    ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", "hooks", &hooks));
+    assert_string_equal(hooks, "[\"blocks.0.mlp.hook_post\",\"blocks.0.hook_resid_pre\",\"blocks.0.hook_resid_post\","
+                               "\"blocks.0.hook_attn_out\"]");
+    ml_free(hooks);
+    assert_int_equal(ml_h5_exists(h, "/hooks/blocks.0.hook_attn_out/acts"), 1);
+    ML_ASSERT_OK(ml_h5_close(&h));
+    ml_model_destroy(&m);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_seeded_plan),
         cmocka_unit_test(test_float16),
+        cmocka_unit_test(test_short_names),
     };
     return ml_test_run(argc, argv, "capture", tests, sizeof tests / sizeof tests[0]);
 }

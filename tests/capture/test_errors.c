@@ -49,6 +49,8 @@ static void test_errors(void **state) {
     expect_fail(ckpt, ab, "100", "--hook", "blocks.2.hook_resid_pre", "unknown hook 'blocks.2.hook_resid_pre'");
     expect_fail(ckpt, ab, "100", "--hook", "blocks.0.mlp.hook_post,blocks.0.mlp.hook_post", "given twice");
     expect_fail(ckpt, ab, "100", "--hook", "blocks.0.mlp.hook_post,", "empty item");
+    expect_fail(ckpt, ab, "100", "--hook", "resid_pre",
+                "hook 'resid_pre' is ambiguous in a 2-layer model: give blocks.<i>.hook_resid_pre");
     expect_fail(missing, ab, "100", NULL, NULL, "nope.h5: cannot open");
     expect_fail(a, ab, "100", NULL, NULL, "is a 'mergelens.tokens' file, expected 'mergelens.checkpoint'");
     expect_fail(ckpt, av, "100", NULL, NULL, "v50.h5: vocab_size 50 differs from the model's 40");
