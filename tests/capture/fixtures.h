@@ -101,9 +101,9 @@ static inline void fx_model_config(ml_model_config *c) {
 
 /* Write a random-init checkpoint with the MLP matrices scaled by mlp_scale;
  * the model is returned in *keep if not NULL. */
-static inline void fx_model_write(MPI_Comm comm, const char *path, uint64_t seed, float mlp_scale, ml_model **keep) {
-    ml_model_config c;
-    fx_model_config(&c);
+static inline void fx_model_write_cfg(MPI_Comm comm, const char *path, const ml_model_config *cfg, uint64_t seed,
+                                      float mlp_scale, ml_model **keep) {
+    const ml_model_config c = *cfg;
     ml_model *m = NULL;
     ml_h5 *h = NULL;
     ML_ASSERT_OK(ml_model_create(&c, &m));
@@ -117,6 +117,13 @@ static inline void fx_model_write(MPI_Comm comm, const char *path, uint64_t seed
     ML_ASSERT_OK(ml_h5_close(&h));
     if (keep) *keep = m;
     else ml_model_destroy(&m);
+}
+
+/* The same for the fixture config (fx_model_config). */
+static inline void fx_model_write(MPI_Comm comm, const char *path, uint64_t seed, float mlp_scale, ml_model **keep) {
+    ml_model_config c;
+    fx_model_config(&c);
+    fx_model_write_cfg(comm, path, &c, seed, mlp_scale, keep);
 }
 
 /* Read a whole 1-D or 2-D dataset of the file (collective over the handle's comm). */
