@@ -99,8 +99,8 @@ static const char ml_capture_usage[] =
     "Run the model over windows of the token stores and write the activations of the given hooks\n"
     "(blocks.<i>.mlp.hook_post, blocks.<i>.hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out,\n"
     "hook_mlp_out, mlp.hook_pre, mlp.hook_pre_linear, ln_final.hook_normalized) with token ids, positions,\n"
-    "document ids and domain ids (format mergelens.activations v1). The file is identical for any\n"
-    "number of ranks.\n";
+    "document ids and domain ids (format mergelens.activations v1). For a one-layer model short names\n"
+    "(mlp.hook_post, resid_pre, attn_out, ...) mean layer 0. The file is identical for any number of ranks.\n";
 
 static const ml_option_spec ml_capture_opts[] = {
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "activations file to write (acts/NAME.h5)"},
@@ -156,7 +156,7 @@ done:
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);
-    return rc;
+    return ml_agree(comm, rc); /* failures seen alike by every rank become agreed ones */
 }
 
 /* ---- sae-eval --------------------------------------------------------------------- */
@@ -319,5 +319,5 @@ done:
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);
-    return rc;
+    return ml_agree(comm, rc); /* failures seen alike by every rank become agreed ones */
 }
