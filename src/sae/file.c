@@ -176,14 +176,14 @@ static int ml_attr_int_or(ml_h5 *h, const char *attr, int64_t def, int64_t *out)
     return ML_OK;
 }
 
-int ml_sae_load(MPI_Comm comm, const char *path, ml_sae **out) {
+int ml_sae_load(const char *path, ml_sae **out) {
     *out = NULL;
     int rc = ML_OK;
     ml_h5 *h = NULL;
     ml_sae *s = NULL;
     char *arch = NULL, *hook = NULL, *model = NULL;
     float *W_enc = NULL;
-    ML_CHECK(ml_h5_open(comm, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
     int64_t d_in = 0, d_sae = 0, k = 0, apply = -1, norm = -1;
     double l1 = 0;
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);
