@@ -1,17 +1,18 @@
-/* Dead latents with and without their remedies on a larger synthetic problem:
- * d_in 64, a 16x dictionary (1024 latents), data from 512 planted unit
- * directions with Zipf-like frequencies (mean about 8 active per row) plus
- * noise. Trains standard ReLU SAEs with and without resampling and TopK SAEs
- * with and without AuxK, then evaluates on held-out rows.
- * usage: dead_latents [steps 3000] [lr 1e-3] */
+/* Dead latents with and without their remedies on a synthetic problem with
+ * a 16x dictionary: d_in 32, 512 latents, data from F planted unit directions
+ * with Zipf-like frequencies (mean `active` per row) plus noise. Trains
+ * standard ReLU SAEs with and without resampling and TopK SAEs with and
+ * without AuxK, then evaluates on held-out rows.
+ * usage: dead_latents [steps 3000] [lr 1e-3] [l1 0.1] [F 128] [active 3] [k 4] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "mergelens/sae.h"
 
-#define D 64
-#define F 512
+#define D 32
+#define S_LAT 512
+static int F = 128;
 
 static double recovered(const ml_sae *s, const float *dict) {
     int hit = 0;
@@ -37,11 +38,15 @@ int main(int argc, char **argv) {
     ml_log_set_level(ML_LOG_WARN);
     int steps = argc > 1 ? atoi(argv[1]) : 3000;
     double lr = argc > 2 ? atof(argv[2]) : 1e-3;
-    const int64_t N = 400000, B = 1024;
+    double l1 = argc > 3 ? atof(argv[3]) : 0.1;
+    F = argc > 4 ? atoi(argv[4]) : 128;
+    double active = argc > 5 ? atof(argv[5]) : 3;
+    int topk_k = argc > 6 ? atoi(argv[6]) : 4;
+    const int64_t N = 200000, B = 512;
     ml_rng r;
     ml_rng_seed(&r, 7, 0);
-    float *dict = malloc(sizeof(float) * F * D), *x = calloc((size_t)N * D, sizeof(float));
-    double *p = malloc(sizeof(double) * F), z = 0;
+    float *dict = malloc(sizeof(float) * (size_t)F * D), *x = calloc((size_t)N * D, sizeof(float));
+    double *p = malloc(sizeof(double) * (size_t)F), z = 0;
     for (int i = 0; i < F; i++) {
         double nn = 0;
         for (int k = 0; k < D; k++) {
@@ -52,7 +57,7 @@ int main(int argc, char **argv) {
         p[i] = 1.0 / (i + 10.0);
         z += p[i];
     }
-    for (int i = 0; i < F; i++) p[i] *= 8.0 / z;
+    for (int i = 0; i < F; i++) p[i] *= active / z;
     for (int64_t b = 0; b < N; b++) {
         for (int i = 0; i < F; i++)
             if (ml_rng_uniform(&r) < p[i]) {
@@ -65,29 +70,29 @@ int main(int argc, char **argv) {
     ml_row_memory train, all;
     ml_row_memory_init(&train, x, n_train, D, NULL, NULL, NULL);
     ml_row_memory_init(&all, x, N, D, NULL, NULL, NULL);
-    printf("dead latents: d_in %d, 1024 latents, %d planted directions (Zipf, ~8 active), %d steps of %lld rows, "
-           "lr %g\n",
-           D, F, steps, (long long)B, lr);
+    printf("dead latents: d_in %d, %d latents, %d planted directions (Zipf, ~%g active), %d steps of %lld rows, "
+           "lr %g, l1 %g, k %d\n",
+           D, S_LAT, F, active, steps, (long long)B, lr, l1, topk_k);
     printf("  %-30s %8s %8s %8s %10s %10s %10s\n", "SAE", "FVU", "L0", "dead%", "dead%(win)", "resampled", "recovered");
     for (int run = 0; run < 4; run++) {
         ml_sae_train_config c;
         ml_sae_train_config_default(&c);
         c.arch = run < 2 ? ML_SAE_STANDARD : ML_SAE_TOPK;
-        c.d_sae = 1024;
-        c.l1[0] = 0.03;
-        c.k[0] = 16;
+        c.d_sae = S_LAT;
+        c.l1[0] = l1;
+        c.k[0] = topk_k;
         c.lr = lr;
         c.batch = (int)B;
         c.tokens = (int64_t)steps * B;
         c.block_rows = 8192;
         c.buffer_blocks = 8;
         c.median_rows = 8192;
-        c.dead_window = 200000;
+        c.dead_window = 50000;
         c.resample = run == 1;
         c.resample_every = steps / 8 > 0 ? steps / 8 : 1;
         c.resample_stop = 0.6;
         c.aux_coef = run == 3 ? 1.0 / 32 : 0;
-        c.k_aux = 32;
+        c.k_aux = 16;
         c.log_every = steps;
         c.quiet = 1;
         ml_sae_run *tr = NULL;
@@ -107,8 +112,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         const ml_sae_history *h = &tr->item[0].hist;
-        const char *name[4] = {"standard, no resampling", "standard, resampling", "topk k=16, no AuxK",
-                               "topk k=16, AuxK (1/32)"};
+        const char *name[4] = {"standard, no resampling", "standard, resampling", "topk, no AuxK", "topk, AuxK (1/32)"};
         printf("  %-30s %8.4f %8.2f %8.2f %10.2f %10lld %9.1f%%   (%.0f s)\n", name[run], ev->fvu, ev->l0,
                100 * ev->dead_fraction, 100 * h->dead_fraction[h->n - 1], (long long)tr->item[0].resampled_total,
                100 * recovered(tr->item[0].sae, dict), ml_wtime() - t0);

@@ -61,9 +61,9 @@ void ml_sae_param_offsets(const ml_sae *sae, size_t *W_enc_t, size_t *b_enc, siz
  * encoder = decoder transposed, b_enc = 0, b_dec = 0. Deterministic in seed. */
 void ml_sae_init(ml_sae *sae, uint64_t seed, float dec_norm);
 
-/* Load saes/<name>.h5 (format mergelens.sae v1) on every rank of comm
- * (use MPI_COMM_SELF for one process). */
-int ml_sae_load(MPI_Comm comm, const char *path, ml_sae **out);
+/* Load saes/<name>.h5 (format mergelens.sae v1). Not collective: each
+ * calling process reads the file on its own (MPI_COMM_SELF). */
+int ml_sae_load(const char *path, ml_sae **out);
 
 /* Dense encode: f (n,S) from x (n,D). For topk, all but the K largest
  * pre-activations of each row are zero. */

@@ -167,23 +167,25 @@ done:
     return rc;
 }
 
-/* An optional integer root attribute: def when it is absent or unreadable. */
+/* An optional integer root attribute: def when it is absent. */
 static int ml_attr_int_or(ml_h5 *h, const char *attr, int64_t def, int64_t *out) {
-    if (ml_h5_get_attr_int(h, "/", attr, out) != ML_OK) {
+    int rc = ml_h5_get_attr_int(h, "/", attr, out);
+    if (rc == ML_ERR_NOTFOUND) {
         ml_error_clear();
         *out = def;
+        return ML_OK;
     }
-    return ML_OK;
+    return rc;
 }
 
-int ml_sae_load(MPI_Comm comm, const char *path, ml_sae **out) {
+int ml_sae_load(const char *path, ml_sae **out) {
     *out = NULL;
     int rc = ML_OK;
     ml_h5 *h = NULL;
     ml_sae *s = NULL;
     char *arch = NULL, *hook = NULL, *model = NULL;
     float *W_enc = NULL;
-    ML_CHECK(ml_h5_open(comm, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
     int64_t d_in = 0, d_sae = 0, k = 0, apply = -1, norm = -1;
     double l1 = 0;
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);
@@ -195,10 +197,13 @@ int ml_sae_load(MPI_Comm comm, const char *path, ml_sae **out) {
     ML_CHECK_GOTO(ml_attr_int_or(h, "k", 0, &k), done);
     ML_CHECK_GOTO(ml_attr_int_or(h, "apply_b_dec_to_input", -1, &apply), done);
     ML_CHECK_GOTO(ml_attr_int_or(h, "normalize_decoder", -1, &norm), done);
-    if (ml_h5_get_attr_double(h, "/", "l1_coefficient", &l1) != ML_OK) {
+    rc = ml_h5_get_attr_double(h, "/", "l1_coefficient", &l1);
+    if (rc == ML_ERR_NOTFOUND) {
         ml_error_clear();
         l1 = 0;
+        rc = ML_OK;
     }
+    if (rc != ML_OK) goto done;
     if (d_in <= 0 || d_sae <= 0 || d_in > INT32_MAX || d_sae > INT32_MAX)
         ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: d_in %lld and d_sae %lld must be positive", path, (long long)d_in,
                      (long long)d_sae);

@@ -77,7 +77,7 @@ static void test_roundtrip(void **state) {
         s->l1_coefficient = 3e-4;
         snprintf(s->hook_name, sizeof s->hook_name, "%s", HOOK);
         ML_ASSERT_OK(ml_sae_write(MPI_COMM_WORLD, path, s, NULL, NULL, "{\"x\": 1}"));
-        ML_ASSERT_OK(ml_sae_load(MPI_COMM_WORLD, path, &l));
+        ML_ASSERT_OK(ml_sae_load(path, &l));
         assert_same_sae(s, l);
         assert_string_equal(l->hook_name, HOOK);
         ML_ASSERT_CLOSE(l->l1_coefficient, 3e-4, 1e-12);
@@ -101,7 +101,7 @@ static void test_roundtrip(void **state) {
         s->W_dec[3] = NAN;
         ML_ASSERT_OK(ml_sae_write(MPI_COMM_WORLD, path, s, NULL, NULL, NULL));
         ml_sae_destroy(&l);
-        ML_ASSERT_FAILS(ml_sae_load(MPI_COMM_WORLD, path, &l), ML_ERR_FORMAT, "tensor W_dec holds a non-finite value");
+        ML_ASSERT_FAILS(ml_sae_load(path, &l), ML_ERR_FORMAT, "tensor W_dec holds a non-finite value");
         ml_sae_destroy(&s);
     }
 }
@@ -170,7 +170,7 @@ static void test_command(void **state) {
         const char *paths[2] = {p1, p2};
         for (int g = 0; g < 2; g++) {
             ml_sae *l = NULL;
-            ML_ASSERT_OK(ml_sae_load(MPI_COMM_WORLD, paths[g], &l));
+            ML_ASSERT_OK(ml_sae_load(paths[g], &l));
             assert_same_sae(l, ref->item[g].sae);
             assert_string_equal(l->model, "models/base.h5");
             assert_string_equal(l->hook_name, HOOK);
@@ -218,7 +218,7 @@ static void test_command(void **state) {
     ML_ASSERT_FAILS(run_cmd(6, typo), ML_ERR_CONFIG, "lerning_rate");
     const char *two[] = {"sae", acts, acts, "--out", out};
     ML_ASSERT_FAILS(run_cmd(5, two), ML_ERR_ARG, "expected one activations file");
-    ML_ASSERT_FAILS(ml_sae_load(MPI_COMM_WORLD, acts, &(ml_sae *){NULL}), ML_ERR_FORMAT, "mergelens.activations");
+    ML_ASSERT_FAILS(ml_sae_load(acts, &(ml_sae *){NULL}), ML_ERR_FORMAT, "mergelens.activations");
 }
 
 int main(int argc, char **argv) {
