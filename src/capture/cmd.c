@@ -289,7 +289,7 @@ int ml_cmd_sae_eval(MPI_Comm comm, int argc, char **argv) {
     if (npos != 1)
         ML_FAIL_GOTO(done, ML_ERR_ARG, "sae-eval: expected one SAE file, got %d (usage: %s)", npos,
                      "mergelens sae-eval SAE.h5 --domains a.h5,b.h5 [--model MODEL.h5]");
-    ML_CHECK_GOTO(ml_sae_load(comm, pos[0], &sae), done);
+    ML_CHECK_GOTO(ml_agree(comm, ml_sae_load(pos[0], &sae)), done); /* local read on every rank */
     const char *model_path = ml_opt_str(o, "model");
     if (!model_path || !model_path[0]) model_path = sae->model;
     if (!model_path[0])
