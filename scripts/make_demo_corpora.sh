@@ -64,14 +64,22 @@ fetch() {
   for p in "$@"; do dpkg-deb -x "$(ls "$WORK"/"${p}"_*.deb | head -1)" "$WORK/root"; done
 }
 
-# Copy files (relative paths read from stdin, sorted) from $1 to $2 until $BUDGET bytes.
+# A fixed pseudo-random order of the lines of stdin (a hash of each line):
+# a budget then samples the whole tree instead of its first directories.
+shuffle() {
+  awk 'BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
+       { h = 7; for (i = 1; i <= length($0); i++) h = (h * 31 + ord[substr($0, i, 1)]) % 1000003
+         printf "%07d %s\n", h, $0 }' | sort | cut -d' ' -f2-
+}
+
+# Copy files (relative paths from stdin) from $1 to $2 while they fit in $BUDGET bytes.
 copy_budget() {
   local src=$1 dst=$2 used=0 n=0 f size
   rm -rf "$dst"; mkdir -p "$dst"
   while IFS= read -r f; do
     size=$(stat -c %s "$src/$f")
     [ "$size" -gt 0 ] || continue
-    [ $((used + size)) -le "$BUDGET" ] || { [ "$n" -gt 0 ] && break; }
+    [ $((used + size)) -le "$BUDGET" ] || continue
     mkdir -p "$dst/$(dirname "$f")"
     cp "$src/$f" "$dst/$f"
     used=$((used + size)); n=$((n + 1))
@@ -115,12 +123,12 @@ fi
 (cd "$PY" && find . -name '*.py' -type f \
    -not -path '*/test/*' -not -path '*/tests/*' -not -path '*/idle_test/*' \
    -not -path './site-packages/*' -not -path './dist-packages/*' -not -name 'test_*.py' \
-   | sed 's|^\./||' | sort) | copy_budget "$PY" "$OUT/python"
+   | sed 's|^\./||' | shuffle) | copy_budget "$PY" "$OUT/python"
 
 # ---- lua: Nmap scripting engine ----------------------------------------------------
 fetch nmap-common
 NM="$WORK/root/usr/share/nmap"
-(cd "$NM" && find scripts nselib -type f \( -name '*.nse' -o -name '*.lua' \) -not -path 'nselib/data/*' | sort) \
+(cd "$NM" && find scripts nselib -type f \( -name '*.nse' -o -name '*.lua' \) -not -path 'nselib/data/*' | shuffle) \
   | copy_budget "$NM" "$OUT/lua"
 
 # ---- stories: synthetic ----------------------------------------------------------

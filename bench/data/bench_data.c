@@ -71,6 +71,39 @@ int main(int argc, char **argv) {
         printf("encode (%s cache): %.2f MB -> %zu tokens (%.2f bytes/token): %.3f s = %.1f MB/s per core\n",
                pass ? "warm" : "cold", mb, ids.n, mb * 1e6 / (double)ids.n, b - a, mb / (b - a));
     }
+    /* token stores (1 rank) and the loader: B=64 windows of T=256 per step */
+    {
+        char paths[16][256];
+        const char *pp[16];
+        double ts = ml_wtime();
+        int nd = ds->n < 16 ? ds->n : 16;
+        for (int d = 0; d < nd; d++) {
+            snprintf(paths[d], sizeof paths[d], "/tmp/mergelens_bench_%s.h5", ds->domains[d].name);
+            pp[d] = paths[d];
+            ml_store_config sc = {.val_fraction = 0.2, .seed = 1, .token_type = "auto"};
+            if (ml_store_write(MPI_COMM_SELF, tok, &ds->domains[d], &sc, paths[d], NULL) != ML_OK) goto fail;
+        }
+        double te = ml_wtime();
+        printf("tokenize (read + encode + write stores, 1 rank): %.2f MB in %.2f s = %.1f MB/s\n", mb, te - ts,
+               mb / (te - ts));
+        ml_loader_config lc = {.n_domains = nd, .paths = pp, .split = "train", .global_batch = 64, .T = 256, .seed = 1};
+        ml_loader *l = NULL;
+        if (ml_loader_create(MPI_COMM_SELF, &lc, &l) != ML_OK) goto fail;
+        int32_t *batch = ml_malloc(64 * 257 * sizeof *batch);
+        int nrows = 0, steps = 200;
+        double la = ml_wtime();
+        for (int s = 0; s < steps; s++)
+            if (ml_loader_next(l, batch, &nrows, NULL) != ML_OK) goto fail;
+        double lb = ml_wtime();
+        printf("loader: %d steps of 64 x 257 tokens in %.3f s = %.0f steps/s (%.1f M tokens/s)\n", steps, lb - la,
+               steps / (lb - la), steps * 64.0 * 257 / (lb - la) / 1e6);
+        double sa = ml_wtime();
+        if (ml_loader_seek(l, 100000) != ML_OK) goto fail;
+        printf("loader: seek to step 100000 in %.3f s\n", ml_wtime() - sa);
+        ml_free(batch);
+        ml_loader_destroy(&l);
+        for (int d = 0; d < nd; d++) remove(paths[d]);
+    }
     /* decode */
     double a = ml_wtime();
     char *text = NULL;

@@ -88,13 +88,7 @@ typedef struct {
 static inline int cand_before(cand a, cand b) { return a.count > b.count || (a.count == b.count && a.key < b.key); }
 
 static int cheap_push(cand_heap *h, cand c) {
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 1024;
-        cand *nv = ml_realloc(h->v, nc * sizeof *nv);
-        if (!nv) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        h->v = nv;
-        h->cap = nc;
-    }
+    if (h->n == h->cap) ML_CHECK(ml_grow((void **)&h->v, &h->cap, h->n + 1, sizeof *h->v));
     size_t i = h->n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -160,13 +154,8 @@ static int where_add(train_state *s, uint64_t key, int32_t w) {
     size_t before = s->where.n;
     ML_CHECK(ml_u64map_slot(&s->where, key, &slot));
     if (s->where.n != before) { /* new pair: new list */
-        if (s->n_lists == s->cap_lists) {
-            size_t nc = s->cap_lists ? s->cap_lists * 2 : 4096;
-            wlist *nl = ml_realloc(s->lists, nc * sizeof *nl);
-            if (!nl) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-            s->lists = nl;
-            s->cap_lists = nc;
-        }
+        if (s->n_lists == s->cap_lists)
+            ML_CHECK(ml_grow((void **)&s->lists, &s->cap_lists, s->n_lists + 1, sizeof *s->lists));
         memset(&s->lists[s->n_lists], 0, sizeof(wlist));
         s->where.vals[slot] = (int64_t)s->n_lists++;
     }
@@ -188,13 +177,8 @@ static int delta_add(train_state *s, uint64_t key, int64_t d) {
     size_t before = s->delta.n;
     ML_CHECK(ml_u64map_slot(&s->delta, key, &slot));
     if (s->delta.n != before) {
-        if (s->n_dkeys == s->cap_dkeys) {
-            size_t nc = s->cap_dkeys ? s->cap_dkeys * 2 : 4096;
-            uint64_t *nk = ml_realloc(s->dkeys, nc * sizeof *nk);
-            if (!nk) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-            s->dkeys = nk;
-            s->cap_dkeys = nc;
-        }
+        if (s->n_dkeys == s->cap_dkeys)
+            ML_CHECK(ml_grow((void **)&s->dkeys, &s->cap_dkeys, s->n_dkeys + 1, sizeof *s->dkeys));
         s->dkeys[s->n_dkeys++] = key;
     }
     s->delta.vals[slot] += d;

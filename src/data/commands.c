@@ -9,6 +9,8 @@
 #include "mergelens/config.h"
 #include "mergelens/data.h"
 
+#include "internal.h"
+
 #include <string.h>
 
 /* ---- shared setup ----------------------------------------------------------- */
@@ -126,24 +128,10 @@ static int feed_cb(void *ctx, int64_t index, const char *text, size_t len) {
     return ml_bpe_trainer_add(f->t, text, len);
 }
 
-typedef struct {
-    int64_t *v;
-    int64_t n, cap;
-} sizes_t;
-
 static int sizes_cb(void *ctx, int64_t index, const char *text, size_t len) {
     (void)index;
     (void)text;
-    sizes_t *s = ctx;
-    if (s->n == s->cap) {
-        int64_t nc = s->cap ? 2 * s->cap : 4096;
-        int64_t *nv = ml_realloc(s->v, (size_t)nc * sizeof *nv);
-        if (!nv) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        s->v = nv;
-        s->cap = nc;
-    }
-    s->v[s->n++] = (int64_t)len;
-    return ML_OK;
+    return ml_i64_push(ctx, (int64_t)len);
 }
 
 /* Seeded sample of one domain's documents up to budget bytes; the sampled
@@ -152,10 +140,12 @@ static int sample_domain(MPI_Comm comm, const ml_domain *d, int64_t budget, uint
     int rank, P, rc = ML_OK;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
-    sizes_t s = {0};
+    ml_i64vec s = {0};
     if (rank == 0) rc = ml_corpus_foreach(d->sources, d->n_sources, sizes_cb, &s, NULL);
     ML_CHECK(ml_agree(comm, rc));
-    ML_CHECK_MPI(MPI_Bcast(&s.n, 1, MPI_INT64_T, 0, comm));
+    int64_t nd = (int64_t)s.n;
+    ML_CHECK_MPI(MPI_Bcast(&nd, 1, MPI_INT64_T, 0, comm));
+    s.n = (size_t)nd;
     if (rank != 0) {
         s.v = ml_malloc(((size_t)s.n + 1) * sizeof *s.v);
         rc = s.v ? ML_OK : ML_ERR_NOMEM;
@@ -170,12 +160,12 @@ static int sample_domain(MPI_Comm comm, const ml_domain *d, int64_t budget, uint
         ml_free(s.v);
         return ML_FAIL(ML_ERR_NOMEM, "out of memory sampling %lld documents", (long long)s.n);
     }
-    for (int64_t i = 0; i < s.n; i++) perm[i] = i;
+    for (int64_t i = 0; i < nd; i++) perm[i] = i;
     ml_rng rng;
     ml_rng_seed(&rng, seed, 0x73616d70 /* "samp" */);
     int64_t used = 0, k = 0;
-    for (int64_t i = 0; i < s.n && used < budget; i++, k++) {
-        int64_t j = i + (int64_t)ml_rng_below(&rng, (uint64_t)(s.n - i)), x = perm[i];
+    for (int64_t i = 0; i < nd && used < budget; i++, k++) {
+        int64_t j = i + (int64_t)ml_rng_below(&rng, (uint64_t)(nd - i)), x = perm[i];
         perm[i] = perm[j];
         perm[j] = x;
         used += s.v[perm[i]];
@@ -381,7 +371,31 @@ static const ml_option_spec stories_specs[] = {
     {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "generator seed"},
     ML_OPT_END};
 
-static const ml_option_spec stats_specs[] = {DOMAIN_OPTS, ML_OPT_END};
+static const ml_option_spec stats_specs[] = {
+    DOMAIN_OPTS,
+    {"tokenizer", ML_OPT_STRING, "", 0, -1, NULL, "also encode every document, check decode(encode(x)) == x, count tokens"},
+    ML_OPT_END};
+
+typedef struct {
+    ml_tokenizer *tok;
+    ml_ids ids;
+    int64_t tokens, mismatched, first_bad;
+} check_ctx;
+
+static int check_cb(void *ctx, int64_t index, const char *text, size_t len) {
+    check_ctx *c = ctx;
+    c->ids.n = 0;
+    ML_CHECK(ml_tokenizer_encode(c->tok, text, len, &c->ids));
+    c->tokens += (int64_t)c->ids.n;
+    char *back = NULL;
+    size_t blen = 0;
+    ML_CHECK(ml_tokenizer_decode(c->tok, c->ids.ids, c->ids.n, &back, &blen));
+    if (blen != len || memcmp(back, text, len)) {
+        if (c->mismatched++ == 0) c->first_bad = index;
+    }
+    ml_free(back);
+    return ML_OK;
+}
 
 int ml_cmd_data(MPI_Comm comm, int argc, char **argv) {
     int rc = ML_OK, rank;
@@ -402,13 +416,27 @@ int ml_cmd_data(MPI_Comm comm, int argc, char **argv) {
         for (int i = 0; i < c.domains->n && rc == ML_OK; i++) {
             const ml_domain *d = &c.domains->domains[i];
             ml_corpus_stats st;
+            const char *tp = ml_opt_str(c.o, "tokenizer");
             if (rank == 0) {
-                rc = ml_corpus_foreach(d->sources, d->n_sources, NULL, NULL, &st);
+                check_ctx k;
+                memset(&k, 0, sizeof k);
+                if (tp && *tp) rc = ml_tokenizer_load(tp, &k.tok);
+                if (rc == ML_OK) rc = ml_corpus_foreach(d->sources, d->n_sources, k.tok ? check_cb : NULL, &k, &st);
                 if (rc == ML_OK)
                     printf("%-12s files %8lld  documents %9lld  bytes %12lld  invalid-utf8 docs %lld bytes %lld  "
-                           "skipped lines %lld\n",
+                           "skipped lines %lld",
                            d->name, (long long)st.files, (long long)st.docs, (long long)st.bytes,
                            (long long)st.invalid_utf8_docs, (long long)st.invalid_utf8_bytes, (long long)st.bad_lines);
+                if (rc == ML_OK && k.tok)
+                    printf("  tokens %lld (%.2f bytes/token)  round-trip mismatches %lld", (long long)k.tokens,
+                           k.tokens ? (double)st.bytes / (double)k.tokens : 0.0, (long long)k.mismatched);
+                if (rc == ML_OK) printf("\n");
+                if (rc == ML_OK && k.mismatched)
+                    rc = ML_FAIL(ML_ERR_NUMERIC, "domain '%s': %lld documents do not decode back to their text "
+                                                 "(first: document %lld)",
+                                 d->name, (long long)k.mismatched, (long long)k.first_bad);
+                ml_ids_free(&k.ids);
+                ml_tokenizer_destroy(&k.tok);
             }
             rc = ml_agree(comm, rc);
         }
@@ -416,7 +444,8 @@ int ml_cmd_data(MPI_Comm comm, int argc, char **argv) {
         if (rank == 0)
             printf("usage: mergelens data stories|stats [options]\n"
                    "  stories  write seeded synthetic children's stories (--out F --n N --seed S)\n"
-                   "  stats    document, byte and invalid-UTF-8 counts of domains (NAME=KIND:PATH ...)\n");
+                   "  stats    document, byte and invalid-UTF-8 counts of domains (NAME=KIND:PATH ...);\n"
+                   "           with --tokenizer also token counts and a decode(encode(x)) == x check\n");
         if (strcmp(sub, "--help") && strcmp(sub, "-h"))
             rc = ML_FAIL(ML_ERR_ARG, "data: %s subcommand '%s' (stories, stats)", *sub ? "unknown" : "missing", sub);
     }

@@ -4,6 +4,23 @@
 
 #include <string.h>
 
+int ml_grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return ML_OK;
+    size_t nc = *cap > 512 ? *cap : 512;
+    while (nc < need) nc *= 2;
+    void *np = ml_realloc(*p, nc * elem);
+    if (!np) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    *p = np;
+    *cap = nc;
+    return ML_OK;
+}
+
+int ml_i64_push(ml_i64vec *a, int64_t x) {
+    if (a->n == a->cap) ML_CHECK(ml_grow((void **)&a->v, &a->cap, a->n + 1, sizeof *a->v));
+    a->v[a->n++] = x;
+    return ML_OK;
+}
+
 static size_t pow2_at_least(size_t n) {
     size_t c = 16;
     while (c < n) c <<= 1;

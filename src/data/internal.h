@@ -4,6 +4,16 @@
 
 #include "mergelens/data.h"
 
+/* ---- growable arrays ------------------------------------------------------ */
+/* Make room for `need` elements of `elem` bytes in *p (capacity *cap
+ * elements, doubling from at least 1024). */
+int ml_grow(void **p, size_t *cap, size_t need, size_t elem);
+typedef struct {
+    int64_t *v;
+    size_t n, cap;
+} ml_i64vec;
+int ml_i64_push(ml_i64vec *a, int64_t x);
+
 /* ---- u64 -> i64 hash map (open addressing; no deletion) ------------------ */
 #define ML_MAP_EMPTY UINT64_MAX
 typedef struct {

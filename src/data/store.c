@@ -17,27 +17,10 @@
 
 #define ML_WRITE_PIECE ((int64_t)1 << 26) /* elements per collective write call */
 
-typedef struct {
-    int64_t *v;
-    size_t n, cap;
-} i64vec;
-
-static int i64_push(i64vec *a, int64_t x) {
-    if (a->n == a->cap) {
-        size_t nc = a->cap ? a->cap * 2 : 1024;
-        int64_t *nv = ml_realloc(a->v, nc * sizeof *nv);
-        if (!nv) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        a->v = nv;
-        a->cap = nc;
-    }
-    a->v[a->n++] = x;
-    return ML_OK;
-}
-
 static int size_cb(void *ctx, int64_t index, const char *text, size_t len) {
     (void)index;
     (void)text;
-    return i64_push(ctx, (int64_t)len);
+    return ml_i64_push(ctx, (int64_t)len);
 }
 
 /* Held-out flags: exactly round(frac * n) documents chosen by a seeded shuffle. */
@@ -85,7 +68,7 @@ static int write_split(ml_h5 *h, MPI_Comm comm, const char *name, ml_dtype type,
 
 typedef struct {
     ml_ids tok[2];   /* local tokens, train/val */
-    i64vec starts[2];/* local document start offsets (relative) */
+    ml_i64vec starts[2];/* local document start offsets (relative) */
 } local_split;
 
 int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const ml_store_config *cfg,
@@ -96,7 +79,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
     ML_CHECK_MPI(MPI_Comm_size(comm, &P));
     ml_store_stats st;
     memset(&st, 0, sizeof st);
-    i64vec sizes = {0};
+    ml_i64vec sizes = {0};
     ml_docs *docs = NULL;
     uint8_t *is_val = NULL;
     void *wbuf = NULL;
@@ -166,7 +149,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
     for (int64_t i = 0; rc == ML_OK && i < hi - lo; i++) {
         int s = is_val[lo + i];
         ml_ids *v = &ls.tok[s];
-        rc = i64_push(&ls.starts[s], (int64_t)v->n);
+        rc = ml_i64_push(&ls.starts[s], (int64_t)v->n);
         if (rc == ML_OK && cfg->add_bos) rc = ml_ids_push(v, bos);
         if (rc == ML_OK)
             rc = ml_tokenizer_encode(tok, docs->bytes + docs->offsets[i],

@@ -14,13 +14,7 @@
 /* ---- id buffers ----------------------------------------------------------- */
 int ml_ids_reserve(ml_ids *v, size_t n) {
     if (v->n + n <= v->cap) return ML_OK;
-    size_t nc = v->cap ? v->cap : 1024;
-    while (nc < v->n + n) nc *= 2;
-    int32_t *ni = ml_realloc(v->ids, nc * sizeof *ni);
-    if (!ni) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    v->ids = ni;
-    v->cap = nc;
-    return ML_OK;
+    return ml_grow((void **)&v->ids, &v->cap, v->n + n, sizeof *v->ids);
 }
 
 int ml_ids_push(ml_ids *v, int32_t id) {
@@ -366,14 +360,7 @@ static int chunk_cb(void *ctx, const char *s, size_t len) {
         ml_bmap_clear(&t->cache);
         t->cache_n = 0;
     }
-    if (t->cache_n + n > t->cache_cap) {
-        size_t nc = t->cache_cap ? t->cache_cap * 2 : 1 << 16;
-        while (nc < t->cache_n + n) nc *= 2;
-        int32_t *ni = ml_realloc(t->cache_ids, nc * sizeof *ni);
-        if (!ni) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        t->cache_ids = ni;
-        t->cache_cap = nc;
-    }
+    ML_CHECK(ml_grow((void **)&t->cache_ids, &t->cache_cap, t->cache_n + n, sizeof *t->cache_ids));
     int64_t idx;
     ML_CHECK(ml_bmap_insert(&t->cache, s, len, h, &idx, NULL));
     memcpy(t->cache_ids + t->cache_n, c->out->ids + before, n * sizeof(int32_t));
