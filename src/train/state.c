@@ -54,9 +54,33 @@ void ml_train_logs_free(ml_trainer *tr) {
 }
 
 /* ---- save -------------------------------------------------------------------------- */
-static int ml_write_col(ml_h5 *h, const char *group, const char *name, ml_dtype t, int64_t n, const void *data) {
-    char path[128];
-    snprintf(path, sizeof path, "%s/%s", group, name);
+/* The columns of /train/log and /train/eval (rows: the log's row count). */
+#define ML_LOG_COLS 10
+typedef struct {
+    const char *path;
+    ml_dtype type;
+    void *data;
+    const int64_t *rows;
+} ml_log_col;
+
+static int ml_log_columns(ml_trainer *tr, ml_log_col *c) {
+    ml_train_log *l = &tr->log;
+    ml_eval_log *e = &tr->elog;
+    int n = 0;
+    c[n++] = (ml_log_col){"/train/log/step", ML_I64, l->step, &l->n};
+    c[n++] = (ml_log_col){"/train/log/tokens", ML_I64, l->tokens, &l->n};
+    c[n++] = (ml_log_col){"/train/log/loss", ML_F64, l->loss, &l->n};
+    c[n++] = (ml_log_col){"/train/log/lr", ML_F64, l->lr, &l->n};
+    c[n++] = (ml_log_col){"/train/log/grad_norm", ML_F64, l->grad_norm, &l->n};
+    c[n++] = (ml_log_col){"/train/log/tokens_per_s", ML_F64, l->tokens_per_s, &l->n};
+    c[n++] = (ml_log_col){"/train/eval/step", ML_I64, e->step, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/domain", ML_I32, e->domain, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/loss", ML_F64, e->loss, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/accuracy", ML_F64, e->accuracy, &e->n};
+    return n;
+}
+
+static int ml_write_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, const void *data) {
     hsize_t dims[1] = {(hsize_t)n};
     ML_CHECK(ml_h5_write_tensor(h, path, t, 1, dims, data));
     return ML_OK;
@@ -88,31 +112,18 @@ static int ml_save_body(ml_trainer *tr, ml_h5 *h, int complete, const char *name
     ML_CHECK(ml_h5_set_attr_int(h, "/train", "context", tr->T));
     ML_CHECK(ml_h5_set_attr_int(h, "/train", "nranks", tr->nranks));
     ML_CHECK(ml_h5_mkgroup(h, "/train/log"));
-    const ml_train_log *l = &tr->log;
-    if (l->n > 0) {
-        ML_CHECK(ml_write_col(h, "/train/log", "step", ML_I64, l->n, l->step));
-        ML_CHECK(ml_write_col(h, "/train/log", "tokens", ML_I64, l->n, l->tokens));
-        ML_CHECK(ml_write_col(h, "/train/log", "loss", ML_F64, l->n, l->loss));
-        ML_CHECK(ml_write_col(h, "/train/log", "lr", ML_F64, l->n, l->lr));
-        ML_CHECK(ml_write_col(h, "/train/log", "grad_norm", ML_F64, l->n, l->grad_norm));
-        ML_CHECK(ml_write_col(h, "/train/log", "tokens_per_s", ML_F64, l->n, l->tokens_per_s));
-    }
     ML_CHECK(ml_h5_mkgroup(h, "/train/eval"));
     ML_CHECK(ml_h5_set_attr_str(h, "/train/eval", "domains", names_json));
-    const ml_eval_log *e = &tr->elog;
-    if (e->n > 0) {
-        ML_CHECK(ml_write_col(h, "/train/eval", "step", ML_I64, e->n, e->step));
-        ML_CHECK(ml_write_col(h, "/train/eval", "domain", ML_I32, e->n, e->domain));
-        ML_CHECK(ml_write_col(h, "/train/eval", "loss", ML_F64, e->n, e->loss));
-        ML_CHECK(ml_write_col(h, "/train/eval", "accuracy", ML_F64, e->n, e->accuracy));
-    }
+    ml_log_col cols[ML_LOG_COLS];
+    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
+        if (*cols[i].rows > 0) ML_CHECK(ml_write_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
     /* data provenance */
     ML_CHECK(ml_h5_mkgroup(h, "/data"));
     ML_CHECK(ml_h5_set_attr_str(h, "/data", "paths", paths_json));
     ML_CHECK(ml_h5_set_attr_str(h, "/data", "domains", names_json));
-    ML_CHECK(ml_write_col(h, "/data", "weights", ML_F64, tr->K, weights));
-    ML_CHECK(ml_write_col(h, "/data", "tokens_seen", ML_I64, tr->K, tr->dom_tokens));
-    if (complete) ML_CHECK(ml_h5_write_profile(h, "/profile"));
+    ML_CHECK(ml_write_col(h, "/data/weights", ML_F64, tr->K, weights));
+    ML_CHECK(ml_write_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    if (complete) ML_CHECK(ml_h5_write_profile(h, "/profile")); /* rank 0's events */
     return ML_OK;
 }
 
@@ -137,12 +148,10 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
     if (rc == ML_OK) rc = ml_json_strings(names, tr->K, &names_json);
     if (rc == ML_OK) rc = ml_json_strings((const char *const *)tr->paths, tr->K, &paths_json);
     ML_AGREE_GOTO(tr->comm, rc, done);
-    /* Every rank holds the same state. Periodic checkpoints are written by
-     * rank 0 alone (no collective per dataset); the final one collectively,
-     * so that /profile gathers every rank's timings. */
-    MPI_Comm wcomm = complete ? tr->comm : MPI_COMM_SELF;
-    if (complete || tr->rank == 0) {
-        rc = ml_h5_create(wcomm, tr->out, ML_CKPT_FORMAT, 1, &h);
+    /* Every rank holds the same state: rank 0 writes the file alone, through
+     * a serial handle (no collective operation per dataset and attribute). */
+    if (tr->rank == 0) {
+        rc = ml_h5_create(MPI_COMM_SELF, tr->out, ML_CKPT_FORMAT, 1, &h);
         if (rc == ML_OK) rc = ml_save_body(tr, h, complete, names_json, paths_json, weights);
         if (rc == ML_OK) rc = ml_h5_close(&h);
         if (rc != ML_OK) ml_error_trace(rc, __FILE__, __LINE__, __func__);
@@ -198,9 +207,7 @@ done:
     return rc;
 }
 
-static int ml_read_col(ml_h5 *h, const char *group, const char *name, ml_dtype t, int64_t n, void *data) {
-    char path[128];
-    snprintf(path, sizeof path, "%s/%s", group, name);
+static int ml_read_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, void *data) {
     hsize_t dims[1] = {(hsize_t)n};
     ML_CHECK(ml_h5_read_tensor(h, path, t, 1, dims, data));
     return ML_OK;
@@ -249,23 +256,12 @@ int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
     if (l->n != step)
         return ML_FAIL(ML_ERR_FORMAT, "%s: /train/log has %lld rows for %lld steps", path, (long long)l->n,
                        (long long)step);
-    if (l->n > 0) {
-        ML_CHECK(ml_read_col(h, "/train/log", "step", ML_I64, l->n, l->step));
-        ML_CHECK(ml_read_col(h, "/train/log", "tokens", ML_I64, l->n, l->tokens));
-        ML_CHECK(ml_read_col(h, "/train/log", "loss", ML_F64, l->n, l->loss));
-        ML_CHECK(ml_read_col(h, "/train/log", "lr", ML_F64, l->n, l->lr));
-        ML_CHECK(ml_read_col(h, "/train/log", "grad_norm", ML_F64, l->n, l->grad_norm));
-        ML_CHECK(ml_read_col(h, "/train/log", "tokens_per_s", ML_F64, l->n, l->tokens_per_s));
-    }
     ml_eval_log *e = &tr->elog;
     ML_CHECK(ml_log_rows(h, "/train/eval/step", e->cap, &e->n));
-    if (e->n > 0) {
-        ML_CHECK(ml_read_col(h, "/train/eval", "step", ML_I64, e->n, e->step));
-        ML_CHECK(ml_read_col(h, "/train/eval", "domain", ML_I32, e->n, e->domain));
-        ML_CHECK(ml_read_col(h, "/train/eval", "loss", ML_F64, e->n, e->loss));
-        ML_CHECK(ml_read_col(h, "/train/eval", "accuracy", ML_F64, e->n, e->accuracy));
-    }
-    ML_CHECK(ml_read_col(h, "/data", "tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    ml_log_col cols[ML_LOG_COLS];
+    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
+        if (*cols[i].rows > 0) ML_CHECK(ml_read_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
+    ML_CHECK(ml_read_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
     tr->step = step;
     tr->resumed_from = step;
     return ML_OK;

@@ -29,7 +29,8 @@ typedef struct {
     int64_t vocab_size;
     char tokenizer[1024]; /* `tokenizer` path or "" */
 } ml_store_info;
-/* Collective: open the store read-only and read its attributes. */
+/* Collective: rank 0 reads the store's attributes (serial open), every rank
+ * gets them; a failure is agreed by all ranks. */
 int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info);
 
 /* Split "a,b,c" into ml_malloc'd strings (blanks around items dropped; empty

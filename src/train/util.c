@@ -8,12 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info) {
-    memset(info, 0, sizeof *info);
+/* Rank 0 reads the attributes of a serial open. */
+static int ml_store_info_local(const char *path, ml_store_info *info) {
     ml_h5 *h = NULL;
     char *s = NULL;
     int rc = ML_OK;
-    ML_CHECK(ml_h5_open(comm, path, "mergelens.tokens", 1, 1, &h));
+    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.tokens", 1, 1, &h));
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "vocab_size", &info->vocab_size), done);
     rc = ml_h5_get_attr_str(h, "/", "domain", &s);
     if (rc == ML_OK) {
@@ -41,6 +41,15 @@ done:
     ml_free(s);
     ml_h5_close(&h);
     return rc ? ml_error_trace(rc, __FILE__, __LINE__, __func__) : ML_OK;
+}
+
+int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    memset(info, 0, sizeof *info);
+    ML_CHECK(ml_agree(comm, rank == 0 ? ml_store_info_local(path, info) : ML_OK));
+    ML_CHECK_MPI(MPI_Bcast(info, (int)sizeof *info, MPI_BYTE, 0, comm));
+    return ML_OK;
 }
 
 int ml_split_list(const char *text, const char *key, char ***items, int *n) {

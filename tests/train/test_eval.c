@@ -18,14 +18,10 @@ static int setup(void **state) {
     (void)state;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
-    snprintf(dir, sizeof dir, "%s", ml_test_dir("train_eval"));
-    snprintf(stores[0], sizeof stores[0], "%s/alpha.h5", dir);
-    snprintf(stores[1], sizeof stores[1], "%s/beta.h5", dir);
+    const char *names[2] = {"alpha", "beta"};
+    const int64_t ntrain[2] = {3000, 3000};
+    int rc = tf_setup_stores("train_eval", dir, sizeof dir, 2, names, ntrain, nval, stores);
     snprintf(model_path, sizeof model_path, "%s/m.h5", dir);
-    int rc = ML_OK;
-    if (rank == 0) rc = tf_write_store(stores[0], "alpha", 64, 3000, nval[0], 1);
-    if (rank == 0 && rc == ML_OK) rc = tf_write_store(stores[1], "beta", 64, 3000, nval[1], 2);
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
     /* a briefly trained model whose final evaluation covers the whole val splits */
     if (rc == ML_OK)
         rc = tf_train(MPI_COMM_WORLD,

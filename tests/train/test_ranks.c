@@ -18,14 +18,9 @@ static int setup(void **state) {
     (void)state;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
-    snprintf(dir, sizeof dir, "%s", ml_test_dir("train_ranks"));
-    snprintf(stores[0], sizeof stores[0], "%s/alpha.h5", dir);
-    snprintf(stores[1], sizeof stores[1], "%s/beta.h5", dir);
-    int rc = ML_OK;
-    if (rank == 0) rc = tf_write_store(stores[0], "alpha", 64, 6000, 600, 1);
-    if (rank == 0 && rc == ML_OK) rc = tf_write_store(stores[1], "beta", 64, 3000, 400, 2);
-    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    return rc;
+    const char *names[2] = {"alpha", "beta"};
+    const int64_t ntrain[2] = {6000, 3000}, nval[2] = {600, 400};
+    return tf_setup_stores("train_ranks", dir, sizeof dir, 2, names, ntrain, nval, stores);
 }
 
 /* Train on groups of `size` ranks; returns this rank's output path. */

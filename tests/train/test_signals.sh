@@ -32,7 +32,7 @@ rand_sleep() { sleep "0.$(printf '%02d' $((RANDOM % 10)))"; }
 export ML_LOG_LEVEL=warn
 "$CLI" mkstore "$T/a.h5" alpha 64 20000 400 > /dev/null || { echo "mkstore failed"; exit 1; }
 ARGS="--domains $T/a.h5 --d_model 32 --d_mlp 64 --n_heads 4 --n_kv_heads 2 --context 16 --global_batch 8 \
---steps 100 --lr 1e-2 --warmup 10 --eval_every 40 --eval_batches 2 --checkpoint_every 8"
+--steps 60 --lr 1e-2 --warmup 10 --eval_every 25 --eval_batches 2 --checkpoint_every 6"
 
 # 1. SIGKILL of a single process
 "$CLI" train $ARGS --out "$T/full1.h5" > "$T/log" 2>&1 || { bad "uninterrupted run"; cat "$T/log" >&2; }
@@ -53,7 +53,7 @@ s=$(attr "$T/u.h5" /train/step)
 if [ "$(attr "$T/u.h5" /complete)" = 0 ]; then
   echo "SIGUSR1: checkpoint at step $s"
   [ $st -ne 0 ] && ok || bad "SIGUSR1: exit status 0"
-  grep -q "interrupted by SIGUSR1: checkpoint at step $s of 100 written to $T/u.h5; rerun the same command to resume" \
+  grep -q "interrupted by SIGUSR1: checkpoint at step $s of 60 written to $T/u.h5; rerun the same command to resume" \
     "$T/log" && ok || { bad "SIGUSR1 message"; cat "$T/log" >&2; }
 else
   echo "note: the 2-rank run finished before SIGUSR1 arrived"
@@ -70,7 +70,7 @@ s=$(attr "$T/t.h5" /train/step)
 if [ "$(attr "$T/t.h5" /complete)" = 0 ]; then
   echo "SIGTERM to one rank: checkpoint at step $s"
   [ $st -ne 0 ] && ok || bad "SIGTERM: exit status 0"
-  grep -q "interrupted by SIGTERM: checkpoint at step $s of 100" "$T/log" && ok || { bad "SIGTERM message"; cat "$T/log" >&2; }
+  grep -q "interrupted by SIGTERM: checkpoint at step $s of 60" "$T/log" && ok || { bad "SIGTERM message"; cat "$T/log" >&2; }
 else
   echo "note: the 2-rank run finished before SIGTERM arrived"
 fi

@@ -50,6 +50,24 @@ static inline int tf_write_store(const char *path, const char *domain, int V, in
     return ml_h5_close(&h);
 }
 
+#ifdef ML_TEST_H /* cmocka tests only */
+/* The per-test directory (same on every rank) and stores
+ * <dir>/<names[i]>.h5 (vocabulary 64, seed i + 1, ntrain[i] / nval[i]
+ * tokens) written by rank 0. Collective; returns rank 0's status. */
+static inline int tf_setup_stores(const char *test, char *dir, size_t dir_size, int n, const char *const *names,
+                                  const int64_t *ntrain, const int64_t *nval, char (*stores)[1200]) {
+    int rank, rc = ML_OK;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    snprintf(dir, dir_size, "%s", ml_test_dir(test));
+    for (int i = 0; i < n; i++) {
+        snprintf(stores[i], 1200, "%s/%s.h5", dir, names[i]);
+        if (rank == 0 && rc == ML_OK) rc = tf_write_store(stores[i], names[i], 64, ntrain[i], nval[i], (uint64_t)i + 1);
+    }
+    MPI_Bcast(&rc, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    return rc;
+}
+#endif
+
 /* Run a command whose arguments are given as one space-separated string
  * (printf format); argv[0] = cmd. */
 typedef int (*tf_cmd_fn)(MPI_Comm, int, char **);
