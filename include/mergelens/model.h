@@ -94,7 +94,7 @@ typedef struct {
     int B_max, T_max; /* largest batch and context of any call */
     int grad;         /* 1: also allocate backward buffers (ml_model_forward_backward) */
     int attn_block;   /* query rows per attention score block (0 = 64) */
-    int lm_chunk;     /* rows per lm_head + cross-entropy chunk (0 = 256) */
+    int lm_chunk;     /* rows per lm_head + cross-entropy chunk (0 = about 8M logits, 64..1024 rows) */
 } ml_workspace_config;
 
 typedef struct ml_workspace ml_workspace;

@@ -145,7 +145,10 @@ typedef struct {
     uint64_t *sendbuf, *recvbuf;
     size_t cap_send, cap_recv;
     int *rcounts, *rdispls;
+    uint64_t *fixed, *fixed_all; /* (1 + ML_SLOTS), (P, 1 + ML_SLOTS) */
 } train_state;
+
+#define ML_SLOTS 64 /* words (32 key/delta pairs) per rank in the fixed-size exchange */
 
 static inline uint64_t pkey(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
 
@@ -221,23 +224,32 @@ static int exchange_deltas(train_state *s) {
         for (size_t i = 0; i < n; i += 2) ML_CHECK(gcount_add(s, s->sendbuf[i], (int64_t)s->sendbuf[i + 1]));
         return ML_OK;
     }
-    int mine = (int)n;
-    ML_CHECK_MPI(MPI_Allgather(&mine, 1, MPI_INT, s->rcounts, 1, MPI_INT, s->comm));
-    size_t total = 0;
-    for (int r = 0; r < s->nranks; r++) {
-        s->rdispls[r] = (int)total;
-        total += (size_t)s->rcounts[r];
+    /* One fixed-size MPI_Allgather carries up to ML_SLOTS words per rank (most
+     * merges change few pairs); only larger changes need a second round. */
+    int P = s->nranks, W1 = 1 + ML_SLOTS;
+    s->fixed[0] = n;
+    memcpy(s->fixed + 1, s->sendbuf, (n < ML_SLOTS ? n : ML_SLOTS) * sizeof *s->sendbuf);
+    ML_CHECK_MPI(MPI_Allgather(s->fixed, W1, MPI_UINT64_T, s->fixed_all, W1, MPI_UINT64_T, s->comm));
+    size_t over = 0;
+    for (int r = 0; r < P; r++) {
+        const uint64_t *f = s->fixed_all + (size_t)r * (size_t)W1;
+        size_t cnt = f[0] < ML_SLOTS ? f[0] : ML_SLOTS;
+        for (size_t i = 0; i < cnt; i += 2) ML_CHECK(gcount_add(s, f[1 + i], (int64_t)f[2 + i]));
+        s->rcounts[r] = f[0] > ML_SLOTS ? (int)(f[0] - ML_SLOTS) : 0;
+        s->rdispls[r] = (int)over;
+        over += (size_t)s->rcounts[r];
     }
-    if (total > (size_t)INT32_MAX) return ML_FAIL(ML_ERR_UNSUPPORTED, "BPE merge changed too many pairs at once");
-    if (total > s->cap_recv) {
+    if (over == 0) return ML_OK;
+    if (over > (size_t)INT32_MAX) return ML_FAIL(ML_ERR_UNSUPPORTED, "BPE merge changed too many pairs at once");
+    if (over > s->cap_recv) {
         ml_free(s->recvbuf);
-        s->recvbuf = ml_malloc((total + 1024) * sizeof *s->recvbuf);
+        s->recvbuf = ml_malloc((over + 1024) * sizeof *s->recvbuf);
         if (!s->recvbuf) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        s->cap_recv = total + 1024;
+        s->cap_recv = over + 1024;
     }
-    ML_CHECK_MPI(MPI_Allgatherv(s->sendbuf, mine, MPI_UINT64_T, s->recvbuf, s->rcounts, s->rdispls, MPI_UINT64_T,
-                                s->comm));
-    for (size_t i = 0; i < total; i += 2) ML_CHECK(gcount_add(s, s->recvbuf[i], (int64_t)s->recvbuf[i + 1]));
+    ML_CHECK_MPI(MPI_Allgatherv(s->sendbuf + ML_SLOTS, n > ML_SLOTS ? (int)(n - ML_SLOTS) : 0, MPI_UINT64_T,
+                                s->recvbuf, s->rcounts, s->rdispls, MPI_UINT64_T, s->comm));
+    for (size_t i = 0; i < over; i += 2) ML_CHECK(gcount_add(s, s->recvbuf[i], (int64_t)s->recvbuf[i + 1]));
     return ML_OK;
 }
 
@@ -295,6 +307,8 @@ static void state_free(train_state *s) {
     ml_free(s->recvbuf);
     ml_free(s->rcounts);
     ml_free(s->rdispls);
+    ml_free(s->fixed);
+    ml_free(s->fixed_all);
 }
 
 static int state_init(train_state *s, const ml_bpe_trainer *t, MPI_Comm comm) {
@@ -311,7 +325,10 @@ static int state_init(train_state *s, const ml_bpe_trainer *t, MPI_Comm comm) {
     s->stamp = ml_malloc(W * sizeof *s->stamp);
     s->rcounts = ml_malloc((size_t)s->nranks * sizeof *s->rcounts);
     s->rdispls = ml_malloc((size_t)s->nranks * sizeof *s->rdispls);
-    if (!s->sym || !s->off || !s->len || !s->count || !s->stamp || !s->rcounts || !s->rdispls)
+    s->fixed = ml_malloc((1 + ML_SLOTS) * sizeof *s->fixed);
+    s->fixed_all = ml_malloc((size_t)s->nranks * (1 + ML_SLOTS) * sizeof *s->fixed_all);
+    if (!s->sym || !s->off || !s->len || !s->count || !s->stamp || !s->rcounts || !s->rdispls || !s->fixed ||
+        !s->fixed_all)
         return ML_FAIL(ML_ERR_NOMEM, "out of memory for %lld BPE training words", (long long)s->W);
     int64_t pos = 0;
     for (int64_t w = 0; w < s->W; w++) {

@@ -147,9 +147,9 @@ static int detect_pipeline(const char *path, json_t *root, json_t *model, ml_tok
             return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: a normalizer with a Metaspace pre_tokenizer is not supported",
                            path);
         const char *scheme = jstr(pre, "prepend_scheme");
-        proto->prefix_space = scheme ? strcmp(scheme, "never") != 0 : jbool(pre, "add_prefix_space", 1);
+        proto->prefix_space = (scheme ? strcmp(scheme, "never") != 0 : jbool(pre, "add_prefix_space", 1)) ? 2 : 0;
         proto->pretok = jbool(pre, "split", 1) ? ML_PRETOK_METASPACE : ML_PRETOK_NONE;
-        proto->strip_decode = proto->prefix_space;
+        proto->strip_decode = proto->prefix_space != 0;
         proto->byte_level = 0;
         return ML_OK;
     }
@@ -451,7 +451,7 @@ int ml_tokenizer_save_hf_json(const ml_tokenizer *t, const char *path) {
         json_object_set_new(root, "decoder", byte_level_component(t->prefix_space));
     } else {
         json_t *norm = jobj("Sequence"), *steps = json_array();
-        if (t->prefix_space) {
+        if (t->prefix_space) { /* (2, "unless it starts with a space", only arises with Metaspace) */
             json_t *p = jobj("Prepend");
             json_object_set_new(p, "prepend", json_string(METASPACE));
             json_array_append_new(steps, p);
@@ -462,12 +462,12 @@ int ml_tokenizer_save_hf_json(const ml_tokenizer *t, const char *path) {
         json_object_set_new(rep, "content", json_string(METASPACE));
         json_array_append_new(steps, rep);
         json_object_set_new(norm, "normalizers", steps);
-        if (t->pretok == ML_PRETOK_METASPACE) { /* Metaspace both prepends and splits */
+        if (t->pretok == ML_PRETOK_METASPACE || t->prefix_space == 2) { /* Metaspace prepends (and splits) */
             json_decref(norm);
             json_t *ms = jobj("Metaspace");
             json_object_set_new(ms, "replacement", json_string(METASPACE));
             json_object_set_new(ms, "prepend_scheme", json_string(t->prefix_space ? "first" : "never"));
-            json_object_set_new(ms, "split", json_true());
+            json_object_set_new(ms, "split", json_boolean(t->pretok == ML_PRETOK_METASPACE));
             json_object_set_new(root, "normalizer", json_null());
             json_object_set_new(root, "pre_tokenizer", ms);
         } else {

@@ -83,7 +83,8 @@ struct ml_tokenizer {
     ml_pretok pretok;
     int byte_level;      /* initial symbols are bytes (GPT-2); else UTF-8 chars + byte fallback */
     int byte_fallback;
-    int prefix_space;    /* prepend ' ' to non-empty text (Llama "Prepend ▁") */
+    int prefix_space;    /* 1: prepend ' ' to non-empty text (normalizer Prepend "▁");
+                            2: unless it starts with ' ' (Metaspace pre-tokenizer) */
     int strip_decode;    /* decode drops one leading ' ' */
     int ignore_merges;   /* a chunk that is a vocabulary token is emitted as is */
     int32_t unk_id, bos_id, eos_id, pad_id;

@@ -5,7 +5,8 @@
  *   /merges [M, 3] int32           (left, right, result); row r has rank r
  *   root attrs vocab_size, n_merges, bos_id, eos_id, pad_id, unk_id (-1 = none),
  *   pretokenizer ("gpt2" | "none" | "metaspace"), byte_level, byte_fallback,
- *   prefix_space, strip_decode, ignore_merges (0/1), source. */
+ *   prefix_space (0 no, 1 always, 2 unless the text starts with a space),
+ *   strip_decode, ignore_merges (0/1). */
 #include "internal.h"
 
 #include "mergelens/io.h"
@@ -76,7 +77,7 @@ static int load_h5(const char *path, ml_tokenizer **out) {
     proto.byte_level = (int)v;
     ML_CHECK_GOTO(get_int(h, "byte_fallback", 0, 1, &v), done);
     proto.byte_fallback = (int)v;
-    ML_CHECK_GOTO(get_int(h, "prefix_space", 0, 1, &v), done);
+    ML_CHECK_GOTO(get_int(h, "prefix_space", 0, 2, &v), done);
     proto.prefix_space = (int)v;
     ML_CHECK_GOTO(get_int(h, "strip_decode", 0, 1, &v), done);
     proto.strip_decode = (int)v;

@@ -372,7 +372,7 @@ static int chunk_cb(void *ctx, const char *s, size_t len) {
 
 int ml_tokenizer_encode(ml_tokenizer *t, const char *text, size_t len, ml_ids *out) {
     if (len == 0) return ML_OK;
-    if (t->prefix_space) {
+    if (t->prefix_space == 1 || (t->prefix_space == 2 && text[0] != ' ')) {
         if (len + 1 > t->text_cap) {
             size_t nc = t->text_cap ? t->text_cap : 4096;
             while (nc < len + 1) nc *= 2;

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #define ML_ATTN_BLOCK_DEFAULT 64
-#define ML_LM_CHUNK_DEFAULT 256
+#define ML_LM_CHUNK_FLOATS (8 << 20)
 
 /* ---- workspace -------------------------------------------------------------- */
 /* Carve `count` floats (rounded up to 64 bytes) from the block, or count the size when base is NULL. */
@@ -44,10 +44,12 @@ static size_t ml_workspace_layout(ml_workspace *ws, float *base) {
     ws->cos_t = ml_carve(base, &off, T * hd / 2);
     ws->sin_t = ml_carve(base, &off, T * hd / 2);
     ws->logits = ml_carve(base, &off, C * V);
-    ws->scores = ml_carve(base, &off, Br * T);
-    ws->rowtmp = ml_carve(base, &off, Br);
+    const size_t nthr = (size_t)ws->nthr;
+    ws->scores = ml_carve(base, &off, nthr * Br * T);
+    ws->rowtmp = ml_carve(base, &off, nthr * Br);
     if (ws->wc.grad) {
-        ws->dscores = ml_carve(base, &off, Br * T);
+        ws->dscores = ml_carve(base, &off, nthr * Br * T);
+        ws->dwpart = ml_carve(base, &off, (N + ML_ROW_BLOCK - 1) / ML_ROW_BLOCK * D);
         ws->dres = ml_carve(base, &off, N * D);
         ws->dtmp = ml_carve(base, &off, N * D);
         ws->datty = ml_carve(base, &off, N * QD);
@@ -76,7 +78,11 @@ int ml_workspace_create(const ml_model_config *mc, const ml_workspace_config *wc
     ws->wc = *wc;
     if (!ws->wc.attn_block) ws->wc.attn_block = ML_ATTN_BLOCK_DEFAULT;
     if (ws->wc.attn_block > wc->T_max) ws->wc.attn_block = wc->T_max;
-    if (!ws->wc.lm_chunk) ws->wc.lm_chunk = ML_LM_CHUNK_DEFAULT;
+    if (!ws->wc.lm_chunk) { /* about 32 MB of logits: large products, bounded memory */
+        int c = ML_LM_CHUNK_FLOATS / mc->vocab_size / 64 * 64;
+        ws->wc.lm_chunk = c < 64 ? 64 : c > 1024 ? 1024 : c;
+    }
+    ws->nthr = ml_par_threads();
     size_t n = ml_workspace_layout(ws, NULL);
     ws->block = ml_malloc(n * sizeof(float));
     if (!ws->block) {
@@ -180,13 +186,17 @@ static int ml_check_batch(const ml_model *m, const ml_workspace *ws, const int32
 
 /* Y (N, out) = X (N, in) W^T with W (out, in) */
 static void ml_linear(float *Y, const float *X, const float *W, int N, int out, int in) {
+    ml_prof_begin("model.gemm");
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
+    ml_prof_end("model.gemm", 2.0 * N * out * (double)in, 0);
 }
 /* dW (out, in) += dY^T X, then dX (N, in) = dY (N, out) W (out, in) (dX may alias X) */
 static void ml_linear_backward(float *dX, float *dW, const float *dY, const float *X, const float *W, int N, int out,
                                int in) {
+    ml_prof_begin("model.gemm");
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dY, out, X, in, 1.0f, dW, in);
     if (dX) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dY, out, W, in, 0.0f, dX, in);
+    ml_prof_end("model.gemm", (dX ? 4.0 : 2.0) * N * out * (double)in, 0);
 }
 
 /* The forward pass; when G is non-NULL (training) the lm_head + cross-entropy
@@ -205,9 +215,8 @@ static int ml_forward(const ml_model *m, ml_workspace *ws, const int32_t *tokens
     ws->has_targets = targets != NULL;
 
     ml_prof_begin("model.forward");
-    for (int n = 0; n < N; n++)
-        memcpy(ws->resid + (size_t)n * D, P.embed + (size_t)tokens[n] * D, sizeof(float) * (size_t)D);
-    ml_k_rmsnorm_forward(ws->ln1, ws->rstd1, ws->resid, P.layer[0].ln1, N, D, eps);
+    ml_l_embed(ws->resid, P.embed, tokens, N, D);
+    ml_l_rmsnorm(ws->ln1, ws->rstd1, ws->resid, P.layer[0].ln1, N, D, eps);
     for (int l = 0; l < L; l++) {
         const ml_layer_ptrs *w = &P.layer[l];
         const size_t o = (size_t)l * Nmax;
@@ -215,15 +224,15 @@ static int ml_forward(const ml_model *m, ml_workspace *ws, const int32_t *tokens
               *attn_out = ws->attn_out + o * D, *mid = ws->resid_mid + o * D, *ln2 = ws->ln2 + o * D,
               *gu = ws->gu + o * 2 * F, *h = ws->hpost + o * F, *mlp_out = ws->mlp_out + o * D;
         ml_linear(qkv, ln1, w->wqkv, N, QKV, D);
-        ml_rope_apply(qkv, B, T, H, hd, QKV, ws->cos_t, ws->sin_t, 0);
-        ml_rope_apply(qkv + QD, B, T, KV, hd, QKV, ws->cos_t, ws->sin_t, 0);
+        ml_l_rope(qkv, B, T, H, hd, QKV, ws->cos_t, ws->sin_t, 0);
+        ml_l_rope(qkv + QD, B, T, KV, hd, QKV, ws->cos_t, ws->sin_t, 0);
         ml_prof_begin("model.attention");
-        ml_k_attention_forward(atty, ws->lse + o * H, qkv, ws->scores, B, T, H, KV, hd, ws->wc.attn_block);
+        ml_l_attention(ws, atty, ws->lse + o * H, qkv, B, T);
         ml_prof_end("model.attention", 4.0 * B * H * hd * (T * (T + 1) / 2.0), 0);
         ml_linear(attn_out, atty, w->wo, N, D, QD);
-        ml_k_residual_rmsnorm(mid, ln2, ws->rstd2 + o, x, attn_out, w->ln2, N, D, eps);
+        ml_l_residual_rmsnorm(mid, ln2, ws->rstd2 + o, x, attn_out, w->ln2, N, D, eps);
         ml_linear(gu, ln2, w->wgu, N, 2 * F, D);
-        ml_k_swiglu_forward(h, gu, N, F);
+        ml_l_swiglu(h, gu, N, F);
         if (ws->replace[l]) memcpy(h, ws->replace[l], sizeof(float) * (size_t)N * F);
         if (ws->hook_fn) {
             int rc = ws->hook_fn(ws->hook_ctx, l, h, N, F);
@@ -234,7 +243,7 @@ static int ml_forward(const ml_model *m, ml_workspace *ws, const int32_t *tokens
         }
         ml_linear(mlp_out, h, w->wdown, N, D, F);
         const int last = l == L - 1;
-        ml_k_residual_rmsnorm(x + Nmax * D, last ? ws->lnf : ws->ln1 + (o + Nmax) * D,
+        ml_l_residual_rmsnorm(x + Nmax * D, last ? ws->lnf : ws->ln1 + (o + Nmax) * D,
                               last ? ws->rstdf : ws->rstd1 + o + Nmax, mid, mlp_out,
                               last ? P.lnf : P.layer[l + 1].ln1, N, D, eps);
     }
@@ -242,16 +251,21 @@ static int ml_forward(const ml_model *m, ml_workspace *ws, const int32_t *tokens
     if (!targets) return ML_OK;
 
     ml_prof_begin("model.lm_head");
-    ml_lm_stats st = {0, 0, 0};
     const int C = ws->wc.lm_chunk;
     for (int r0 = 0; r0 < N; r0 += C) {
         const int cr = N - r0 < C ? N - r0 : C;
         const float *xf = ws->lnf + (size_t)r0 * D;
         ml_linear(ws->logits, xf, P.lm_head, cr, V, D);
-        st.loss_sum += ml_k_cross_entropy(ws->logits, targets + r0, ws->tok_loss + r0, ws->tok_correct + r0, cr, V,
-                                          G ? scale : 0.0f, &st.n_correct, &st.n_targets);
+        ml_l_cross_entropy(ws->logits, targets + r0, ws->tok_loss + r0, ws->tok_correct + r0, cr, V, G ? scale : 0.0f);
         if (G) ml_linear_backward(ws->dtmp + (size_t)r0 * D, G->lm_head, ws->logits, xf, P.lm_head, cr, V, D);
     }
+    ml_lm_stats st = {0, 0, 0};
+    for (int n = 0; n < N; n++) /* in row order: independent of the thread count */
+        if (targets[n] >= 0) {
+            st.loss_sum += ws->tok_loss[n];
+            st.n_targets++;
+            st.n_correct += ws->tok_correct[n];
+        }
     ml_prof_end("model.lm_head", (G ? 6.0 : 2.0) * N * (double)D * V, 0);
     if (stats) *stats = st;
     return ML_OK;
@@ -288,7 +302,7 @@ int ml_model_forward_backward(ml_model *m, ml_workspace *ws, const int32_t *toke
 
     ml_prof_begin("model.backward");
     float *dres = ws->dres, *dtmp = ws->dtmp;
-    ml_k_rmsnorm_backward(dres, G.lnf, dtmp, ws->resid + (size_t)L * Nmax * D, P.lnf, ws->rstdf, N, D, 0);
+    ml_l_rmsnorm_backward(dres, G.lnf, ws->dwpart, dtmp, ws->resid + (size_t)L * Nmax * D, P.lnf, ws->rstdf, N, D, 0);
     for (int l = L - 1; l >= 0; l--) {
         const ml_layer_ptrs *w = &P.layer[l], *gw = &G.layer[l];
         const size_t o = (size_t)l * Nmax;
@@ -297,25 +311,20 @@ int ml_model_forward_backward(ml_model *m, ml_workspace *ws, const int32_t *toke
               *h = ws->hpost + o * F;
         /* MLP: x_next = mid + down(h); h is overwritten by dh, gu by dgu */
         ml_linear_backward(h, gw->wdown, dres, h, w->wdown, N, D, F); /* dW reads h before dX overwrites it */
-        ml_k_swiglu_backward(gu, h, N, F);
+        ml_l_swiglu_backward(gu, h, N, F);
         ml_linear_backward(dtmp, gw->wgu, gu, ln2, w->wgu, N, 2 * F, D);
-        ml_k_rmsnorm_backward(dres, gw->ln2, dtmp, mid, w->ln2, ws->rstd2 + o, N, D, 1);
+        ml_l_rmsnorm_backward(dres, gw->ln2, ws->dwpart, dtmp, mid, w->ln2, ws->rstd2 + o, N, D, 1);
         /* attention: mid = x + o_proj(atty) */
         ml_linear_backward(ws->datty, gw->wo, dres, atty, w->wo, N, D, QD);
         ml_prof_begin("model.attention_backward");
-        ml_k_attention_backward(ws->dqkv, ws->datty, atty, ws->lse + o * H, qkv, ws->scores, ws->dscores, ws->rowtmp,
-                                B, T, H, KV, hd, ws->wc.attn_block);
+        ml_l_attention_backward(ws, ws->dqkv, ws->datty, atty, ws->lse + o * H, qkv, B, T);
         ml_prof_end("model.attention_backward", 8.0 * B * H * hd * (T * (T + 1) / 2.0), 0);
-        ml_rope_apply(ws->dqkv, B, T, H, hd, QKV, ws->cos_t, ws->sin_t, 1);
-        ml_rope_apply(ws->dqkv + QD, B, T, KV, hd, QKV, ws->cos_t, ws->sin_t, 1);
+        ml_l_rope(ws->dqkv, B, T, H, hd, QKV, ws->cos_t, ws->sin_t, 1);
+        ml_l_rope(ws->dqkv + QD, B, T, KV, hd, QKV, ws->cos_t, ws->sin_t, 1);
         ml_linear_backward(dtmp, gw->wqkv, ws->dqkv, ln1, w->wqkv, N, QKV, D);
-        ml_k_rmsnorm_backward(dres, gw->ln1, dtmp, x, w->ln1, ws->rstd1 + o, N, D, 1);
+        ml_l_rmsnorm_backward(dres, gw->ln1, ws->dwpart, dtmp, x, w->ln1, ws->rstd1 + o, N, D, 1);
     }
-    for (int n = 0; n < N; n++) {
-        float *ge = G.embed + (size_t)tokens[n] * D;
-        const float *d = dres + (size_t)n * D;
-        for (int i = 0; i < D; i++) ge[i] += d[i];
-    }
+    ml_l_embed_backward(G.embed, dres, tokens, N, D);
     ml_prof_end("model.backward", 4.0 * N * (double)ml_model_n_nonembedding(c), 0);
     return ML_OK;
 }

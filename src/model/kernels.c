@@ -188,12 +188,12 @@ void ml_rope_apply(float *x, int B, int T, int nh, int hd, int ld, const float *
  * the scores of a block (Br x keys up to the block's last row) are the only
  * scores ever held. out (B,T,QD), lse (B,H,T), qkv (B,T,QKV), scores (Br, T). */
 void ml_k_attention_forward(float *out, float *lse, const float *qkv, float *scores, int B, int T, int H, int KV,
-                            int hd, int Br) {
+                            int hd, int Br, int i0_item, int i1_item) {
     const int QD = H * hd, W = (H + 2 * KV) * hd, rep = H / KV;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            const int g = h / rep;
+    (void)B;
+    for (int item = i0_item; item < i1_item; item++) {
+            const int b = item / H, h = item % H, g = h / rep;
             const float *q = qkv + (size_t)b * T * W + (size_t)h * hd;
             const float *k = qkv + (size_t)b * T * W + QD + (size_t)g * hd;
             const float *v = k + (size_t)KV * hd;
@@ -224,14 +224,19 @@ void ml_k_attention_forward(float *out, float *lse, const float *qkv, float *sco
 /* dqkv (B,T,QKV) overwritten with d/dq, d/dk, d/dv; dout, out (B,T,QD); lse
  * (B,H,T); qkv (B,T,QKV); p, dp (Br, T), rowtmp (Br) scratch. */
 void ml_k_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
-                             float *p, float *dp, float *rowtmp, int B, int T, int H, int KV, int hd, int Br) {
+                             float *p, float *dp, float *rowtmp, int B, int T, int H, int KV, int hd, int Br,
+                             int i0_item, int i1_item) {
     const int QD = H * hd, W = (H + 2 * KV) * hd, rep = H / KV;
     const float scale = 1.0f / sqrtf((float)hd);
-    memset(dqkv, 0, sizeof(float) * (size_t)B * T * W);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            const int g = h / rep;
-            const size_t base = (size_t)b * T * W;
+    (void)B;
+    for (int item = i0_item; item < i1_item; item++) {
+        const int b = item / KV, g = item % KV;
+        const size_t base = (size_t)b * T * W;
+        for (int t = 0; t < T; t++) { /* dk, dv of this group accumulate over its heads and blocks */
+            memset(dqkv + base + (size_t)t * W + QD + (size_t)g * hd, 0, sizeof(float) * (size_t)hd);
+            memset(dqkv + base + (size_t)t * W + QD + (size_t)(KV + g) * hd, 0, sizeof(float) * (size_t)hd);
+        }
+        for (int h = g * rep; h < (g + 1) * rep; h++) {
             const float *q = qkv + base + (size_t)h * hd;
             const float *k = qkv + base + QD + (size_t)g * hd;
             const float *v = k + (size_t)KV * hd;
@@ -271,13 +276,13 @@ void ml_k_attention_backward(float *dqkv, const float *dout, const float *out, c
                             QD, 1.0f, dv, W);
             }
         }
+    }
 }
 
 /* ---- cross-entropy ------------------------------------------------------------ */
 /* logits (C, V); targets (C) with -1 = ignore; loss, correct (C) */
-double ml_k_cross_entropy(float *logits, const int32_t *targets, float *loss, uint8_t *correct, int C, int V,
-                          float scale, int64_t *ncorrect, int64_t *ntargets) {
-    double total = 0.0;
+void ml_k_cross_entropy(float *logits, const int32_t *targets, float *loss, uint8_t *correct, int C, int V,
+                        float scale) {
     for (int c = 0; c < C; c++) {
         float *row = logits + (size_t)c * V;
         const int y = targets[c];
@@ -292,17 +297,12 @@ double ml_k_cross_entropy(float *logits, const int32_t *targets, float *loss, ui
         while (am < V - 1 && row[am] != mx) am++; /* first index of the maximum (torch.argmax) */
         const float ly = row[y];
         const float sum = ml_exp_shift_sum(row, V, mx);
-        const float li = mx + logf(sum) - ly;
-        loss[c] = li;
+        loss[c] = mx + logf(sum) - ly;
         correct[c] = (uint8_t)(am == y);
-        total += li;
-        *ncorrect += am == y;
-        *ntargets += 1;
         if (scale != 0.0f) {
             const float f = scale / sum;
             for (int j = 0; j < V; j++) row[j] *= f;
             row[y] -= scale;
         }
     }
-    return total;
 }

@@ -46,8 +46,8 @@ void ml_adamw_destroy(ml_adamw **op) {
     *op = NULL;
 }
 
-/* p, g, m, v (n): one AdamW update with precomputed factors */
-static void ml_adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float decay, float b1, float b2,
+/* p, g, m, v (n): one AdamW update with precomputed factors (no-math-errno lets sqrtf vectorise; v >= 0) */
+__attribute__((optimize("no-math-errno"))) static void ml_adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float decay, float b1, float b2,
                             float step_size, float inv_bc2_sqrt, float eps) {
     const float c1 = 1.0f - b1, c2 = 1.0f - b2;
     for (size_t i = 0; i < n; i++) {
@@ -60,6 +60,33 @@ static void ml_adamw_kernel(float *p, const float *g, float *m, float *v, size_t
     }
 }
 
+typedef struct {
+    ml_adamw *o;
+    ml_model *model;
+    double lr;
+    float step_size, inv_bc2_sqrt;
+} ml_adamw_args;
+
+/* Flat indices [k0, k1) * 4096 of the parameter array, walked tensor by tensor. */
+#define ML_ADAMW_UNIT 4096
+static void ml_adamw_range(void *c, int k0, int k1, int tid) {
+    const ml_adamw_args *a = c;
+    const ml_model *model = a->model;
+    size_t i0 = (size_t)k0 * ML_ADAMW_UNIT, i1 = (size_t)k1 * ML_ADAMW_UNIT;
+    if (i1 > model->n_params) i1 = model->n_params;
+    for (int i = 0; i < model->n_tensors && i0 < i1; i++) {
+        const ml_tensor *t = &model->tensors[i];
+        const size_t end = t->offset + t->numel;
+        if (end <= i0) continue;
+        const size_t stop = end < i1 ? end : i1;
+        const float decay = t->decay ? (float)(1.0 - a->lr * a->o->cfg.weight_decay) : 1.0f;
+        ml_adamw_kernel(model->params + i0, model->grads + i0, a->o->m + i0, a->o->v + i0, stop - i0, decay,
+                        (float)a->o->cfg.beta1, (float)a->o->cfg.beta2, a->step_size, a->inv_bc2_sqrt,
+                        (float)a->o->cfg.eps);
+        i0 = stop;
+    }
+}
+
 int ml_adamw_step(ml_adamw *o, ml_model *model, double lr) {
     if (!model->grads) return ML_FAIL(ML_ERR_ARG, "adamw: the model has no gradients (ml_model_enable_grads)");
     if (o->n != model->n_params)
@@ -69,14 +96,8 @@ int ml_adamw_step(ml_adamw *o, ml_model *model, double lr) {
     ml_prof_begin("model.adamw");
     o->step++;
     const double bc1 = 1.0 - pow(o->cfg.beta1, (double)o->step), bc2 = 1.0 - pow(o->cfg.beta2, (double)o->step);
-    const float step_size = (float)(lr / bc1), inv_bc2_sqrt = (float)(1.0 / sqrt(bc2));
-    for (int i = 0; i < model->n_tensors; i++) {
-        const ml_tensor *t = &model->tensors[i];
-        const float decay = t->decay ? (float)(1.0 - lr * o->cfg.weight_decay) : 1.0f;
-        ml_adamw_kernel(model->params + t->offset, model->grads + t->offset, o->m + t->offset, o->v + t->offset,
-                        t->numel, decay, (float)o->cfg.beta1, (float)o->cfg.beta2, step_size, inv_bc2_sqrt,
-                        (float)o->cfg.eps);
-    }
+    ml_adamw_args a = {o, model, lr, (float)(lr / bc1), (float)(1.0 / sqrt(bc2))};
+    ml_par_for((int)((model->n_params + ML_ADAMW_UNIT - 1) / ML_ADAMW_UNIT), ml_adamw_range, &a, 0);
     ml_prof_end("model.adamw", 12.0 * (double)o->n, 28.0 * (double)o->n);
     return ML_OK;
 }

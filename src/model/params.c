@@ -126,9 +126,7 @@ int ml_model_enable_grads(ml_model *m) {
     return ML_OK;
 }
 
-void ml_model_zero_grad(ml_model *m) {
-    if (m->grads) memset(m->grads, 0, m->n_params * sizeof(float));
-}
+void ml_model_zero_grad(ml_model *m) { ml_model_scale_grads(m, 0.0f); }
 
 int ml_model_lookup(const ml_model *m, const char *name, const ml_tensor **t) {
     for (int i = 0; i < m->n_tensors; i++)
@@ -157,24 +155,69 @@ void ml_model_layout(const ml_model *m, float *base, ml_layout *lo) {
     lo->lm_head = base + t[m->n_tensors - 1].offset;
 }
 
+/* Sum of squares in fixed blocks of 2^16 floats (double partials, added in
+ * block order): the norm does not depend on the thread count. */
+#define ML_NORM_BLOCK 65536
+#define ML_NORM_GROUP 1024
+typedef struct {
+    const float *g;
+    size_t n, base; /* first block of this group */
+    double part[ML_NORM_GROUP];
+} ml_norm_args;
+static void ml_norm_range(void *c, int k0, int k1, int tid) {
+    ml_norm_args *a = c;
+    for (int k = k0; k < k1; k++) {
+        const size_t i0 = (a->base + (size_t)k) * ML_NORM_BLOCK;
+        const size_t i1 = i0 + ML_NORM_BLOCK < a->n ? i0 + ML_NORM_BLOCK : a->n;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        size_t i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            s0 += (double)a->g[i] * a->g[i];
+            s1 += (double)a->g[i + 1] * a->g[i + 1];
+            s2 += (double)a->g[i + 2] * a->g[i + 2];
+            s3 += (double)a->g[i + 3] * a->g[i + 3];
+        }
+        for (; i < i1; i++) s0 += (double)a->g[i] * a->g[i];
+        a->part[k] = (s0 + s1) + (s2 + s3);
+    }
+}
+
 double ml_model_grad_norm(const ml_model *m) {
     if (!m->grads) return 0.0;
-    const float *g = m->grads;
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t n = m->n_params, i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += (double)g[i] * g[i];
-        s1 += (double)g[i + 1] * g[i + 1];
-        s2 += (double)g[i + 2] * g[i + 2];
-        s3 += (double)g[i + 3] * g[i + 3];
+    ml_norm_args a;
+    a.g = m->grads;
+    a.n = m->n_params;
+    const size_t nblk = (m->n_params + ML_NORM_BLOCK - 1) / ML_NORM_BLOCK;
+    double total = 0;
+    for (a.base = 0; a.base < nblk; a.base += ML_NORM_GROUP) {
+        const int k = (int)(nblk - a.base < ML_NORM_GROUP ? nblk - a.base : ML_NORM_GROUP);
+        ml_par_for(k, ml_norm_range, &a, 0);
+        for (int j = 0; j < k; j++) total += a.part[j];
     }
-    for (; i < n; i++) s0 += (double)g[i] * g[i];
-    return sqrt(s0 + s1 + s2 + s3);
+    return sqrt(total);
+}
+
+typedef struct {
+    float *x;
+    float s;
+} ml_scale_args;
+static void ml_scale_range(void *c, int k0, int k1, int tid) {
+    const ml_scale_args *a = c;
+    const size_t i0 = (size_t)k0 * ML_NORM_BLOCK, i1 = (size_t)k1 * ML_NORM_BLOCK;
+    if (a->s == 0.0f) memset(a->x + i0, 0, sizeof(float) * (i1 - i0));
+    else
+        for (size_t i = i0; i < i1; i++) a->x[i] *= a->s;
+}
+/* x (n) *= s (s = 0: zero), split over threads in blocks */
+static void ml_scale_array(float *x, size_t n, float s) {
+    const size_t full = n / ML_NORM_BLOCK;
+    ml_scale_args a = {x, s};
+    ml_par_for((int)full, ml_scale_range, &a, 0);
+    for (size_t i = full * ML_NORM_BLOCK; i < n; i++) x[i] = s == 0.0f ? 0.0f : x[i] * s;
 }
 
 void ml_model_scale_grads(ml_model *m, float s) {
-    if (!m->grads) return;
-    for (size_t i = 0; i < m->n_params; i++) m->grads[i] *= s;
+    if (m->grads) ml_scale_array(m->grads, m->n_params, s);
 }
 
 double ml_model_clip_grads(ml_model *m, double max_norm) {

@@ -39,6 +39,11 @@ grep -q "python .*files  *6  documents  *6" "$T/stats" && ok || { bad "stats cou
 run 1 "$CLI" tokenizer train --out "$T/tok1.h5" --vocab_size 600 --domains "$DOMS" --export_json "$T/tok1.json" > "$T/log1" 2>&1 && ok || { bad "train np1"; cat "$T/log1" >&2; }
 run 2 "$CLI" tokenizer train --out "$T/tok2.h5" --vocab_size 600 --domains "$DOMS" --export_json "$T/tok2.json" > "$T/log2" 2>&1 && ok || { bad "train np2"; cat "$T/log2" >&2; }
 cmp -s "$T/tok1.json" "$T/tok2.json" && ok || bad "tokenizer differs between 1 and 2 ranks"
+# a seeded sample per domain: also the same for 1 and 2 ranks, and smaller than the full corpus
+run 1 "$CLI" tokenizer train --out "$T/s1.h5" --vocab_size 600 --sample_bytes 20000 --domains "$DOMS" --export_json "$T/s1.json" > "$T/log5" 2>&1 && ok || bad "sample np1"
+run 2 "$CLI" tokenizer train --out "$T/s2.h5" --vocab_size 600 --sample_bytes 20000 --domains "$DOMS" --export_json "$T/s2.json" > "$T/log6" 2>&1 && ok || bad "sample np2"
+cmp -s "$T/s1.json" "$T/s2.json" && ok || bad "sampled tokenizer differs between 1 and 2 ranks"
+grep -q "domain stories: 300 documents, .* 0.02 MB sampled" "$T/log6" && ok || { bad "sample size"; cat "$T/log6" >&2; }
 # import(export(x)) exports the same json again
 "$CLI" tokenizer import --in "$T/tok1.json" --out "$T/tok3.h5" > /dev/null 2>&1 && ok || bad "import"
 "$CLI" tokenizer export --in "$T/tok3.h5" --out "$T/tok3.json" > /dev/null 2>&1 && ok || bad "export"

@@ -284,6 +284,25 @@ static void test_domain_specs(void **state) {
     ml_node_destroy(&root);
 }
 
+static void test_stories(void **state) {
+    (void)state;
+    const char *a = path_of("st_a.txt"), *b = path_of("st_b.txt"), *c = path_of("st_c.txt");
+    ML_ASSERT_OK(ml_stories_write(a, 50, 7));
+    ML_ASSERT_OK(ml_stories_write(b, 50, 7));
+    ML_ASSERT_OK(ml_stories_write(c, 50, 8));
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", a, b);
+    assert_int_equal(system(cmd), 0); /* same seed, same stories */
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", a, c);
+    assert_int_not_equal(system(cmd), 0);
+    ml_source src = {.kind = ML_SRC_TEXT, .path = a};
+    ml_corpus_stats st;
+    ML_ASSERT_OK(ml_corpus_foreach(&src, 1, NULL, NULL, &st));
+    assert_int_equal(st.docs, 50);
+    assert_true(st.bytes > 50 * 200);
+    assert_int_equal(st.invalid_utf8_docs, 0);
+}
+
 static int setup(void **state) {
     (void)state;
     dir = ml_test_dir("data_corpus");
@@ -295,7 +314,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_tinystories, setup), cmocka_unit_test(test_babylm_text),
         cmocka_unit_test(test_jsonl),        cmocka_unit_test(test_dir_glob),
         cmocka_unit_test(test_utf8),         cmocka_unit_test(test_buffer_boundaries),
-        cmocka_unit_test(test_domain_specs),
+        cmocka_unit_test(test_domain_specs), cmocka_unit_test(test_stories),
     };
     return ml_test_run(argc, argv, "data_corpus", tests, sizeof tests / sizeof tests[0]);
 }

@@ -293,6 +293,36 @@ static void test_hf_byte_fallback(void **state) {
     expect_ids(tok2, "the cat \xC3\xA9", want, 5);
     ml_tokenizer_destroy(&tok2);
     ml_tokenizer_destroy(&tok);
+    /* the same vocabulary behind a Metaspace pre-tokenizer (Llama 2 style): "▁" is prepended only when
+     * the text does not start with a space, and chunks start at each space (ids checked with HF) */
+    char *text = NULL;
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    text = calloc((size_t)n + 1, 1);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    char *norm = strstr(text, "\"normalizer\""), *dec = strstr(text, ",\"decoder\"");
+    assert_true(norm && dec && dec > norm);
+    snprintf(path2, sizeof path2, "%s/metaspace.json", dir);
+    f = fopen(path2, "wb");
+    fwrite(text, 1, (size_t)(norm - text), f);
+    fputs("\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\xE2\x96\x81\","
+          "\"prepend_scheme\":\"first\",\"split\":true}", f);
+    fputs(dec, f);
+    fclose(f);
+    free(text);
+    ML_ASSERT_OK(ml_tokenizer_load_hf_json(path2, &tok));
+    expect_ids(tok, "the cat \xC3\xA9", want, 5);
+    const int32_t m1[] = {259, 267, 259, 270}, m2[] = {267, 3 + '\n', 263, 268};
+    expect_ids(tok, "  the  cat", m1, 4);
+    expect_ids(tok, "the\ncat", m2, 4);
+    ML_ASSERT_OK(ml_tokenizer_save_hf_json(tok, path2));
+    ML_ASSERT_OK(ml_tokenizer_load_hf_json(path2, &tok2));
+    expect_ids(tok2, "  the  cat", m1, 4);
+    ml_tokenizer_destroy(&tok2);
+    ml_tokenizer_destroy(&tok);
 }
 
 static void test_hf_errors(void **state) {
@@ -316,11 +346,53 @@ static void test_hf_errors(void **state) {
     assert_null(tok);
 }
 
+/* Every allocation failure inside training, JSON import and encoding is
+ * reported as ML_ERR_NOMEM and leaks nothing (jansson's own memory aside). */
+static void test_alloc_failures(void **state) {
+    (void)state;
+    const char *words[] = {"hug pug", "pun bun", "hugs"};
+    const int counts[] = {3, 2, 2};
+    ml_docs *d = docs_of(words, counts, 3);
+    ml_bpe_config cfg = {.vocab_size = 300};
+    ml_tokenizer *tok = NULL;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/t.json", ml_test_dir("data_tok_alloc"));
+    ML_ASSERT_OK(ml_tokenizer_train(MPI_COMM_SELF, &cfg, d, &tok));
+    ML_ASSERT_OK(ml_tokenizer_save_hf_json(tok, path));
+    ml_tokenizer_destroy(&tok);
+    ml_log_set_level(ML_LOG_ERROR);
+    for (int what = 0; what < 3; what++) {
+        int completed = 0;
+        for (long n = 1; n < 2000 && !completed; n++) {
+            long live = ml_alloc_live();
+            ml_tokenizer *t = NULL;
+            ml_ids ids = {0};
+            if (what == 2) ML_ASSERT_OK(ml_tokenizer_load_hf_json(path, &t));
+            ml_alloc_fail_at(n);
+            int rc;
+            if (what == 0) rc = ml_tokenizer_train(MPI_COMM_SELF, &cfg, d, &t);
+            else if (what == 1) rc = ml_tokenizer_load_hf_json(path, &t);
+            else rc = ml_tokenizer_encode(t, "hugs and pugs, 1234 buns!", 25, &ids);
+            ml_alloc_fail_at(0);
+            if (rc == ML_OK) completed = 1;
+            else if (rc != ML_ERR_NOMEM) fail_msg("case %d, failing allocation %ld: %s", what, n, ml_status_name(rc));
+            ml_ids_free(&ids);
+            ml_tokenizer_destroy(&t);
+            if (ml_alloc_live() != live) fail_msg("case %d, failing allocation %ld leaks %ld blocks", what, n,
+                                                  ml_alloc_live() - live);
+        }
+        assert_true(completed);
+    }
+    ml_log_set_level(ML_LOG_WARN);
+    ml_docs_destroy(&d);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bpe_hand_checked), cmocka_unit_test(test_gpt2_split),
         cmocka_unit_test(test_roundtrip_random), cmocka_unit_test(test_hf_gpt2),
         cmocka_unit_test(test_hf_byte_fallback), cmocka_unit_test(test_hf_errors),
+        cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "data_tokenizer", tests, sizeof tests / sizeof tests[0]);
 }

@@ -3,19 +3,11 @@
  * or extra tensors and non-finite values are rejected naming the tensor. */
 #include <math.h>
 
-#include "mergelens/model.h"
 #include "ml_test.h"
+#include "model_test.h"
 
 static void small_config(ml_model_config *c, int L, int F) {
-    ml_model_config_default(c);
-    c->n_layers = L;
-    c->vocab_size = 40;
-    c->d_model = 16;
-    c->n_heads = 4;
-    c->n_kv_heads = 2;
-    c->head_dim = 4;
-    c->d_mlp = F;
-    c->max_context = 32;
+    ml_test_config(c, L, 40, 16, 4, 2, F, 32);
 }
 
 /* Write a checkpoint of a model initialised with `seed` (plus optimizer state when opt_steps > 0). */

@@ -2,8 +2,8 @@
  * parameter table (names, shapes, offsets, counts) and the init. */
 #include <math.h>
 
-#include "mergelens/model.h"
 #include "ml_test.h"
+#include "model_test.h"
 
 static void test_json_round_trip(void **state) {
     (void)state;

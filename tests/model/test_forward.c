@@ -4,8 +4,8 @@
  * points, MLP replacement / hook functions, RoPE against its closed form. */
 #include <math.h>
 
-#include "mergelens/model.h"
 #include "ml_test.h"
+#include "model_test.h"
 
 /* ---- naive reference --------------------------------------------------------- */
 typedef struct {
@@ -163,15 +163,7 @@ static double view_err(ml_workspace *ws, const char *hook, const double *ref, in
 }
 
 static void make_tiny(ml_model_config *c, int H, int KV, int L) {
-    ml_model_config_default(c);
-    c->n_layers = L;
-    c->vocab_size = 50;
-    c->d_model = 32;
-    c->n_heads = H;
-    c->n_kv_heads = KV;
-    c->head_dim = 32 / H;
-    c->d_mlp = 48;
-    c->max_context = 64;
+    ml_test_config(c, L, 50, 32, H, KV, 48, 64);
     c->init_std = 0.2;
 }
 

@@ -3,8 +3,9 @@
  * models with grouped-query (H 2 / KV 1) and plain (2 / 2) attention. */
 #include <math.h>
 
-#include "mergelens/model.h"
 #include "ml_test.h"
+#include "model_test.h"
+
 
 typedef struct {
     const char *label;
@@ -19,15 +20,7 @@ static double ml_mean_loss(const ml_model *m, ml_workspace *ws, const int32_t *t
 
 static void ml_check_case(const ml_grad_case *gc) {
     ml_model_config c;
-    ml_model_config_default(&c);
-    c.n_layers = gc->L;
-    c.vocab_size = 11;
-    c.d_model = 8;
-    c.n_heads = gc->H;
-    c.n_kv_heads = gc->KV;
-    c.head_dim = 8 / gc->H;
-    c.d_mlp = 12;
-    c.max_context = 8;
+    ml_test_config(&c, gc->L, 11, 8, gc->H, gc->KV, 12, 8);
     c.init_std = 0.4; /* large weights: gradients well above float noise */
     const int B = 2, T = 5, N = B * T;
     ml_model *m = NULL;
@@ -112,16 +105,67 @@ static void test_grad_mha_two_layers(void **state) {
     ml_check_case(&gc);
 }
 
+/* The non-GEMM loops run on OpenBLAS's thread count: gradients must agree for
+ * 1, 2 and 3 threads and repeat bitwise for a given count. */
+static void test_grad_threads(void **state) {
+    (void)state;
+    openblas_set_num_threads(2);
+    ml_grad_case gc = {"L1 H2 KV1, 2 threads", 1, 2, 1};
+    ml_check_case(&gc);
+    openblas_set_num_threads(1);
+}
+
+static void test_thread_count_independence(void **state) {
+    (void)state;
+    ml_model_config c;
+    ml_test_config(&c, 1, 64, 64, 4, 2, 96, 48);
+    const int B = 3, T = 48, N = B * T;
+    ml_model *m = NULL;
+    ml_workspace *ws = NULL;
+    ML_ASSERT_OK(ml_model_create(&c, &m));
+    ML_ASSERT_OK(ml_model_init(m, 4));
+    ML_ASSERT_OK(ml_model_enable_grads(m));
+    openblas_set_num_threads(3); /* scratch for up to 3 threads */
+    ml_workspace_config wc = {.B_max = B, .T_max = T, .grad = 1, .attn_block = 16, .lm_chunk = 50};
+    ML_ASSERT_OK(ml_workspace_create(&c, &wc, &ws));
+    int32_t tok[144], tgt[144];
+    for (int i = 0; i < N; i++) tok[i] = (i * 37 + 5) % 64, tgt[i] = i % 11 == 0 ? -1 : (i * 13 + 1) % 64;
+    float *g[4];
+    double loss[4];
+    const int threads[4] = {1, 2, 3, 2};
+    for (int k = 0; k < 4; k++) {
+        openblas_set_num_threads(threads[k]);
+        ml_model_zero_grad(m);
+        ml_lm_stats st;
+        ML_ASSERT_OK(ml_model_forward_backward(m, ws, tok, tgt, B, T, 0.0, &st));
+        loss[k] = st.loss_sum;
+        g[k] = malloc(sizeof(float) * m->n_params);
+        memcpy(g[k], m->grads, sizeof(float) * m->n_params);
+    }
+    openblas_set_num_threads(1);
+    for (int k = 1; k < 3; k++) {
+        double maxd = 0, maxg = 0;
+        for (size_t j = 0; j < m->n_params; j++) {
+            maxd = fmax(maxd, fabs(g[k][j] - g[0][j]));
+            maxg = fmax(maxg, fabs(g[0][j]));
+        }
+        printf("%d threads vs 1: loss %.9g vs %.9g, max grad difference %.2e (max |g| %.2e)%s\n", threads[k],
+               loss[k], loss[0], maxd, maxg,
+               memcmp(g[k], g[0], sizeof(float) * m->n_params) ? "" : ", bitwise equal");
+        ML_ASSERT_CLOSE(loss[k], loss[0], 1e-6);
+        assert_true(maxd <= 1e-5 * maxg);
+    }
+    assert_true(loss[3] == loss[1]);
+    assert_memory_equal(g[3], g[1], sizeof(float) * m->n_params);
+    for (int k = 0; k < 4; k++) free(g[k]);
+    ml_workspace_destroy(&ws);
+    ml_model_destroy(&m);
+}
+
 static void test_backward_errors(void **state) {
     (void)state;
     ml_model_config c;
-    ml_model_config_default(&c);
-    c.vocab_size = 11;
-    c.d_model = 8;
-    c.n_heads = 2;
-    c.n_kv_heads = 1;
-    c.head_dim = 4;
-    c.d_mlp = 12;
+    ml_test_config(&c, 1, 11, 8, 2, 1, 12, 256);
     ml_model *m = NULL;
     ml_workspace *ws = NULL, *ws_nograd = NULL;
     ML_ASSERT_OK(ml_model_create(&c, &m));
@@ -153,6 +197,8 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_gqa),
         cmocka_unit_test(test_grad_mha_two_layers),
+        cmocka_unit_test(test_grad_threads),
+        cmocka_unit_test(test_thread_count_independence),
         cmocka_unit_test(test_backward_errors),
     };
     return ml_test_run(argc, argv, "model_grad", tests, sizeof tests / sizeof tests[0]);

@@ -3,18 +3,12 @@
  * a tiny model that overfits one batch. */
 #include <math.h>
 
-#include "mergelens/model.h"
 #include "ml_test.h"
+#include "model_test.h"
+
 
 static void tiny_config(ml_model_config *c) {
-    ml_model_config_default(c);
-    c->vocab_size = 16;
-    c->d_model = 32;
-    c->n_heads = 4;
-    c->n_kv_heads = 2;
-    c->head_dim = 8;
-    c->d_mlp = 64;
-    c->max_context = 16;
+    ml_test_config(c, 1, 16, 32, 4, 2, 64, 16);
 }
 
 static void test_adamw_reference(void **state) {
@@ -79,6 +73,16 @@ static void test_adamw_reference(void **state) {
     ml_adamw_destroy(&opt);
     free(p), free(mm), free(vv), free(decay);
     ml_model_destroy(&m);
+}
+
+static void test_clip(void **state);
+
+/* the update and the norm are split over threads: same answers with 3 */
+static void test_adamw_reference_threads(void **state) {
+    openblas_set_num_threads(3);
+    test_adamw_reference(state);
+    test_clip(state);
+    openblas_set_num_threads(1);
 }
 
 static void test_schedules(void **state) {
@@ -177,6 +181,7 @@ static void test_overfit_one_batch(void **state) {
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adamw_reference),
+        cmocka_unit_test(test_adamw_reference_threads),
         cmocka_unit_test(test_schedules),
         cmocka_unit_test(test_clip),
         cmocka_unit_test(test_overfit_one_batch),
