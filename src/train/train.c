@@ -319,6 +319,7 @@ static int ml_train_loop(ml_trainer *tr) {
     const size_t n = tr->model->n_params;
     int rc = ML_OK;
     ml_progress prog;
+    char extra[128] = "";
     ml_progress_begin(&prog, "train", (double)(S - tr->step));
     const int64_t first = tr->step;
     while (tr->step < S) {
@@ -373,7 +374,6 @@ static int ml_train_loop(ml_trainer *tr) {
         l->grad_norm[l->n] = gnorm;
         l->tokens_per_s[l->n] = dt > 0 ? tokens_per_step / dt : 0;
         l->n++;
-        char extra[128];
         snprintf(extra, sizeof extra, "loss %.4f lr %.3g |g| %.3g %.0f tok/s", loss, lr, gnorm,
                  l->tokens_per_s[l->n - 1]);
         ml_progress_update(&prog, (double)(tr->step - first), extra);
@@ -398,7 +398,7 @@ static int ml_train_loop(ml_trainer *tr) {
                                               (long long)tr->step));
         }
     }
-    ml_progress_end(&prog, NULL);
+    ml_progress_end(&prog, extra);
     return ML_OK;
 }
 

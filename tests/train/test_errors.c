@@ -67,6 +67,15 @@ static void test_train_errors(void **state) {
                 "cannot evaluate on split 'val'");
     EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s " TF_SHAPE " --steps 2", a64, b64),
                 "b64.h5");  /* --out names a token store: not a checkpoint to resume */
+    char yaml[1200];
+    snprintf(yaml, sizeof yaml, "%s/job.yaml", dir);
+    if (rank == 0) {
+        FILE *f = fopen(yaml, "w");
+        fprintf(f, "train:\n  domains: %s\n  lerning_rate: 0.1\n", a64);
+        fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--config %s --out %s", yaml, out), "job.yaml:3: unknown key 'lerning_rate'");
     if (nranks > 1)
         EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s " TF_SHAPE " --global_batch %d", a64, out,
                              nranks + 1),
