@@ -21,13 +21,23 @@
 
 static int rank, nranks;
 
+/* CPU seconds of this process (all threads), summed over ranks. */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double t = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec), sum = 0;
+    MPI_Allreduce(&t, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return sum;
+}
+static double sgemm_cpu_rate; /* GFLOP per CPU second (all ranks and threads) */
+
 static double sgemm_rate(void) {
     const int n = 2048;
     float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n), *c = malloc(sizeof(float) * n * n);
     for (int i = 0; i < n * n; i++) a[i] = b[i] = (float)(i % 13) * 0.01f;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
     MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = ml_wtime();
+    double c0 = cpu_seconds(), t0 = ml_wtime();
     int reps = 0;
     while (ml_wtime() - t0 < 2.0 || reps < 3) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
@@ -35,6 +45,9 @@ static double sgemm_rate(void) {
     }
     double g = 2.0 * n * n * (double)n * reps / (ml_wtime() - t0) * 1e-9, tot = 0;
     MPI_Allreduce(&g, &tot, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    int allreps = 0;
+    MPI_Allreduce(&reps, &allreps, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    sgemm_cpu_rate = 2.0 * n * n * (double)n * allreps / (cpu_seconds() - c0) * 1e-9;
     free(a);
     free(b);
     free(c);
@@ -92,10 +105,12 @@ static int bench_shape(const shape *s, int steps, int micro, double sgemm, int p
     int argc = 0;
     for (char *tok = strtok(args, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;
     argv[argc] = NULL;
+    const double c0 = cpu_seconds();
     if (ml_cmd_train(MPI_COMM_WORLD, argc, argv) != ML_OK) {
         if (rank == 0) ml_error_print(stderr, 1);
         return 1;
     }
+    const double cpu = cpu_seconds() - c0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss = (double)ru.ru_maxrss * 1024.0, rss_max = 0;
@@ -129,6 +144,11 @@ static int bench_shape(const shape *s, int steps, int micro, double sgemm, int p
                s->name, s->D, s->F, s->H, s->KV, s->V, s->T, nparams / 1e6, nranks, ml_blas_threads(), G, s->T, M,
                med, gf, 100.0 * gf / sgemm, sgemm, fpt / 1e6, G * (double)s->T / med, rss_max / 1e6,
                rss_max / expect, 16.0 * nparams / 1e6, wsb / 1e6);
+        /* CPU-time view (less sensitive to other load on the machine): the whole run incl. setup */
+        const double gcpu = (double)steps * G * s->T * fpt / cpu * 1e-9;
+        printf("    CPU time: %.1f GFLOP per CPU-second = %.0f%% of sgemm's %.1f GFLOP per CPU-second (%.1f CPU-s "
+               "for %d steps)\n",
+               gcpu, 100.0 * gcpu / sgemm_cpu_rate, sgemm_cpu_rate, cpu, steps);
         fflush(stdout);
         remove(out);
     }

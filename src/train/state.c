@@ -242,9 +242,14 @@ int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
     if (rc != ML_OK) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
     ML_CHECK(ml_model_load_params(h, tr->model));
     ML_CHECK(ml_adamw_load(h, tr->opt_state, tr->model));
-    int64_t step = 0, loader_step = 0;
+    int64_t step = 0, loader_step = 0, total = 0;
     ML_CHECK(ml_h5_get_attr_int(h, "/train", "step", &step));
     ML_CHECK(ml_h5_get_attr_int(h, "/train", "loader_step", &loader_step));
+    ML_CHECK(ml_h5_get_attr_int(h, "/train", "total_steps", &total));
+    if (total != tr->total_steps)
+        return ML_FAIL(ML_ERR_CONFIG,
+                       "%s: cannot resume: it planned %lld steps, this run plans %lld (did the token stores change?)",
+                       path, (long long)total, (long long)tr->total_steps);
     if (step != tr->opt_state->step || loader_step != step || step > tr->total_steps)
         return ML_FAIL(ML_ERR_FORMAT,
                        "%s: inconsistent training state: step %lld, optimizer step %lld, loader step %lld, %lld steps "

@@ -461,6 +461,11 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     tr->out = ml_opt_str(tr->opt, "out");
     tr->init_from = ml_opt_str(tr->opt, "init_from");
     snprintf(tr->parent, sizeof tr->parent, "%s", tr->init_from ? tr->init_from : "");
+    if (tr->parent[0] && !strcmp(tr->parent, tr->out))
+        ML_AGREE_GOTO(comm,
+                      ML_FAIL(ML_ERR_CONFIG, "train: --out and --init_from both name %s: the fine-tune would "
+                              "overwrite its parent", tr->out),
+                      done);
     ML_AGREE_GOTO(comm, ml_options_to_json(tr->opt, &tr->config_json), done);
     ML_AGREE_GOTO(comm, ml_setup_data(tr), done);
     ML_AGREE_GOTO(comm, ml_setup_shape(tr), done);

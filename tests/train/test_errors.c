@@ -67,6 +67,8 @@ static void test_train_errors(void **state) {
                 "cannot evaluate on split 'val'");
     EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s " TF_SHAPE " --steps 2", a64, b64),
                 "b64.h5");  /* --out names a token store: not a checkpoint to resume */
+    EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s --init_from %s", a64, base, base),
+                "would overwrite its parent");
     char yaml[1200];
     snprintf(yaml, sizeof yaml, "%s/job.yaml", dir);
     if (rank == 0) {
