@@ -16,6 +16,8 @@
  *       options: {lr: 6e-4, ...}    # --key value (lists become comma-joined)
  *       outputs: [models/base.h5]   # relative to run_dir; used for skipping
  *       slurm: {time: "01:00:00", ntasks: 4}   # per-stage resources (slurm/submit)
+ *       files: {recipes/merge.yaml: "..."}     # written (substituted, run_dir-relative)
+ *                                              # before the stage runs, e.g. a merge recipe
  * Strings may use ${run_dir}, ${job_dir} (the job file's directory) and ${seed}.
  */
 #ifndef MERGELENS_PIPELINE_H
@@ -33,6 +35,9 @@ typedef struct {
     int n_outputs;
     char **outputs;       /* absolute or run_dir-relative resolved paths */
     const ml_node *slurm; /* per-stage resources (may be NULL) */
+    int n_files;
+    char **file_paths;    /* files to write before running (resolved paths) */
+    char **file_texts;    /* their substituted contents */
 } ml_stage;
 
 /* Parse and validate a job file (unknown keys, unknown stages in needs,

@@ -22,6 +22,12 @@ static void ml_stage_free(ml_stage *s) {
     ml_free(s->needs);
     for (int i = 0; i < s->n_outputs; i++) ml_free(s->outputs[i]);
     ml_free(s->outputs);
+    for (int i = 0; i < s->n_files; i++) {
+        ml_free(s->file_paths[i]);
+        ml_free(s->file_texts[i]);
+    }
+    ml_free(s->file_paths);
+    ml_free(s->file_texts);
 }
 
 void ml_job_destroy(ml_job **pj) {
@@ -113,15 +119,35 @@ static int ml_scalar_or_list(const ml_job *j, const ml_node *n, char **out) {
     return ML_OK;
 }
 
+/* A substituted path, made run_dir-relative unless absolute. */
+static int ml_resolve_path(const ml_job *j, const ml_node *where, const char *text, char **out) {
+    char *v = NULL;
+    ML_CHECK(ml_subst(j, where, text, &v));
+    if (v[0] == '/') {
+        *out = v;
+        return ML_OK;
+    }
+    size_t n = strlen(j->run_dir) + strlen(v) + 2;
+    char *p = ml_malloc(n);
+    if (!p) {
+        ml_free(v);
+        return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
+    snprintf(p, n, "%s/%s", j->run_dir, v);
+    ml_free(v);
+    *out = p;
+    return ML_OK;
+}
+
 static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
-    static const char *keys[] = {"command", "needs", "args", "options", "outputs", "slurm", NULL};
+    static const char *keys[] = {"command", "needs", "args", "options", "outputs", "slurm", "files", NULL};
     if (sn->kind != ML_NODE_MAP) return ml_node_error(sn, "stage '%s': expected a mapping", sn->key);
     for (int i = 0; i < sn->n; i++) {
         int known = 0;
         for (int k = 0; keys[k]; k++) known |= !strcmp(keys[k], sn->items[i]->key);
         if (!known)
             return ml_node_error(sn->items[i], "stage '%s': unknown key '%s' (known: command, needs, args, options, "
-                                               "outputs, slurm)", sn->key, sn->items[i]->key);
+                                               "outputs, slurm, files)", sn->key, sn->items[i]->key);
     }
     s->name = sn->key;
     const ml_node *cmd = ml_node_get(sn, "command");
@@ -162,22 +188,26 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
         s->outputs = ml_calloc((size_t)outs->n + 1, sizeof *s->outputs);
         if (!s->outputs) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
         for (int i = 0; i < outs->n; i++) {
-            char *v = NULL;
             if (outs->items[i]->kind != ML_NODE_SCALAR)
                 return ml_node_error(outs->items[i], "stage '%s': outputs must be paths", sn->key);
-            ML_CHECK(ml_subst(j, outs->items[i], outs->items[i]->value, &v));
-            if (v[0] == '/') s->outputs[s->n_outputs++] = v;
-            else {
-                size_t n = strlen(j->run_dir) + strlen(v) + 2;
-                char *p = ml_malloc(n);
-                if (!p) {
-                    ml_free(v);
-                    return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-                }
-                snprintf(p, n, "%s/%s", j->run_dir, v);
-                ml_free(v);
-                s->outputs[s->n_outputs++] = p;
-            }
+            ML_CHECK(ml_resolve_path(j, outs->items[i], outs->items[i]->value, &s->outputs[s->n_outputs]));
+            s->n_outputs++;
+        }
+    }
+    const ml_node *files = ml_node_get(sn, "files");
+    if (files) {
+        if (files->kind != ML_NODE_MAP)
+            return ml_node_error(files, "stage '%s': 'files' must map paths to their text", sn->key);
+        s->file_paths = ml_calloc((size_t)files->n + 1, sizeof *s->file_paths);
+        s->file_texts = ml_calloc((size_t)files->n + 1, sizeof *s->file_texts);
+        if (!s->file_paths || !s->file_texts) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        for (int i = 0; i < files->n; i++) {
+            const ml_node *f = files->items[i];
+            if (f->kind != ML_NODE_SCALAR)
+                return ml_node_error(f, "stage '%s': file '%s' must be given as text", sn->key, f->key);
+            ML_CHECK(ml_resolve_path(j, f, f->key, &s->file_paths[s->n_files]));
+            ML_CHECK(ml_subst(j, f, f->value, &s->file_texts[s->n_files]));
+            s->n_files++;
         }
     }
     s->slurm = ml_node_get(sn, "slurm");

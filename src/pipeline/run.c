@@ -1,6 +1,8 @@
 /* `mergelens run JOB.yaml`: stages in dependency order, skip-if-complete,
  * experiment.h5 with the job, provenance, timings and external links. */
+#include <errno.h>
 #include <jansson.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -193,6 +195,30 @@ done:
     return rc;
 }
 
+/* A stage's `files`, written atomically (temp name, then rename). */
+static int ml_write_stage_files(const ml_stage *s) {
+    for (int i = 0; i < s->n_files; i++) {
+        char tmp[4200], dir[4096];
+        snprintf(dir, sizeof dir, "%s", s->file_paths[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash) {
+            *slash = '\0';
+            ML_CHECK(ml_mkdirs(dir));
+        }
+        snprintf(tmp, sizeof tmp, "%s.tmp.%d", s->file_paths[i], (int)getpid());
+        FILE *f = fopen(tmp, "w");
+        if (!f) return ML_FAIL(ML_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+        size_t len = strlen(s->file_texts[i]);
+        int bad = fwrite(s->file_texts[i], 1, len, f) != len;
+        bad |= fclose(f) != 0;
+        if (bad || rename(tmp, s->file_paths[i]) != 0) {
+            unlink(tmp);
+            return ML_FAIL(ML_ERR_IO, "%s: cannot write stage file: %s", s->file_paths[i], strerror(errno));
+        }
+    }
+    return ML_OK;
+}
+
 int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
     int rank, rc = ML_OK, npos = 0, help = 0;
     MPI_Comm_rank(comm, &rank);
@@ -267,6 +293,8 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             }
             continue;
         }
+        if (rank == 0) rc = ml_write_stage_files(s);
+        ML_CHECK_GOTO(ml_agree(comm, rc), done);
         ml_info("stage %d/%d %-12s mergelens %s ...", i + 1, n, s->name, s->command);
         const ml_command *cmd = ml_cli_find(s->command);
         double t0 = ml_wtime();
