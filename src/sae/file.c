@@ -1,0 +1,367 @@
+/* SAE files (format mergelens.sae v1) and the activations-file row source.
+ *
+ * Layout (docs/modules/sae.md): /W_enc (D,S), /b_enc (S), /W_dec (S,D),
+ * /b_dec (D) float32 in SAELens names and orientation; root attributes;
+ * /metrics (training history, final evaluation); /features (per-latent
+ * statistics and examples).
+ *
+ * Dimension letters: N rows, D = d_in, S = d_sae, K top examples, Q quantile
+ * examples, W window length, T log records, H histogram bins.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "mergelens/interop.h"
+#include "mergelens/io.h"
+#include "mergelens/sae.h"
+
+#define ML_SAE_FORMAT "mergelens.sae"
+#define ML_SAE_VERSION 1
+#define ML_ACTS_FORMAT "mergelens.activations"
+
+/* out (C,R) = in (R,C) transposed, in tiles */
+static void ml_transpose(const float *in, int R, int C, float *out) {
+    const int T = 32;
+    for (int r0 = 0; r0 < R; r0 += T)
+        for (int c0 = 0; c0 < C; c0 += T)
+            for (int r = r0; r < r0 + T && r < R; r++)
+                for (int c = c0; c < c0 + T && c < C; c++) out[(size_t)c * R + r] = in[(size_t)r * C + c];
+}
+
+static int ml_w1(ml_h5 *h, const char *name, ml_dtype t, hsize_t n, const void *data) {
+    hsize_t dims[1] = {n};
+    return ml_h5_write_tensor(h, name, t, 1, dims, data);
+}
+
+static int ml_w2(ml_h5 *h, const char *name, ml_dtype t, hsize_t a, hsize_t b, const void *data) {
+    hsize_t dims[2] = {a, b};
+    return ml_h5_write_tensor(h, name, t, 2, dims, data);
+}
+
+static int ml_w3(ml_h5 *h, const char *name, ml_dtype t, hsize_t a, hsize_t b, hsize_t c, const void *data) {
+    hsize_t dims[3] = {a, b, c};
+    return ml_h5_write_tensor(h, name, t, 3, dims, data);
+}
+
+static int ml_write_history(ml_h5 *h, const ml_sae_trained *tr, int S) {
+    const ml_sae_history *y = &tr->hist;
+    hsize_t T = (hsize_t)y->n;
+    ML_CHECK(ml_h5_mkgroup(h, "/metrics"));
+    ML_CHECK(ml_h5_set_attr_int(h, "/metrics", "steps", tr->steps));
+    ML_CHECK(ml_h5_set_attr_int(h, "/metrics", "tokens", tr->tokens_seen));
+    ML_CHECK(ml_h5_set_attr_int(h, "/metrics", "resampled_total", tr->resampled_total));
+    ML_CHECK(ml_h5_set_attr_double(h, "/metrics", "hist_lo", ML_SAE_HIST_LO));
+    ML_CHECK(ml_h5_set_attr_double(h, "/metrics", "hist_step", ML_SAE_HIST_STEP));
+    ML_CHECK(ml_h5_set_attr_int(h, "/metrics", "hist_bins", ML_SAE_HIST_BINS));
+    if (T > 0) {
+        ML_CHECK(ml_w1(h, "/metrics/step", ML_I64, T, y->step));
+        ML_CHECK(ml_w1(h, "/metrics/tokens", ML_I64, T, y->tokens));
+        ML_CHECK(ml_w1(h, "/metrics/loss", ML_F64, T, y->loss));
+        ML_CHECK(ml_w1(h, "/metrics/mse", ML_F64, T, y->mse));
+        ML_CHECK(ml_w1(h, "/metrics/fvu", ML_F64, T, y->fvu));
+        ML_CHECK(ml_w1(h, "/metrics/l0", ML_F64, T, y->l0));
+        ML_CHECK(ml_w1(h, "/metrics/loss_l1", ML_F64, T, y->loss_l1));
+        ML_CHECK(ml_w1(h, "/metrics/loss_aux", ML_F64, T, y->loss_aux));
+        ML_CHECK(ml_w1(h, "/metrics/dead_fraction", ML_F64, T, y->dead_fraction));
+        ML_CHECK(ml_w1(h, "/metrics/dense_fraction", ML_F64, T, y->dense_fraction));
+        ML_CHECK(ml_w1(h, "/metrics/resampled", ML_I64, T, y->resampled));
+        ML_CHECK(ml_w2(h, "/metrics/density_hist", ML_I64, T, ML_SAE_HIST_BINS, y->hist));
+        ML_CHECK(ml_w1(h, "/metrics/density_hist_zero", ML_I64, T, y->hist_zero));
+    }
+    if (tr->tokens_since_fired) ML_CHECK(ml_w1(h, "/metrics/tokens_since_fired", ML_I64, (hsize_t)S, tr->tokens_since_fired));
+    return ML_OK;
+}
+
+static int ml_write_eval(ml_h5 *h, const ml_sae_eval *ev) {
+    hsize_t S = (hsize_t)ev->S, K = (hsize_t)ev->K, Q = (hsize_t)ev->Q, W = (hsize_t)ev->W;
+    ML_CHECK(ml_h5_mkgroup(h, "/metrics/eval"));
+    const char *g = "/metrics/eval";
+    ML_CHECK(ml_h5_set_attr_double(h, g, "mse", ev->mse));
+    ML_CHECK(ml_h5_set_attr_double(h, g, "fvu", ev->fvu));
+    ML_CHECK(ml_h5_set_attr_double(h, g, "l0", ev->l0));
+    ML_CHECK(ml_h5_set_attr_double(h, g, "dead_fraction", ev->dead_fraction));
+    ML_CHECK(ml_h5_set_attr_double(h, g, "dense_fraction", ev->dense_fraction));
+    ML_CHECK(ml_h5_set_attr_int(h, g, "row0", ev->row0));
+    ML_CHECK(ml_h5_set_attr_int(h, g, "n_rows", ev->n_rows));
+    ML_CHECK(ml_w1(h, "/metrics/eval/density_hist", ML_I64, ML_SAE_HIST_BINS, ev->hist));
+    ML_CHECK(ml_h5_set_attr_int(h, "/metrics/eval/density_hist", "zero", ev->hist_zero));
+
+    ML_CHECK(ml_h5_mkgroup(h, "/features"));
+    ML_CHECK(ml_h5_set_attr_int(h, "/features", "ctx_left", ev->ctx_left));
+    ML_CHECK(ml_h5_set_attr_int(h, "/features", "ctx_right", ev->ctx_right));
+    ML_CHECK(ml_h5_set_attr_int(h, "/features", "row0", ev->row0));
+    ML_CHECK(ml_h5_set_attr_int(h, "/features", "n_rows", ev->n_rows));
+    ML_CHECK(ml_w1(h, "/features/count", ML_I64, S, ev->count));
+    ML_CHECK(ml_w1(h, "/features/density", ML_F64, S, ev->density));
+    ML_CHECK(ml_w1(h, "/features/max_act", ML_F32, S, ev->max_act));
+    ML_CHECK(ml_w1(h, "/features/mean_act", ML_F32, S, ev->mean_act));
+    ML_CHECK(ml_w2(h, "/features/top_rows", ML_I64, S, K, ev->top_row));
+    ML_CHECK(ml_w2(h, "/features/top_acts", ML_F32, S, K, ev->top_act));
+    ML_CHECK(ml_w3(h, "/features/top_tokens", ML_I32, S, K, W, ev->top_tokens));
+    ML_CHECK(ml_w3(h, "/features/top_window_acts", ML_F32, S, K, W, ev->top_window_acts));
+    if (Q > 0) {
+        ML_CHECK(ml_w2(h, "/features/quantile_rows", ML_I64, S, Q, ev->q_row));
+        ML_CHECK(ml_w2(h, "/features/quantile_acts", ML_F32, S, Q, ev->q_act));
+        ML_CHECK(ml_w2(h, "/features/quantile_levels", ML_F32, S, Q, ev->q_level));
+        ML_CHECK(ml_w3(h, "/features/quantile_tokens", ML_I32, S, Q, W, ev->q_tokens));
+        ML_CHECK(ml_w3(h, "/features/quantile_window_acts", ML_F32, S, Q, W, ev->q_window_acts));
+    }
+    return ML_OK;
+}
+
+static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
+                         const char *config_json, const float *W_enc) {
+    int D = sae->d_in, S = sae->d_sae;
+    ML_CHECK(ml_w2(h, "/W_enc", ML_F32, (hsize_t)D, (hsize_t)S, W_enc));
+    ML_CHECK(ml_w1(h, "/b_enc", ML_F32, (hsize_t)S, sae->b_enc));
+    ML_CHECK(ml_w2(h, "/W_dec", ML_F32, (hsize_t)S, (hsize_t)D, sae->W_dec));
+    ML_CHECK(ml_w1(h, "/b_dec", ML_F32, (hsize_t)D, sae->b_dec));
+    ML_CHECK(ml_h5_set_attr_str(h, "/", "architecture", ml_sae_arch_name(sae->arch)));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "k", sae->k));
+    ML_CHECK(ml_h5_set_attr_str(h, "/", "hook_name", sae->hook_name));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "d_in", D));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "d_sae", S));
+    ML_CHECK(ml_h5_set_attr_str(h, "/", "model", sae->model));
+    ML_CHECK(ml_h5_set_attr_double(h, "/", "l1_coefficient", sae->l1_coefficient));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "apply_b_dec_to_input", sae->apply_b_dec_to_input));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "normalize_decoder", sae->normalize_decoder));
+    if (config_json) ML_CHECK(ml_h5_set_attr_str(h, "/", "config", config_json));
+    if (tr) {
+        ML_CHECK(ml_h5_set_attr_str(h, "/", "mse_normalization", tr->mse_norm == ML_SAE_NORM_DATASET ? "dataset" : "row"));
+        ML_CHECK(ml_h5_set_attr_double(h, "/", "mse_norm_sq", tr->norm_sq));
+        ML_CHECK(ml_h5_set_attr_double(h, "/", "mean_sq_norm", tr->mean_sq_norm));
+        ML_CHECK(ml_write_history(h, tr, S));
+    }
+    if (ev) {
+        if (ev->S != S) return ML_FAIL(ML_ERR_SHAPE, "%s: evaluation has %d latents, the SAE %d", ml_h5_path(h), ev->S, S);
+        ML_CHECK(ml_h5_mkgroup(h, "/metrics"));
+        ML_CHECK(ml_write_eval(h, ev));
+    }
+    return ML_OK;
+}
+
+int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
+                 const char *config_json) {
+    int rank, rc = ML_OK;
+    ML_CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    /* only rank 0's data is written; it alone needs the transposed encoder */
+    float *W_enc = NULL;
+    if (rank == 0) {
+        W_enc = ml_malloc(sizeof(float) * (size_t)sae->d_in * (size_t)sae->d_sae);
+        if (W_enc) ml_transpose(sae->W_enc_t, sae->d_sae, sae->d_in, W_enc);
+        else rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_h5 *h = NULL;
+    ML_CHECK_GOTO(ml_h5_create(comm, path, ML_SAE_FORMAT, ML_SAE_VERSION, &h), done);
+    rc = ml_write_body(h, sae, tr, ev, config_json, W_enc ? W_enc : sae->params);
+    if (rc == ML_OK) rc = ml_h5_write_profile(h, "/profile");
+    if (rc != ML_OK) {
+        ml_error_trace(rc, __FILE__, __LINE__, __func__);
+        ml_h5_discard(&h);
+        goto done;
+    }
+    ML_CHECK_GOTO(ml_h5_close(&h), done);
+done:
+    ml_free(W_enc);
+    return rc;
+}
+
+/* An optional integer root attribute: def when it is absent. */
+static int ml_attr_int_or(ml_h5 *h, const char *attr, int64_t def, int64_t *out) {
+    int rc = ml_h5_get_attr_int(h, "/", attr, out);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        *out = def;
+        return ML_OK;
+    }
+    return rc;
+}
+
+int ml_sae_load(const char *path, ml_sae **out) {
+    *out = NULL;
+    int rc = ML_OK;
+    ml_h5 *h = NULL;
+    ml_sae *s = NULL;
+    char *arch = NULL, *hook = NULL, *model = NULL;
+    float *W_enc = NULL;
+    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    int64_t d_in = 0, d_sae = 0, k = 0, apply = -1, norm = -1;
+    double l1 = 0;
+    ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_in", &d_in), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_sae", &d_sae), done);
+    ml_sae_arch a;
+    rc = ml_sae_arch_parse(arch, &a);
+    if (rc != ML_OK) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: %s", path, ml_error_message());
+    ML_CHECK_GOTO(ml_attr_int_or(h, "k", 0, &k), done);
+    ML_CHECK_GOTO(ml_attr_int_or(h, "apply_b_dec_to_input", -1, &apply), done);
+    ML_CHECK_GOTO(ml_attr_int_or(h, "normalize_decoder", -1, &norm), done);
+    rc = ml_h5_get_attr_double(h, "/", "l1_coefficient", &l1);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        l1 = 0;
+        rc = ML_OK;
+    }
+    if (rc != ML_OK) goto done;
+    if (d_in <= 0 || d_sae <= 0 || d_in > INT32_MAX || d_sae > INT32_MAX)
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: d_in %lld and d_sae %lld must be positive", path, (long long)d_in,
+                     (long long)d_sae);
+    if (a == ML_SAE_TOPK && (k < 1 || k > d_sae))
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: topk SAE needs an attribute k in 1..d_sae (%lld), found %lld", path,
+                     (long long)d_sae, (long long)k);
+    ML_CHECK_GOTO(ml_sae_create(a, (int)d_in, (int)d_sae, (int)k, &s), done);
+    if (apply >= 0) s->apply_b_dec_to_input = apply != 0;
+    if (norm >= 0) s->normalize_decoder = norm != 0;
+    s->l1_coefficient = l1;
+    if (ml_h5_get_attr_str(h, "/", "hook_name", &hook) == ML_OK)
+        snprintf(s->hook_name, sizeof s->hook_name, "%s", hook);
+    else ml_error_clear();
+    if (ml_h5_get_attr_str(h, "/", "model", &model) == ML_OK) snprintf(s->model, sizeof s->model, "%s", model);
+    else ml_error_clear();
+    W_enc = ml_malloc(sizeof(float) * (size_t)d_in * (size_t)d_sae);
+    if (!W_enc) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "%s: out of memory for W_enc", path);
+    hsize_t de[2] = {(hsize_t)d_in, (hsize_t)d_sae}, dd[2] = {(hsize_t)d_sae, (hsize_t)d_in};
+    hsize_t ds[1] = {(hsize_t)d_sae}, di[1] = {(hsize_t)d_in};
+    ML_CHECK_GOTO(ml_h5_read_tensor(h, "/W_enc", ML_F32, 2, de, W_enc), done);
+    ML_CHECK_GOTO(ml_h5_read_tensor(h, "/b_enc", ML_F32, 1, ds, s->b_enc), done);
+    ML_CHECK_GOTO(ml_h5_read_tensor(h, "/W_dec", ML_F32, 2, dd, s->W_dec), done);
+    ML_CHECK_GOTO(ml_h5_read_tensor(h, "/b_dec", ML_F32, 1, di, s->b_dec), done);
+    ml_transpose(W_enc, (int)d_in, (int)d_sae, s->W_enc_t);
+    const char *names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+    size_t off[4], len[4] = {(size_t)(d_in * d_sae), (size_t)d_sae, (size_t)(d_in * d_sae), (size_t)d_in};
+    ml_sae_param_offsets(s, &off[0], &off[1], &off[2], &off[3]);
+    for (int t = 0; t < 4; t++)
+        for (size_t i = 0; i < len[t]; i++)
+            if (!isfinite(s->params[off[t] + i]))
+                ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: tensor %s holds a non-finite value (%g) at element %zu", path,
+                             names[t], (double)s->params[off[t] + i], t == 0 ? (i % (size_t)d_in) * (size_t)d_sae + i / (size_t)d_in : i);
+    *out = s;
+    s = NULL;
+done:
+    ml_free(arch);
+    ml_free(hook);
+    ml_free(model);
+    ml_free(W_enc);
+    ml_sae_destroy(&s);
+    int crc = ml_h5_close(&h);
+    if (rc == ML_OK) rc = crc;
+    return rc;
+}
+
+/* ---- activations file as a row source ----------------------------------------------------- */
+struct ml_acts_source {
+    ml_row_source src;
+    ml_h5 *h;
+    char ds[512];
+    int f16;
+    uint16_t *stage;
+    int64_t stage_rows;
+    char *model;
+    int has_tokens, has_docs, has_pos;
+};
+
+static int ml_acts_read(void *ctx, int64_t row0, int64_t count, float *out) {
+    ml_acts_source *a = ctx;
+    if (!a->f16) return ml_h5_read_rows(a->h, a->ds, ML_F32, (hsize_t)row0, (hsize_t)count, out);
+    if (count > a->stage_rows) {
+        ml_free(a->stage);
+        a->stage = ml_malloc(sizeof(uint16_t) * (size_t)(count * a->src.d));
+        if (!a->stage) {
+            a->stage_rows = 0;
+            return ML_FAIL(ML_ERR_NOMEM, "%s: out of memory staging %lld float16 rows", ml_h5_path(a->h), (long long)count);
+        }
+        a->stage_rows = count;
+    }
+    ML_CHECK(ml_h5_read_rows(a->h, a->ds, ML_F16, (hsize_t)row0, (hsize_t)count, a->stage ? (void *)a->stage : (void *)out));
+    if (count > 0) ml_f16_to_f32_array(out, a->stage, (size_t)(count * a->src.d));
+    return ML_OK;
+}
+
+static int ml_acts_read_meta(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids,
+                             int32_t *positions) {
+    ml_acts_source *a = ctx;
+    /* every rank reads each dataset the file has (collective), even into scratch it does not want */
+    if (a->has_tokens && tokens) ML_CHECK(ml_h5_read_rows(a->h, "/tokens", ML_I32, (hsize_t)row0, (hsize_t)count, tokens));
+    if (a->has_docs && doc_ids) ML_CHECK(ml_h5_read_rows(a->h, "/doc_ids", ML_I64, (hsize_t)row0, (hsize_t)count, doc_ids));
+    if (a->has_pos && positions)
+        ML_CHECK(ml_h5_read_rows(a->h, "/positions", ML_I32, (hsize_t)row0, (hsize_t)count, positions));
+    for (int64_t i = 0; i < count; i++) {
+        if (!a->has_tokens && tokens) tokens[i] = -1;
+        if (!a->has_docs && doc_ids) doc_ids[i] = 0;
+        if (!a->has_pos && positions) positions[i] = (int32_t)(row0 + i);
+    }
+    return ML_OK;
+}
+
+static int ml_check_meta(ml_h5 *h, const char *name, ml_dtype want, int64_t n, int *has) {
+    *has = ml_h5_exists(h, name);
+    if (!*has) return ML_OK;
+    int rank;
+    hsize_t dims[ML_H5_MAX_RANK];
+    ml_dtype t;
+    ML_CHECK(ml_h5_shape(h, name, &rank, dims, &t));
+    if (rank != 1 || (int64_t)dims[0] != n || t != want)
+        return ML_FAIL(ML_ERR_FORMAT, "%s: '%s' must be [%lld] %s (found rank %d, %llu rows, %s)", ml_h5_path(h), name,
+                       (long long)n, ml_dtype_name(want), rank, (unsigned long long)dims[0], ml_dtype_name(t));
+    return ML_OK;
+}
+
+int ml_acts_source_open(MPI_Comm comm, const char *path, const char *hook, ml_acts_source **out) {
+    *out = NULL;
+    int rc = ML_OK;
+    ml_acts_source *a = ml_calloc(1, sizeof *a);
+    if (!a) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    ML_CHECK_GOTO(ml_h5_open(comm, path, ML_ACTS_FORMAT, 1, 1, &a->h), fail);
+    snprintf(a->ds, sizeof a->ds, "/hooks/%s/acts", hook);
+    if (!ml_h5_exists(a->h, a->ds)) {
+        char **names = NULL, list[1024] = "";
+        int n = 0;
+        if (ml_h5_exists(a->h, "/hooks") && ml_h5_list(a->h, "/hooks", 0, &names, &n) == ML_OK)
+            for (int i = 0; i < n; i++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", names[i]);
+        ml_h5_free_names(names, n);
+        ML_FAIL_GOTO(fail, ML_ERR_NOTFOUND, "%s: no hook '%s' (dataset %s); the file has: %s", path, hook, a->ds,
+                     list[0] ? list : "no hooks");
+    }
+    int rank;
+    hsize_t dims[ML_H5_MAX_RANK];
+    ml_dtype t;
+    ML_CHECK_GOTO(ml_h5_shape(a->h, a->ds, &rank, dims, &t), fail);
+    if (rank != 2 || (t != ML_F32 && t != ML_F16) || dims[0] == 0 || dims[1] == 0)
+        ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: %s must be a non-empty [N, d] float32 or float16 dataset (found rank %d, %s)",
+                     path, a->ds, rank, ml_dtype_name(t));
+    a->f16 = t == ML_F16;
+    a->src.n_rows = (int64_t)dims[0];
+    a->src.d = (int)dims[1];
+    a->src.ctx = a;
+    a->src.read = ml_acts_read;
+    a->src.read_meta = ml_acts_read_meta;
+    ML_CHECK_GOTO(ml_check_meta(a->h, "/tokens", ML_I32, a->src.n_rows, &a->has_tokens), fail);
+    ML_CHECK_GOTO(ml_check_meta(a->h, "/doc_ids", ML_I64, a->src.n_rows, &a->has_docs), fail);
+    ML_CHECK_GOTO(ml_check_meta(a->h, "/positions", ML_I32, a->src.n_rows, &a->has_pos), fail);
+    if (ml_h5_get_attr_str(a->h, "/", "model", &a->model) != ML_OK) {
+        ml_error_clear();
+        a->model = NULL;
+    }
+    *out = a;
+    return ML_OK;
+fail:
+    ml_acts_source_close(&a);
+    return rc;
+}
+
+const ml_row_source *ml_acts_source_rows(const ml_acts_source *a) { return &a->src; }
+const char *ml_acts_source_model(const ml_acts_source *a) { return a->model ? a->model : ""; }
+
+void ml_acts_source_close(ml_acts_source **ap) {
+    if (!ap || !*ap) return;
+    ml_acts_source *a = *ap;
+    if (a->h) {
+        ml_h5_close(&a->h);
+    }
+    ml_free(a->stage);
+    ml_free(a->model);
+    ml_free(a);
+    *ap = NULL;
+}
