@@ -108,6 +108,7 @@ static int run_shape(char shape, int threads, int B, int steps) {
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)ml_rng_below(&rng, c.vocab_size);
     for (int i = 0; i < B * T; i++) tgt[i] = (int32_t)ml_rng_below(&rng, c.vocab_size);
     ml_lm_stats st;
+    double pair[256];
     double best = 1e30, total = 0, sg_sum = 0, sg_best = 0, cpu_step = 0, cpu_sgemm = 0, wall_sgemm = 0;
     /* ml_prof_reset keeps old totals in reused slots: take differences of snapshots */
     ml_prof_event ev0[64];
@@ -135,8 +136,18 @@ static int run_shape(char shape, int threads, int B, int steps) {
             wall_sgemm += 2.0 * 2048.0 * 2048.0 * 2048.0 / r / 1e9;
             sg_sum += r;
             sg_best = r > sg_best ? r : sg_best;
+            if (s < 256) pair[s] = (ml_model_train_flops_per_token(&c, T) * B * T / t / 1e9) / r;
         }
     }
+    /* median over steps of (step rate / the sgemm rate measured right after it) */
+    const int np = steps < 256 ? steps : 256;
+    for (int i = 1; i < np; i++)
+        for (int j = i; j > 0 && pair[j] < pair[j - 1]; j--) {
+            double x = pair[j];
+            pair[j] = pair[j - 1];
+            pair[j - 1] = x;
+        }
+    const double pair_median = np % 2 ? pair[np / 2] : 0.5 * (pair[np / 2 - 1] + pair[np / 2]);
     const double fpt = ml_model_train_flops_per_token(&c, T), tokens = (double)B * T;
     const double mean = total / steps;
     const double gf = fpt * tokens / mean / 1e9, gf_best = fpt * tokens / best / 1e9;
@@ -147,6 +158,7 @@ static int run_shape(char shape, int threads, int B, int steps) {
     printf("  step %.1f ms mean (%.1f best) over %d steps: %.0f tokens/s, %.1f GFLOP/s (best %.1f)\n", mean * 1e3,
            best * 1e3, steps, tokens / mean, gf, gf_best);
     const double sg = sg_sum / steps;
+    printf("  step rate / sgemm rate measured right after it, median of %d pairs: %.0f%%\n", np, 100 * pair_median);
     printf("  sgemm 2048^3 after each step, same threads: %.1f GFLOP/s mean (%.1f best) -> step at %.0f%% of sgemm "
            "(means), %.0f%% (bests)\n",
            sg, sg_best, 100 * gf / sg, 100 * gf_best / sg_best);

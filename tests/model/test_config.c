@@ -148,12 +148,46 @@ static void test_table(void **state) {
     ml_model_destroy(&m); /* tolerates NULL */
 }
 
+/* The n-th allocation fails, for every n: each create either succeeds or
+ * returns ML_ERR_NOMEM, and nothing leaks. */
+static void test_allocation_failures(void **state) {
+    (void)state;
+    ml_model_config c;
+    ml_test_config(&c, 2, 30, 16, 4, 2, 24, 16);
+    const long live0 = ml_alloc_live();
+    int failures = 0;
+    for (long n = 1; n < 20; n++) {
+        ml_model *m = NULL;
+        ml_workspace *ws = NULL;
+        ml_adamw *opt = NULL;
+        ml_adamw_config oc;
+        ml_adamw_config_default(&oc);
+        ml_workspace_config wc = {.B_max = 2, .T_max = 16, .grad = 1};
+        ml_alloc_fail_at(n);
+        int rc = ml_model_create(&c, &m);
+        if (rc == ML_OK) rc = ml_model_enable_grads(m);
+        if (rc == ML_OK) rc = ml_adamw_create(m, &oc, &opt);
+        if (rc == ML_OK) rc = ml_workspace_create(&c, &wc, &ws);
+        ml_alloc_fail_at(0);
+        if (rc != ML_OK) {
+            assert_int_equal(rc, ML_ERR_NOMEM);
+            failures++;
+        }
+        ml_workspace_destroy(&ws);
+        ml_adamw_destroy(&opt);
+        ml_model_destroy(&m);
+        assert_int_equal(ml_alloc_live(), live0);
+    }
+    assert_true(failures >= 7); /* model, table, params, grads, m, v, workspace, block */
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_round_trip),
         cmocka_unit_test(test_json_hf_file),
         cmocka_unit_test(test_json_errors),
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_allocation_failures),
     };
     return ml_test_run(argc, argv, "model_config", tests, sizeof tests / sizeof tests[0]);
 }
