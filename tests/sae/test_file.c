@@ -209,6 +209,8 @@ static void test_command(void **state) {
         ml_sae_run_destroy(&ref);
         free(xr);
     }
+    const char *help[] = {"sae", "--help"};
+    ML_ASSERT_OK(run_cmd(2, help));
     /* bad inputs */
     const char *nohook[] = {"sae", acts, "--out", out, "--hook", "blocks.0.hook_resid_pre"};
     ML_ASSERT_FAILS(run_cmd(6, nohook), ML_ERR_NOTFOUND, "no hook 'blocks.0.hook_resid_pre'");
