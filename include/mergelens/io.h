@@ -80,6 +80,10 @@ int ml_h5_extend(ml_h5 *h, const char *name, hsize_t new_rows);
  * this rank (collective transfer). data is (row_count, rest-of-dims). */
 int ml_h5_write_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count,
                      const void *data);
+/* Independent write by one rank (no collective needed; unfiltered datasets
+ * only, which are allocated early at creation). */
+int ml_h5_write_rows_independent(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count,
+                                 const void *data);
 /* Read rows (collective transfer). */
 int ml_h5_read_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count, void *data);
 /* Independent read by one rank of a row range (no collective needed). Only

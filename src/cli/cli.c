@@ -11,9 +11,14 @@
 #include <unistd.h>
 
 #include "mergelens/config.h"
+#include "mergelens/capture.h"
+#include "mergelens/data.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/merge.h"
 #include "mergelens/pipeline.h"
+#include "mergelens/sae.h"
+#include "mergelens/train.h"
 
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
     int rank;
@@ -121,11 +126,20 @@ done:
 }
 
 static const ml_command ml_commands[] = {
+    {"capture", ml_cmd_capture, "run a model over token windows and write hook activations (acts/<model>.h5)"},
+    {"data", ml_cmd_data, "synthetic demo stories; corpus statistics"},
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
-    {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
+    {"merge", ml_cmd_merge, "merge checkpoints (mergekit recipes: slerp, linear, ties, dare, model_stock, soups)"},
+    {"eval", ml_cmd_eval, "per-domain validation loss and accuracy of a checkpoint"},
     {"export", ml_cmd_export, "write a model as a Hugging Face directory or an SAE as a SAELens directory"},
     {"import", ml_cmd_import, "read a Hugging Face MistralForCausalLM directory into a checkpoint"},
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
+    {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
+    {"sae", ml_cmd_sae, "train sparse autoencoders on captured activations (standard, anthropic, topk)"},
+    {"sae-eval", ml_cmd_sae_eval, "CE loss recovered of an SAE spliced into its model"},
+    {"tokenize", ml_cmd_tokenize, "tokenize domains into <out_dir>/<domain>.h5 token stores"},
+    {"tokenizer", ml_cmd_tokenizer, "train, export or import a byte-level BPE tokenizer"},
+    {"train", ml_cmd_train, "train or fine-tune a model, data-parallel, resumable"},
     {"version", ml_cmd_version, "print the version"},
 };
 static const int ml_ncommands = (int)(sizeof ml_commands / sizeof ml_commands[0]);

@@ -46,6 +46,7 @@ void ml_prof_end(const char *event, double flops, double bytes) {
 }
 
 void ml_prof_reset(void) {
+    memset(ml_events, 0, sizeof ml_events);
     ml_nevents = 0;
     ml_depth = 0;
 }

@@ -453,6 +453,11 @@ int ml_h5_write_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_star
     return ml_h5_rows(h, name, type, row_start, row_count, (void *)data, 1, 1);
 }
 
+int ml_h5_write_rows_independent(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count,
+                                 const void *data) {
+    return ml_h5_rows(h, name, type, row_start, row_count, (void *)data, 1, 0);
+}
+
 int ml_h5_read_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count, void *data) {
     return ml_h5_rows(h, name, type, row_start, row_count, data, 0, 1);
 }

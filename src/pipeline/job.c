@@ -324,6 +324,14 @@ int ml_stage_complete(const ml_stage *s) {
         hid_t f = H5Fopen(s->outputs[i], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) return 0;
         int ok = H5Aexists_by_name(f, "/", "format", H5P_DEFAULT) > 0;
+        /* a checkpoint written mid-training says complete = 0: rerun (resume) it */
+        if (ok && H5Aexists_by_name(f, "/", "complete", H5P_DEFAULT) > 0) {
+            hid_t a = H5Aopen(f, "complete", H5P_DEFAULT);
+            long long c = 0;
+            if (a < 0 || H5Aread(a, H5T_NATIVE_LLONG, &c) < 0) c = 0;
+            if (a >= 0) H5Aclose(a);
+            ok = c != 0;
+        }
         H5Fclose(f);
         if (!ok) return 0;
     }

@@ -14,13 +14,66 @@ static const ml_option_spec ml_run_opts[] = {
     {"stage", ML_OPT_STRING, "", 0, -1, NULL, "run only this stage (its inputs must exist)"},
     {"force", ML_OPT_BOOL, "false", 0, -1, NULL, "rerun stages even when their outputs are complete"},
     {"dry_run", ML_OPT_BOOL, "false", 0, -1, NULL, "print the plan and exit"},
+    {"plan", ML_OPT_BOOL, "false", 0, -1, NULL, "print the stages as tab-separated lines (for slurm/submit) and exit"},
     ML_OPT_END,
 };
 
 typedef struct {
     const char *status; /* "done", "skipped", "failed", "pending" */
     double seconds;
+    char previous[16];  /* status recorded by an earlier run ("" if none) */
 } ml_stage_result;
+
+/* Carry over what an earlier run (e.g. another Slurm stage job) recorded, so
+ * that a stage not run now keeps its "done" status and timing. Collective. */
+static void ml_read_previous(MPI_Comm comm, const ml_job *job, ml_stage_result *res) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/experiment.h5", ml_job_run_dir(job));
+    int exists = ml_file_exists(path);
+    MPI_Bcast(&exists, 1, MPI_INT, 0, comm);
+    ml_h5 *h = NULL;
+    if (!exists || ml_h5_open(comm, path, "mergelens.experiment", 1, 1, &h) != ML_OK) {
+        ml_error_clear();
+        return;
+    }
+    for (int i = 0; i < ml_job_stage_count(job); i++) {
+        char g[512], *st = NULL;
+        snprintf(g, sizeof g, "/stages/%s", ml_job_stage(job, i)->name);
+        if (!ml_h5_exists(h, g) || ml_h5_get_attr_str(h, g, "status", &st) != ML_OK) continue;
+        snprintf(res[i].previous, sizeof res[i].previous, "%s", st);
+        ml_free(st);
+        if (!strcmp(res[i].previous, "done")) ml_h5_get_attr_double(h, g, "seconds", &res[i].seconds);
+    }
+    ml_error_clear();
+    ml_h5_close(&h);
+}
+
+static void ml_print_slurm(FILE *f, const char *who, const ml_node *m) {
+    if (!m || m->kind != ML_NODE_MAP) return;
+    for (int i = 0; i < m->n; i++) {
+        const ml_node *v = m->items[i];
+        fprintf(f, "slurm\t%s\t%s\t%s\t%d\n", who, v->key, v->kind == ML_NODE_SCALAR ? v->value : "", v->line);
+    }
+}
+
+/* --plan: the job as tab-separated lines, in run order (read by slurm/submit):
+ *   job   NAME RUN_DIR
+ *   stage NAME NEEDS(comma-separated, or -) COMPLETE(0|1)
+ *   slurm STAGE(or * for the job-level mapping) KEY VALUE LINE */
+static void ml_print_plan(const ml_job *job, FILE *f) {
+    const ml_node *nm = ml_node_get(ml_job_root(job), "name");
+    const char *name = nm && nm->kind == ML_NODE_SCALAR ? nm->value : "";
+    fprintf(f, "job\t%s\t%s\n", name, ml_job_run_dir(job));
+    ml_print_slurm(f, "*", ml_node_get(ml_job_root(job), "slurm"));
+    for (int i = 0; i < ml_job_stage_count(job); i++) {
+        const ml_stage *s = ml_job_stage(job, i);
+        fprintf(f, "stage\t%s\t", s->name);
+        for (int k = 0; k < s->n_needs; k++) fprintf(f, "%s%s", k ? "," : "", ml_job_stage(job, s->needs[k])->name);
+        fprintf(f, "%s\t%d\n", s->n_needs ? "" : "-", ml_stage_complete(s));
+        ml_print_slurm(f, s->name, s->slurm);
+    }
+    fflush(f);
+}
 
 static void ml_iso_now(char *buf, size_t n) {
     time_t t = time(NULL);
@@ -100,7 +153,10 @@ static int ml_write_experiment(MPI_Comm comm, const char *job_path, const ml_job
         snprintf(g, sizeof g, "/stages/%s", s->name);
         ML_CHECK_GOTO(ml_h5_mkgroup(h, g), done);
         ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "command", s->command), done);
-        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "status", res[i].status), done);
+        const char *status = res[i].status;
+        if ((!strcmp(status, "pending") || !strcmp(status, "skipped")) && !strcmp(res[i].previous, "done"))
+            status = "done";
+        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "status", status), done);
         ML_CHECK_GOTO(ml_h5_set_attr_double(h, g, "seconds", res[i].seconds), done);
         json_t *cmdline = json_array();
         for (int a = 0; a < s->argc; a++) json_array_append_new(cmdline, json_string(s->argv[a]));
@@ -161,8 +217,14 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             if (!strcmp(ml_job_stage(job, i)->name, only)) only_idx = i;
         if (only_idx < 0) ML_FAIL_GOTO(done, ML_ERR_ARG, "%s: no stage named '%s'", pos[0], only);
     }
+    if (ml_opt_bool(o, "plan")) {
+        if (rank == 0) ml_print_plan(job, stdout);
+        goto done;
+    }
+    if (n > 256) ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: %d stages, at most 256 are supported", pos[0], n);
     res = ml_calloc((size_t)n, sizeof *res);
     if (!res) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) res[i].status = "pending";
     char started[64];
     ml_iso_now(started, sizeof started);
     const char *rd = ml_job_run_dir(job);
@@ -175,6 +237,7 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
         }
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_read_previous(comm, job, res);
     int complete[256] = {0};
     for (int i = 0; i < n && i < 256; i++) {
         /* rank 0 decides, so every rank takes the same branch */
@@ -184,7 +247,6 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
     ml_info("job %s: %d stage%s, run directory %s", pos[0], n, n == 1 ? "" : "s", rd);
     for (int i = 0; i < n; i++) {
         const ml_stage *s = ml_job_stage(job, i);
-        res[i].status = "pending";
         int selected = only_idx < 0 || only_idx == i;
         if (!selected) continue;
         if (complete[i] && !ml_opt_bool(o, "force")) {

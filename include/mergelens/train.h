@@ -1,0 +1,76 @@
+/* mergelens train: data-parallel training, fine-tuning and evaluation of the
+ * Mistral-style language model (include/mergelens/model.h) on token stores
+ * (include/mergelens/data.h).
+ *
+ *  - `mergelens train`: every rank processes its rows of each global batch in
+ *    micro-batches (gradient accumulation); the gradients of the per-token
+ *    cross-entropy SUM are divided by the global target count and summed over
+ *    ranks with one MPI_Allreduce over the flat gradient buffer per optimizer
+ *    step, so the update does not depend on the rank count beyond float
+ *    summation order. Then global-norm clipping, the learning-rate schedule
+ *    (warmup, then cosine / linear / constant) and AdamW.
+ *  - Checkpoints `models/<name>.h5` (format mergelens.checkpoint v1, layout in
+ *    docs/modules/train.md): written every `checkpoint_every` steps to the
+ *    final path with root attribute `complete` = 0, and at the end with
+ *    `complete` = 1. A rerun of the same command continues an incomplete
+ *    checkpoint; with the same rank and thread counts the final parameters are
+ *    bitwise identical to an uninterrupted run's.
+ *  - SIGTERM / SIGUSR1 (Slurm preemption, time limit): the ranks agree at the
+ *    next step boundary, write a checkpoint and return ML_ERR_INTERRUPTED.
+ *  - Evaluation: per-domain loss and next-token accuracy over the windows of
+ *    each domain's validation split (the loader's sequential mode).
+ */
+#ifndef MERGELENS_TRAIN_H
+#define MERGELENS_TRAIN_H
+
+#include <stdint.h>
+
+#include "mergelens/core.h"
+#include "mergelens/model.h"
+
+/* ---- evaluation ------------------------------------------------------------- */
+typedef struct {
+    int n_domains;
+    const char *const *paths; /* token stores data/<domain>.h5 */
+    const char *split;        /* "val" (NULL) or "train" */
+    int T;                    /* context: windows of T+1 tokens; <= the model's max_context */
+    int batch;                /* windows per evaluation step summed over ranks (multiple of nranks; 0 = 8 x nranks) */
+    int micro_batch;          /* rows per forward pass on a rank (0 = batch / nranks) */
+    int64_t max_batches;      /* per domain: at most this many steps (0 = the whole split) */
+} ml_eval_config;
+
+typedef struct {
+    char domain[64];   /* the store's `domain` attribute (or the file stem) */
+    double loss;       /* mean cross-entropy in nats over the targets (NaN when there are none) */
+    double accuracy;   /* fraction of targets equal to argmax of the logits */
+    int64_t n_targets; /* targets evaluated (windows x T) */
+    int64_t n_windows;
+} ml_eval_result;
+
+typedef struct ml_evaluator ml_evaluator;
+/* Collective over comm. Opens a sequential loader per domain and checks that
+ * every store's vocab_size equals the model's. ws: a workspace for the same
+ * model config to share (its B_max bounds micro_batch), or NULL to allocate
+ * one. Everything is allocated here, once. */
+int ml_evaluator_create(MPI_Comm comm, const ml_model_config *mc, const ml_eval_config *cfg, ml_workspace *ws,
+                        ml_evaluator **out);
+/* Collective: evaluate the model (same config as at create) on every domain;
+ * results has room for n_domains entries. Sums are reduced across ranks. */
+int ml_evaluator_run(ml_evaluator *ev, const ml_model *m, ml_eval_result *results);
+int ml_evaluator_n_domains(const ml_evaluator *ev);
+void ml_evaluator_destroy(ml_evaluator **ev);
+/* One-shot: create, run, destroy (collective). */
+int ml_eval_model(MPI_Comm comm, const ml_model *m, const ml_eval_config *cfg, ml_eval_result *results);
+
+/* ---- checkpoints --------------------------------------------------------------- */
+/* Collective: read the model of any mergelens.checkpoint v1 file (written by
+ * train, import or merge): root `model_config` and /params. */
+int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out);
+
+/* ---- commands (registered in the CLI table by the lead) ------------------------- */
+/* `mergelens train --domains a.h5,b.h5 --out models/x.h5 [options]` */
+int ml_cmd_train(MPI_Comm comm, int argc, char **argv);
+/* `mergelens eval MODEL.h5 --domains a.h5,b.h5 [--out results.h5]` */
+int ml_cmd_eval(MPI_Comm comm, int argc, char **argv);
+
+#endif

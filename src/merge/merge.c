@@ -1,0 +1,469 @@
+/* Streaming, rank-parallel merge of checkpoints and `mergelens merge`.
+ *
+ * Every rank opens the inputs with its own serial handle (MPI_COMM_SELF) and
+ * reads only the tensors it merges, one tensor at a time. Tensors are dealt
+ * to ranks largest first to the least loaded rank (deterministic), so the
+ * output does not depend on the number of ranks: each tensor is computed
+ * by the same code on one rank. The output is written collectively: in round
+ * r every rank merges its r-th tensor, then for each rank q all ranks join
+ * the collective write of q's tensor (q writes its rows, the others an empty
+ * selection).
+ *
+ * Legend: N elements of a tensor, M input checkpoints (base included),
+ * T tensors, P ranks.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "mergelens/io.h"
+#include "mergelens/merge.h"
+
+#define ML_CKPT_FORMAT "mergelens.checkpoint"
+
+typedef struct {
+    char *name;          /* HF name (relative to /params) */
+    char *path;          /* "/params/<name>" */
+    int rank;            /* dataset rank */
+    hsize_t dims[ML_H5_MAX_RANK];
+    size_t n, rows, cols; /* N = rows * cols */
+    int owner;
+    ml_merge_params params;
+} ml_mtensor;
+
+typedef struct {
+    int M;
+    ml_h5 *in[ML_MERGE_MAX_MODELS + 1];
+    const char *const *paths;
+    ml_mtensor *t;
+    int T;
+    char *model_config; /* of models[0] (the base when the method has one) */
+    int n_layers;
+} ml_mplan;
+
+static void ml_plan_free(ml_mplan *pl) {
+    for (int i = 0; i < pl->M; i++) ml_h5_close(&pl->in[i]);
+    for (int i = 0; i < pl->T; i++) {
+        ml_free(pl->t[i].name);
+        ml_free(pl->t[i].path);
+    }
+    ml_free(pl->t);
+    ml_free(pl->model_config);
+    memset(pl, 0, sizeof *pl);
+}
+
+static void ml_shape_str(char *buf, size_t cap, int rank, const hsize_t *dims) {
+    buf[0] = '\0';
+    for (int i = 0; i < rank; i++)
+        snprintf(buf + strlen(buf), cap - strlen(buf), "%s%llu", i ? ", " : "", (unsigned long long)dims[i]);
+}
+
+/* Compare two model_config JSON texts; name the first differing key. */
+static int ml_compare_configs(const char *a, const char *pa, const char *b, const char *pb) {
+    json_error_t e;
+    json_t *ja = json_loads(a, 0, &e), *jb = NULL;
+    int rc = ML_OK;
+    if (!ja) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: model_config is not valid JSON: %s", pa, e.text);
+    jb = json_loads(b, 0, &e);
+    if (!jb) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: model_config is not valid JSON: %s", pb, e.text);
+    if (json_equal(ja, jb)) goto done;
+    const char *key;
+    json_t *va;
+    json_object_foreach(ja, key, va) {
+        json_t *vb = json_object_get(jb, key);
+        if (vb && json_equal(va, vb)) continue;
+        char *sa = json_dumps(va, JSON_ENCODE_ANY | JSON_COMPACT), *sb = vb ? json_dumps(vb, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        rc = ML_FAIL(ML_ERR_SHAPE, "model configurations differ: '%s' is %s in %s but %s in %s", key, sa ? sa : "?",
+                     pa, sb ? sb : "absent", pb);
+        free(sa);
+        free(sb);
+        goto done;
+    }
+    json_object_foreach(jb, key, va) {
+        if (json_object_get(ja, key)) continue;
+        rc = ML_FAIL(ML_ERR_SHAPE, "model configurations differ: '%s' is absent in %s but set in %s", key, pa, pb);
+        goto done;
+    }
+    rc = ML_FAIL(ML_ERR_SHAPE, "model configurations of %s and %s differ", pa, pb);
+done:
+    json_decref(ja);
+    json_decref(jb);
+    return rc;
+}
+
+static int ml_names_contain(char **names, int n, const char *s) {
+    int lo = 0, hi = n - 1; /* ml_h5_list returns names sorted */
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, c = strcmp(names[mid], s);
+        if (!c) return 1;
+        if (c < 0) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    for (int i = 0; i < n; i++) /* fall back if the order differs from strcmp */
+        if (!strcmp(names[i], s)) return 1;
+    return 0;
+}
+
+/* Open the inputs (serial handles) and check that they agree; resolve every
+ * tensor's parameters. Local to this rank; nothing is written. */
+static int ml_plan_build(const ml_merge_recipe *r, ml_mplan *pl) {
+    int rc = ML_OK;
+    char **names0 = NULL, **names = NULL;
+    int n0 = 0, n = 0;
+    char *cfg = NULL;
+    ML_CHECK(ml_merge_recipe_models(r, &pl->paths, &pl->M));
+    for (int i = 0; i < pl->M; i++) {
+        ML_CHECK(ml_h5_open(MPI_COMM_SELF, pl->paths[i], ML_CKPT_FORMAT, 1, 1, &pl->in[i]));
+    }
+    ML_CHECK_GOTO(ml_h5_get_attr_str(pl->in[0], "/", "model_config", &pl->model_config), done);
+    for (int i = 1; i < pl->M; i++) {
+        ML_CHECK_GOTO(ml_h5_get_attr_str(pl->in[i], "/", "model_config", &cfg), done);
+        ML_CHECK_GOTO(ml_compare_configs(pl->model_config, pl->paths[0], cfg, pl->paths[i]), done);
+        ml_free(cfg);
+        cfg = NULL;
+    }
+    ML_CHECK_GOTO(ml_h5_list(pl->in[0], "/params", 1, &names0, &n0), done);
+    if (n0 == 0) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: /params holds no tensors", pl->paths[0]);
+    for (int i = 1; i < pl->M; i++) {
+        ML_CHECK_GOTO(ml_h5_list(pl->in[i], "/params", 1, &names, &n), done);
+        for (int k = 0; k < n0; k++)
+            if (!ml_names_contain(names, n, names0[k]))
+                ML_FAIL_GOTO(done, ML_ERR_SHAPE, "tensor '%s' of %s is missing in %s", names0[k], pl->paths[0],
+                             pl->paths[i]);
+        for (int k = 0; k < n; k++)
+            if (!ml_names_contain(names0, n0, names[k]))
+                ML_FAIL_GOTO(done, ML_ERR_SHAPE, "tensor '%s' of %s is missing in %s", names[k], pl->paths[i],
+                             pl->paths[0]);
+        ml_h5_free_names(names, n);
+        names = NULL;
+    }
+    /* layer count for gradients: model_config, else the tensor names */
+    pl->n_layers = 0;
+    {
+        json_error_t e;
+        json_t *j = json_loads(pl->model_config, 0, &e);
+        json_t *nl = j ? json_object_get(j, "num_hidden_layers") : NULL;
+        if (json_is_integer(nl)) pl->n_layers = (int)json_integer_value(nl);
+        json_decref(j);
+    }
+    for (int k = 0; k < n0 && pl->n_layers == 0; k++) { /* no config value: the highest layer index */
+        const char *lp = strstr(names0[k], "layers.");
+        if (lp && atoi(lp + 7) + 1 > pl->n_layers) pl->n_layers = atoi(lp + 7) + 1;
+    }
+    pl->t = ml_calloc((size_t)n0, sizeof *pl->t);
+    if (!pl->t) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+    pl->T = n0;
+    for (int k = 0; k < n0; k++) {
+        ml_mtensor *t = &pl->t[k];
+        t->name = ml_strdup(names0[k]);
+        size_t plen = strlen(names0[k]) + 9;
+        t->path = ml_malloc(plen);
+        if (!t->name || !t->path) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+        snprintf(t->path, plen, "/params/%s", names0[k]);
+        ml_dtype ty;
+        ML_CHECK_GOTO(ml_h5_shape(pl->in[0], t->path, &t->rank, t->dims, &ty), done);
+        if (ty != ML_F32)
+            ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: tensor '%s' is %s; checkpoints hold float32", pl->paths[0], t->name,
+                         ml_dtype_name(ty));
+        for (int i = 1; i < pl->M; i++) {
+            int rk;
+            hsize_t d[ML_H5_MAX_RANK];
+            ML_CHECK_GOTO(ml_h5_shape(pl->in[i], t->path, &rk, d, &ty), done);
+            int same = rk == t->rank;
+            for (int q = 0; same && q < rk; q++) same = d[q] == t->dims[q];
+            if (!same) {
+                char a[128], b[128];
+                ml_shape_str(a, sizeof a, t->rank, t->dims);
+                ml_shape_str(b, sizeof b, rk, d);
+                ML_FAIL_GOTO(done, ML_ERR_SHAPE, "tensor '%s' has shape [%s] in %s but [%s] in %s", t->name, a,
+                             pl->paths[0], b, pl->paths[i]);
+            }
+            if (ty != ML_F32)
+                ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: tensor '%s' is %s; checkpoints hold float32", pl->paths[i],
+                             t->name, ml_dtype_name(ty));
+        }
+        t->rows = t->rank > 1 ? t->dims[0] : 1;
+        t->n = 1;
+        for (int q = 0; q < t->rank; q++) t->n *= t->dims[q];
+        t->cols = t->rows ? t->n / t->rows : 0;
+        double lt = ml_merge_layer_t(t->name, pl->n_layers);
+        ML_CHECK_GOTO(ml_merge_recipe_resolve(r, t->name, lt, &t->params), done);
+        ML_CHECK_GOTO(ml_merge_params_check(&t->params, t->name, t->n), done);
+    }
+done:
+    ml_free(cfg);
+    ml_h5_free_names(names0, n0);
+    ml_h5_free_names(names, n);
+    return rc;
+}
+
+/* Largest tensor first to the least loaded rank; ties by name order. */
+static int ml_plan_assign(ml_mplan *pl, int P) {
+    int *order = ml_malloc(sizeof(int) * (size_t)pl->T);
+    double *load = ml_calloc((size_t)P, sizeof(double));
+    if (!order || !load) {
+        ml_free(order);
+        ml_free(load);
+        return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
+    for (int i = 0; i < pl->T; i++) order[i] = i;
+    for (int i = 1; i < pl->T; i++) { /* insertion sort, stable, by size desc */
+        int v = order[i], j = i - 1;
+        while (j >= 0 && pl->t[order[j]].n < pl->t[v].n) {
+            order[j + 1] = order[j];
+            j--;
+        }
+        order[j + 1] = v;
+    }
+    for (int i = 0; i < pl->T; i++) {
+        int best = 0;
+        for (int q = 1; q < P; q++)
+            if (load[q] < load[best]) best = q;
+        pl->t[order[i]].owner = best;
+        load[best] += (double)pl->t[order[i]].n;
+    }
+    ml_free(order);
+    ml_free(load);
+    return ML_OK;
+}
+
+/* Large tensor buffers: ask for transparent huge pages (first touch of a
+ * 64 MB buffer costs about 3x less than with 4 KB pages). A hint only. */
+static float *ml_tensor_buffer(size_t n) {
+    size_t bytes = n * sizeof(float);
+    float *p = ml_malloc(bytes);
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    if (p && bytes >= 2 * huge) {
+        uintptr_t s = ((uintptr_t)p + huge - 1) & ~(huge - 1), e = ((uintptr_t)p + bytes) & ~(huge - 1);
+        if (e > s) (void)madvise((void *)s, e - s, MADV_HUGEPAGE);
+    }
+#endif
+    return p;
+}
+
+static void ml_round_to(const char *dtype, float *x, size_t n) {
+    if (!strcmp(dtype, "bfloat16")) ml_round_bf16(x, n);
+    else if (!strcmp(dtype, "float16")) ml_round_f16(x, n);
+}
+
+/* Merge this rank's tensor t into out; bufs hold M inputs. The inputs are
+ * read in chunks of 4 MB per model, and the statistics pass runs on
+ * each chunk right after it is read, while it is in cache. */
+static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, float **bufs, ml_merge_stats *st,
+                        ml_merge_work *w, float *out, size_t chunk) {
+    ml_merge_inputs in = {.name = t->name, .rows = t->rows, .cols = t->cols};
+    int first = t->params.has_base ? 1 : 0;
+    in.base = first ? bufs[0] : NULL;
+    for (int i = 0; i < t->params.K; i++) in.x[i] = bufs[first + i];
+    ML_CHECK(ml_merge_stats_begin(&t->params, &in, st));
+    hsize_t h5rows = t->dims[0];
+    size_t row_elems = t->n / (h5rows ? h5rows : 1);
+    hsize_t step = t->rank == 1 ? h5rows : (hsize_t)(chunk / row_elems > 0 ? chunk / row_elems : 1);
+    for (hsize_t r0 = 0; r0 < h5rows; r0 += step) {
+        hsize_t nr = h5rows - r0 < step ? h5rows - r0 : step;
+        ml_prof_begin("merge.read");
+        for (int i = 0; i < pl->M; i++) {
+            float *dst = bufs[i] + r0 * row_elems;
+            int rc = ml_h5_read_rows(pl->in[i], t->path, ML_F32, r0, nr, dst);
+            if (rc) {
+                ml_prof_end("merge.read", 0, 0);
+                return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+            }
+            ml_round_to(ml_merge_recipe_dtype(r), dst, nr * row_elems);
+        }
+        ml_prof_end("merge.read", 0, (double)pl->M * nr * row_elems * sizeof(float));
+        ml_prof_begin("merge.stats");
+        int rc = t->rank == 1 ? ml_merge_stats_rows(&t->params, &in, 0, in.rows, st)
+                              : ml_merge_stats_rows(&t->params, &in, r0, nr, st);
+        ml_prof_end("merge.stats", 0, 0);
+        if (rc) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    }
+    ml_merge_stats_end(st);
+    ml_prof_begin("merge.compute");
+    int rc = ml_merge_apply(&t->params, &in, st, w, out);
+    if (rc == ML_OK) ml_round_to(ml_merge_recipe_out_dtype(r), out, t->n);
+    ml_prof_end("merge.compute", 0, (double)(pl->M + 1) * t->n * sizeof(float));
+    if (rc) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    return ML_OK;
+}
+
+int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *out_path, const char *config_json,
+                         size_t read_chunk) {
+    int rank, P, rc = ML_OK;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &P);
+    ml_mplan pl = {0};
+    ml_h5 *out = NULL;
+    float *bufs[ML_MERGE_MAX_MODELS + 1] = {0}, *obuf = NULL;
+    ml_merge_work *w = NULL;
+    ml_merge_stats st = {0};
+    int *mine = NULL, nmine = 0;
+    char *recipe_json = NULL;
+    double t0 = ml_wtime();
+
+    /* 1. validate everything before anything is written */
+    ml_prof_begin("merge.validate");
+    rc = ml_plan_build(r, &pl);
+    ml_prof_end("merge.validate", 0, 0);
+    ML_CHECK_GOTO(ml_agree(comm, rc), fail);
+    if (!out_path) { /* check only */
+        ml_info("merge: the recipe and its %d checkpoints are consistent (%d tensors)", pl.M, pl.T);
+        goto cleanup;
+    }
+    ML_CHECK_GOTO(ml_plan_assign(&pl, P), fail);
+    size_t max_n = 1, max_rows = 1;
+    mine = ml_malloc(sizeof(int) * (size_t)pl.T);
+    if (!mine) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    for (int k = 0; rc == ML_OK && k < pl.T; k++) { /* this rank's tensors, largest first */
+        if (pl.t[k].owner != rank) continue;
+        mine[nmine++] = k;
+        if (pl.t[k].n > max_n) max_n = pl.t[k].n;
+        if (pl.t[k].rows > max_rows) max_rows = pl.t[k].rows;
+    }
+    for (int a = 1; rc == ML_OK && a < nmine; a++) {
+        int v = mine[a], b = a - 1;
+        while (b >= 0 && pl.t[mine[b]].n < pl.t[v].n) {
+            mine[b + 1] = mine[b];
+            b--;
+        }
+        mine[b + 1] = v;
+    }
+    for (int i = 0; rc == ML_OK && i < pl.M; i++)
+        if (!(bufs[i] = ml_tensor_buffer(max_n))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    if (rc == ML_OK && !(obuf = ml_tensor_buffer(max_n)))
+        rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    if (rc == ML_OK) rc = ml_merge_work_create(pl.t[0].params.K, max_rows, &w);
+    if (rc == ML_OK) rc = ml_merge_recipe_to_json(r, &recipe_json);
+    ML_CHECK_GOTO(ml_agree(comm, rc), fail);
+
+    /* 2. the output: attributes and every dataset, collectively */
+    ml_prof_begin("merge.create");
+    rc = ml_h5_create(comm, out_path, ML_CKPT_FORMAT, 1, &out);
+    ml_prof_end("merge.create", 0, 0);
+    ML_CHECK_GOTO(rc, fail);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "model_config", pl.model_config), fail);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "parent", pl.paths[0]), fail);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "merge_recipe", recipe_json), fail);
+    if (config_json) ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "config", config_json), fail);
+    ML_CHECK_GOTO(ml_h5_mkgroup(out, "/params"), fail);
+    ml_prof_begin("merge.datasets");
+    for (int k = 0; k < pl.T && rc == ML_OK; k++)
+        rc = ml_h5_create_dataset(out, pl.t[k].path, ML_F32, pl.t[k].rank, pl.t[k].dims, NULL);
+    ml_prof_end("merge.datasets", 0, 0);
+    ML_CHECK_GOTO(rc, fail);
+
+    /* 3. rounds: merge locally, then one collective write per rank's tensor */
+    int rounds = nmine;
+    int mrc = MPI_Allreduce(MPI_IN_PLACE, &rounds, 1, MPI_INT, MPI_MAX, comm);
+    if (mrc != MPI_SUCCESS) ML_CHECK_GOTO(ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__), fail);
+    int *round_tensor = ml_malloc(sizeof(int) * (size_t)P);
+    if (!round_tensor) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    ML_CHECK_GOTO(ml_agree(comm, rc), fail);
+    ml_progress prog;
+    double total_bytes = 0;
+    for (int k = 0; k < pl.T; k++) total_bytes += (double)pl.t[k].n * sizeof(float) * (pl.M + 1);
+    ml_progress_begin(&prog, "merge", (double)pl.T);
+    int done_tensors = 0;
+    for (int rd = 0; rd < rounds; rd++) {
+        int k = rd < nmine ? mine[rd] : -1;
+        rc = k >= 0 ? ml_merge_one(r, &pl, &pl.t[k], bufs, &st, w, obuf, read_chunk ? read_chunk : (size_t)1 << 20)
+                    : ML_OK;
+        rc = ml_agree(comm, rc);
+        if (rc == ML_OK) {
+            int mpirc = MPI_Allgather(&k, 1, MPI_INT, round_tensor, 1, MPI_INT, comm);
+            if (mpirc != MPI_SUCCESS) rc = ml_mpi_error(mpirc, "MPI_Allgather", __FILE__, __LINE__, __func__);
+        }
+        if (rc) {
+            ml_free(round_tensor);
+            goto fail;
+        }
+        ml_prof_begin("merge.write");
+        double wbytes = 0;
+        for (int q = 0; q < P; q++) { /* every rank joins every write, even after a local failure */
+            int kq = round_tensor[q];
+            if (kq < 0) continue;
+            ml_mtensor *t = &pl.t[kq];
+            int own = q == rank;
+            int wrc = ml_h5_write_rows(out, t->path, ML_F32, 0, own ? t->dims[0] : 0, obuf);
+            if (wrc && !rc) rc = wrc;
+            if (own) wbytes += (double)t->n * sizeof(float);
+            done_tensors++;
+        }
+        ml_prof_end("merge.write", 0, wbytes);
+        rc = ml_agree(comm, rc);
+        if (rc) {
+            ml_free(round_tensor);
+            goto fail;
+        }
+        ml_progress_update(&prog, done_tensors, NULL);
+    }
+    ml_free(round_tensor);
+    double secs = ml_wtime() - t0;
+    char extra[96];
+    snprintf(extra, sizeof extra, "%.2f GB in %.2f s (%.2f GB/s)", total_bytes / 1e9, secs, total_bytes / 1e9 / secs);
+    ml_progress_end(&prog, extra);
+    ML_CHECK_GOTO(ml_h5_write_profile(out, "/profile"), fail);
+    ml_prof_begin("merge.close"); /* flush to disk, rename */
+    rc = ml_h5_close(&out);
+    ml_prof_end("merge.close", 0, 0);
+    if (rc == ML_OK)
+        ml_info("merge: %s %d models, %d tensors -> %s (%.2f GB read+written in %.2f s, %.2f GB/s)",
+                ml_merge_method_name(ml_merge_recipe_method(r)), pl.M, pl.T, out_path, total_bytes / 1e9, secs,
+                total_bytes / 1e9 / secs);
+    goto cleanup;
+fail:
+    ml_h5_discard(&out);
+cleanup:
+    for (int i = 0; i < ML_MERGE_MAX_MODELS + 1; i++) ml_free(bufs[i]);
+    ml_free(obuf);
+    ml_free(mine);
+    ml_free(recipe_json);
+    ml_merge_work_destroy(&w);
+    ml_merge_stats_release(&st);
+    ml_plan_free(&pl);
+    return rc;
+}
+
+/* ---- `mergelens merge` ------------------------------------------------------------ */
+static const ml_option_spec ml_merge_options[] = {
+    {"out", ML_OPT_STRING, "", 0, -1, NULL, "output checkpoint (.h5); required unless --check"},
+    {"seed", ML_OPT_INT, "0", 0, 9e18, NULL, "seed of DARE's random drops (overrides the recipe's `seed`)"},
+    {"check", ML_OPT_BOOL, "false", 0, -1, NULL, "validate the recipe and the checkpoints, write nothing"},
+    {"read_chunk", ML_OPT_INT, "1048576", 1, 1e12, NULL, "elements per read of each input (tuning; same result)"},
+    ML_OPT_END};
+
+int ml_cmd_merge(MPI_Comm comm, int argc, char **argv) {
+    int rc = ML_OK, help = 0, npos = 0, check = 0;
+    ml_options *o = NULL;
+    char **pos = NULL, *cfg_json = NULL;
+    ml_merge_recipe *r = NULL;
+    ML_CHECK_GOTO(ml_options_parse_command(
+                      comm, "merge",
+                      "usage: mergelens merge CONFIG.yaml --out OUT.h5 [options]\n\n"
+                      "Merge checkpoints as a mergekit-style recipe says (methods: linear, slerp, task_arithmetic,\n"
+                      "ties, dare_linear, dare_ties, model_stock, soup, multislerp, karcher). Tensors are spread\n"
+                      "over the MPI ranks; the output does not depend on their number.",
+                      ml_merge_options, argc, argv, &o, &npos, &pos, &help),
+                  done);
+    if (help) goto done;
+    if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "merge: expected one recipe file (CONFIG.yaml), got %d arguments", npos);
+    check = ml_opt_bool(o, "check");
+    const char *outp = ml_opt_str(o, "out");
+    if (!check && (!outp || !*outp)) ML_FAIL_GOTO(done, ML_ERR_ARG, "merge: --out OUT.h5 is required");
+    ML_CHECK_GOTO(ml_merge_recipe_load(pos[0], &r), done);
+    if (ml_opt_is_set(o, "seed")) ml_merge_recipe_set_seed(r, (uint64_t)ml_opt_int(o, "seed"));
+    ML_CHECK_GOTO(ml_options_to_json(o, &cfg_json), done);
+done:
+    rc = ml_agree(comm, rc);
+    if (rc == ML_OK && !help)
+        rc = ml_merge_checkpoints(comm, r, check ? NULL : ml_opt_str(o, "out"), cfg_json,
+                                  (size_t)ml_opt_int(o, "read_chunk"));
+    ml_merge_recipe_destroy(&r);
+    ml_free(cfg_json);
+    ml_free(pos);
+    ml_options_destroy(&o);
+    return rc;
+}

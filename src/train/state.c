@@ -1,0 +1,273 @@
+/* The training checkpoint: everything needed to continue a run exactly
+ * (parameters, AdamW moments and step, loader position, metrics logs, data
+ * provenance), written atomically to the output path. Layout:
+ * docs/modules/train.md. */
+#include "train_internal.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Options that may change between an interrupted run and its continuation
+ * without changing the trajectory (bookkeeping, evaluation, test hooks).
+ * micro_batch changes only the float summation order. */
+static const char *const ml_resume_free_keys[] = {"out",        "resume",      "stop_after", "raise_at",
+                                                  "checkpoint_every", "eval", "eval_every", "eval_batches",
+                                                  "eval_batch", "micro_batch", NULL};
+
+int ml_train_logs_alloc(ml_trainer *tr) {
+    ml_train_log *l = &tr->log;
+    ml_eval_log *e = &tr->elog;
+    size_t n = (size_t)l->cap > 0 ? (size_t)l->cap : 1, ne = (size_t)e->cap > 0 ? (size_t)e->cap : 1;
+    l->step = ml_malloc(n * sizeof *l->step);
+    l->tokens = ml_malloc(n * sizeof *l->tokens);
+    l->loss = ml_malloc(n * sizeof *l->loss);
+    l->lr = ml_malloc(n * sizeof *l->lr);
+    l->grad_norm = ml_malloc(n * sizeof *l->grad_norm);
+    l->tokens_per_s = ml_malloc(n * sizeof *l->tokens_per_s);
+    e->step = ml_malloc(ne * sizeof *e->step);
+    e->domain = ml_malloc(ne * sizeof *e->domain);
+    e->loss = ml_malloc(ne * sizeof *e->loss);
+    e->accuracy = ml_malloc(ne * sizeof *e->accuracy);
+    if (!l->step || !l->tokens || !l->loss || !l->lr || !l->grad_norm || !l->tokens_per_s || !e->step || !e->domain ||
+        !e->loss || !e->accuracy)
+        return ML_FAIL(ML_ERR_NOMEM, "train: out of memory for the metrics of %lld steps", (long long)l->cap);
+    return ML_OK;
+}
+
+void ml_train_logs_free(ml_trainer *tr) {
+    ml_train_log *l = &tr->log;
+    ml_eval_log *e = &tr->elog;
+    ml_free(l->step);
+    ml_free(l->tokens);
+    ml_free(l->loss);
+    ml_free(l->lr);
+    ml_free(l->grad_norm);
+    ml_free(l->tokens_per_s);
+    ml_free(e->step);
+    ml_free(e->domain);
+    ml_free(e->loss);
+    ml_free(e->accuracy);
+    memset(l, 0, sizeof *l);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---- save -------------------------------------------------------------------------- */
+/* The columns of /train/log and /train/eval (rows: the log's row count). */
+#define ML_LOG_COLS 10
+typedef struct {
+    const char *path;
+    ml_dtype type;
+    void *data;
+    const int64_t *rows;
+} ml_log_col;
+
+static int ml_log_columns(ml_trainer *tr, ml_log_col *c) {
+    ml_train_log *l = &tr->log;
+    ml_eval_log *e = &tr->elog;
+    int n = 0;
+    c[n++] = (ml_log_col){"/train/log/step", ML_I64, l->step, &l->n};
+    c[n++] = (ml_log_col){"/train/log/tokens", ML_I64, l->tokens, &l->n};
+    c[n++] = (ml_log_col){"/train/log/loss", ML_F64, l->loss, &l->n};
+    c[n++] = (ml_log_col){"/train/log/lr", ML_F64, l->lr, &l->n};
+    c[n++] = (ml_log_col){"/train/log/grad_norm", ML_F64, l->grad_norm, &l->n};
+    c[n++] = (ml_log_col){"/train/log/tokens_per_s", ML_F64, l->tokens_per_s, &l->n};
+    c[n++] = (ml_log_col){"/train/eval/step", ML_I64, e->step, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/domain", ML_I32, e->domain, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/loss", ML_F64, e->loss, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/accuracy", ML_F64, e->accuracy, &e->n};
+    return n;
+}
+
+static int ml_write_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, const void *data) {
+    hsize_t dims[1] = {(hsize_t)n};
+    ML_CHECK(ml_h5_write_tensor(h, path, t, 1, dims, data));
+    return ML_OK;
+}
+
+static int ml_save_body(ml_trainer *tr, ml_h5 *h, int complete, const char *names_json, const char *paths_json,
+                        double *weights) {
+    const int64_t tokens_per_step = (int64_t)tr->G * tr->T;
+    ML_CHECK(ml_h5_set_attr_str(h, "/", "config", tr->config_json));
+    ML_CHECK(ml_h5_set_attr_str(h, "/", "parent", tr->parent));
+    ML_CHECK(ml_h5_set_attr_int(h, "/", "complete", complete));
+    if (tr->tokenizer[0]) {
+        ML_CHECK(ml_h5_set_attr_str(h, "/", "tokenizer", tr->tokenizer));
+        size_t n = strlen(tr->tokenizer);
+        if (n > 5 && !strcmp(tr->tokenizer + n - 5, ".json"))
+            ML_CHECK(ml_h5_set_attr_str(h, "/", "tokenizer_json", tr->tokenizer));
+    }
+    ML_CHECK(ml_model_config_save(h, &tr->model->cfg));
+    ML_CHECK(ml_model_save_params(h, tr->model));
+    ML_CHECK(ml_adamw_save(h, tr->opt_state, tr->model));
+    /* training state */
+    ML_CHECK(ml_h5_mkgroup(h, "/train"));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "step", tr->step));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "total_steps", tr->total_steps));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "tokens_seen", tr->step * tokens_per_step));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "loader_step", ml_loader_step(tr->loader)));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "seed", (int64_t)tr->seed));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "global_batch", tr->G));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "context", tr->T));
+    ML_CHECK(ml_h5_set_attr_int(h, "/train", "nranks", tr->nranks));
+    ML_CHECK(ml_h5_mkgroup(h, "/train/log"));
+    ML_CHECK(ml_h5_mkgroup(h, "/train/eval"));
+    ML_CHECK(ml_h5_set_attr_str(h, "/train/eval", "domains", names_json));
+    ml_log_col cols[ML_LOG_COLS];
+    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
+        if (*cols[i].rows > 0) ML_CHECK(ml_write_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
+    /* data provenance */
+    ML_CHECK(ml_h5_mkgroup(h, "/data"));
+    ML_CHECK(ml_h5_set_attr_str(h, "/data", "paths", paths_json));
+    ML_CHECK(ml_h5_set_attr_str(h, "/data", "domains", names_json));
+    ML_CHECK(ml_write_col(h, "/data/weights", ML_F64, tr->K, weights));
+    ML_CHECK(ml_write_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    if (complete) ML_CHECK(ml_h5_write_profile(h, "/profile")); /* rank 0's events */
+    return ML_OK;
+}
+
+int ml_trainer_save(ml_trainer *tr, int complete) {
+    int rc = ML_OK;
+    ml_h5 *h = NULL;
+    char *names_json = NULL, *paths_json = NULL;
+    const char **names = NULL;
+    double *weights = NULL;
+    ml_prof_begin("train.checkpoint");
+    double t0 = ml_wtime();
+    names = ml_malloc(sizeof *names * (size_t)tr->K);
+    weights = ml_malloc(sizeof *weights * (size_t)tr->K);
+    rc = names && weights ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
+    double wsum = 0;
+    for (int d = 0; rc == ML_OK && d < tr->K; d++) {
+        names[d] = tr->info[d].name;
+        weights[d] = tr->weights ? tr->weights[d] : (double)ml_loader_domain_windows(tr->loader, d);
+        wsum += weights[d];
+    }
+    for (int d = 0; rc == ML_OK && d < tr->K; d++) weights[d] = wsum > 0 ? weights[d] / wsum : 0;
+    if (rc == ML_OK) rc = ml_json_strings(names, tr->K, &names_json);
+    if (rc == ML_OK) rc = ml_json_strings((const char *const *)tr->paths, tr->K, &paths_json);
+    ML_AGREE_GOTO(tr->comm, rc, done);
+    /* Every rank holds the same state: rank 0 writes the file alone, through
+     * a serial handle (no collective operation per dataset and attribute). */
+    if (tr->rank == 0) {
+        rc = ml_h5_create(MPI_COMM_SELF, tr->out, ML_CKPT_FORMAT, 1, &h);
+        if (rc == ML_OK) rc = ml_save_body(tr, h, complete, names_json, paths_json, weights);
+        if (rc == ML_OK) rc = ml_h5_close(&h);
+        if (rc != ML_OK) ml_error_trace(rc, __FILE__, __LINE__, __func__);
+        if (h) ml_h5_discard(&h);
+    }
+    ML_AGREE_GOTO(tr->comm, rc, done);
+    ml_debug("train: checkpoint at step %lld written to %s in %.2f s", (long long)tr->step, tr->out,
+             ml_wtime() - t0);
+done:
+    ml_free(names);
+    ml_free(weights);
+    ml_free(names_json);
+    ml_free(paths_json);
+    ml_prof_end("train.checkpoint", 0, 16.0 * (double)tr->model->n_params);
+    return rc;
+}
+
+/* ---- restore ------------------------------------------------------------------------- */
+static int ml_resume_free(const char *key) {
+    for (int i = 0; ml_resume_free_keys[i]; i++)
+        if (!strcmp(key, ml_resume_free_keys[i])) return 1;
+    return 0;
+}
+
+/* The stored options must equal this run's, except the keys above. */
+static int ml_check_resume_config(ml_trainer *tr, const char *stored_text) {
+    const char *path = tr->out;
+    json_error_t err;
+    int rc = ML_OK;
+    json_t *stored = json_loads(stored_text, 0, &err), *cur = json_loads(tr->config_json, 0, NULL);
+    if (!stored || !json_is_object(stored))
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: attribute config is not a JSON object (%s)", path,
+                     stored ? "not an object" : err.text);
+    if (!cur) ML_FAIL_GOTO(done, ML_ERR_INTERNAL, "train: effective options are not valid JSON");
+    const char *key;
+    json_t *v;
+    json_object_foreach(cur, key, v) {
+        if (ml_resume_free(key)) continue;
+        json_t *s = json_object_get(stored, key);
+        if (s && json_equal(s, v)) continue;
+        char *a = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL, *b = json_dumps(v, JSON_ENCODE_ANY);
+        rc = ML_FAIL(ML_ERR_CONFIG,
+                     "%s: cannot resume: it was trained with %s = %s, this run has %s = %s (rerun with the original "
+                     "options, or --resume false to start over)",
+                     path, key, a ? a : "(unset)", key, b ? b : "?");
+        free(a);
+        free(b);
+        goto done;
+    }
+done:
+    json_decref(stored);
+    json_decref(cur);
+    return rc;
+}
+
+static int ml_read_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, void *data) {
+    hsize_t dims[1] = {(hsize_t)n};
+    ML_CHECK(ml_h5_read_tensor(h, path, t, 1, dims, data));
+    return ML_OK;
+}
+
+/* Rows of a log column (0 when the log group has no rows yet). */
+static int ml_log_rows(ml_h5 *h, const char *col, int64_t cap, int64_t *n) {
+    *n = 0;
+    if (!ml_h5_exists(h, col)) return ML_OK;
+    int r;
+    hsize_t dims[ML_H5_MAX_RANK];
+    ML_CHECK(ml_h5_shape(h, col, &r, dims, NULL));
+    if (r != 1 || (int64_t)dims[0] > cap)
+        return ML_FAIL(ML_ERR_FORMAT, "%s: %s has %llu rows, more than the %lld this run can hold", ml_h5_path(h), col,
+                       (unsigned long long)dims[0], (long long)cap);
+    *n = (int64_t)dims[0];
+    return ML_OK;
+}
+
+int ml_trainer_stored_eval_rows(ml_h5 *h, int64_t *n) {
+    ML_CHECK(ml_log_rows(h, "/train/eval/step", INT64_MAX, n));
+    return ML_OK;
+}
+
+int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
+    const char *path = tr->out;
+    char *stored = NULL;
+    int rc = ML_OK;
+    ML_CHECK(ml_h5_get_attr_str(h, "/", "config", &stored));
+    rc = ml_check_resume_config(tr, stored);
+    ml_free(stored);
+    if (rc != ML_OK) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    ML_CHECK(ml_model_load_params(h, tr->model));
+    ML_CHECK(ml_adamw_load(h, tr->opt_state, tr->model));
+    int64_t step = 0, loader_step = 0, total = 0;
+    ML_CHECK(ml_h5_get_attr_int(h, "/train", "step", &step));
+    ML_CHECK(ml_h5_get_attr_int(h, "/train", "loader_step", &loader_step));
+    ML_CHECK(ml_h5_get_attr_int(h, "/train", "total_steps", &total));
+    if (total != tr->total_steps)
+        return ML_FAIL(ML_ERR_CONFIG,
+                       "%s: cannot resume: it planned %lld steps, this run plans %lld (did the token stores change?)",
+                       path, (long long)total, (long long)tr->total_steps);
+    if (step != tr->opt_state->step || loader_step != step || step > tr->total_steps)
+        return ML_FAIL(ML_ERR_FORMAT,
+                       "%s: inconsistent training state: step %lld, optimizer step %lld, loader step %lld, %lld steps "
+                       "planned",
+                       path, (long long)step, (long long)tr->opt_state->step, (long long)loader_step,
+                       (long long)tr->total_steps);
+    ml_train_log *l = &tr->log;
+    ML_CHECK(ml_log_rows(h, "/train/log/step", l->cap, &l->n));
+    if (l->n != step)
+        return ML_FAIL(ML_ERR_FORMAT, "%s: /train/log has %lld rows for %lld steps", path, (long long)l->n,
+                       (long long)step);
+    ml_eval_log *e = &tr->elog;
+    ML_CHECK(ml_log_rows(h, "/train/eval/step", e->cap, &e->n));
+    ml_log_col cols[ML_LOG_COLS];
+    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
+        if (*cols[i].rows > 0) ML_CHECK(ml_read_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
+    ML_CHECK(ml_read_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    tr->step = step;
+    tr->resumed_from = step;
+    return ML_OK;
+}

@@ -1,0 +1,121 @@
+/* Small helpers of the train module: option lists, JSON string arrays, token
+ * store attributes. */
+#include "train_internal.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rank 0 reads the attributes of a serial open. */
+static int ml_store_info_local(const char *path, ml_store_info *info) {
+    ml_h5 *h = NULL;
+    char *s = NULL;
+    int rc = ML_OK;
+    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.tokens", 1, 1, &h));
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "vocab_size", &info->vocab_size), done);
+    rc = ml_h5_get_attr_str(h, "/", "domain", &s);
+    if (rc == ML_OK) {
+        snprintf(info->name, sizeof info->name, "%s", s);
+    } else if (rc == ML_ERR_NOTFOUND) {
+        const char *b = strrchr(path, '/');
+        b = b ? b + 1 : path;
+        snprintf(info->name, sizeof info->name, "%s", b);
+        char *dot = strrchr(info->name, '.');
+        if (dot && dot != info->name) *dot = '\0';
+        ml_error_clear();
+        rc = ML_OK;
+    } else {
+        goto done;
+    }
+    ml_free(s);
+    s = NULL;
+    rc = ml_h5_get_attr_str(h, "/", "tokenizer", &s);
+    if (rc == ML_OK) snprintf(info->tokenizer, sizeof info->tokenizer, "%s", s);
+    else if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        rc = ML_OK;
+    }
+done:
+    ml_free(s);
+    ml_h5_close(&h);
+    return rc ? ml_error_trace(rc, __FILE__, __LINE__, __func__) : ML_OK;
+}
+
+int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    memset(info, 0, sizeof *info);
+    ML_CHECK(ml_agree(comm, rank == 0 ? ml_store_info_local(path, info) : ML_OK));
+    ML_CHECK_MPI(MPI_Bcast(info, (int)sizeof *info, MPI_BYTE, 0, comm));
+    return ML_OK;
+}
+
+int ml_split_list(const char *text, const char *key, char ***items, int *n) {
+    *items = NULL;
+    *n = 0;
+    int count = 1;
+    for (const char *p = text; *p; p++) count += *p == ',';
+    char **v = ml_calloc((size_t)count, sizeof *v);
+    if (!v) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    const char *p = text;
+    for (int i = 0; i < count; i++) {
+        const char *e = strchr(p, ',');
+        if (!e) e = p + strlen(p);
+        const char *a = p, *b = e;
+        while (a < b && isspace((unsigned char)*a)) a++;
+        while (b > a && isspace((unsigned char)b[-1])) b--;
+        if (a == b) {
+            ml_h5_free_names(v, i);
+            return ML_FAIL(ML_ERR_CONFIG, "option '%s': empty item %d in '%s' (expected a comma-separated list)", key,
+                           i + 1, text);
+        }
+        v[i] = ml_malloc((size_t)(b - a) + 1);
+        if (!v[i]) {
+            ml_h5_free_names(v, i);
+            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        }
+        memcpy(v[i], a, (size_t)(b - a));
+        v[i][b - a] = '\0';
+        p = e + 1;
+    }
+    *items = v;
+    *n = count;
+    return ML_OK;
+}
+
+int ml_parse_numbers(const char *text, const char *key, double *out, int n) {
+    char **items = NULL;
+    int count = 0, rc = ML_OK;
+    ML_CHECK(ml_split_list(text, key, &items, &count));
+    if (count != n)
+        ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' has %d value%s, expected %d", key, text, count,
+                     count == 1 ? "" : "s", n);
+    for (int i = 0; i < n; i++) {
+        char *end = NULL;
+        out[i] = strtod(items[i], &end);
+        if (!end || *end || !isfinite(out[i]))
+            ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' is not a number", key, items[i]);
+    }
+done:
+    ml_h5_free_names(items, count);
+    return rc;
+}
+
+int ml_json_strings(const char *const *items, int n, char **json) {
+    *json = NULL;
+    json_t *a = json_array();
+    if (!a) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
+    for (int i = 0; i < n; i++)
+        if (json_array_append_new(a, json_string(items[i])) != 0) {
+            json_decref(a);
+            return ML_FAIL(ML_ERR_ARG, "cannot store '%s' as a JSON string (not UTF-8?)", items[i]);
+        }
+    char *t = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    if (!t) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
+    *json = ml_strdup(t);
+    free(t);
+    return *json ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+}
