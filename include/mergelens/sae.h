@@ -76,8 +76,9 @@ int ml_sae_decode(const ml_sae *sae, const float *f, int n, float *x_hat);
 int ml_sae_reconstruct(const ml_sae *sae, const float *x, int n, float *x_hat, float *f_scratch);
 
 /* Sparse codes as CSR: row r's active latents are col[row_ptr[r]..row_ptr[r+1])
- * in increasing latent order with values val[...]. Arrays grow as needed and
- * are reused across calls; free with ml_sae_csr_free. */
+ * in increasing latent order with values val[...]. Start from a zeroed
+ * ml_sae_csr; arrays grow as needed and are reused across calls; free with
+ * ml_sae_csr_free. */
 typedef struct {
     int n_rows;
     int64_t nnz;
