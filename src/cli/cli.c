@@ -180,6 +180,14 @@ int ml_cli_main(int argc, char **argv) {
     char advice[512];
     if (strcmp(cmd->name, "doctor") != 0 && ml_blas_check(advice, sizeof advice)) ml_warn("%s", advice);
     int rc = cmd->fn(MPI_COMM_WORLD, argc - 1, argv + 1);
+    if (rc == ML_OK) {
+        /* like PETSc's -log_view: per-phase time (min/max/mean over ranks),
+         * GFLOP/s and GB/s; ML_PROFILE=0 turns it off */
+        const ml_prof_event *ev;
+        const char *pf = getenv("ML_PROFILE");
+        int quiet = (pf && !strcmp(pf, "0")) || !strcmp(cmd->name, "version") || !strcmp(cmd->name, "inspect");
+        if (!quiet && ml_prof_events(&ev) > 0) rc = ml_prof_summary(MPI_COMM_WORLD, stderr);
+    }
     if (rc != ML_OK) {
         const char *lv = getenv("ML_LOG_LEVEL");
         int verbose = lv && !strcmp(lv, "debug");

@@ -72,12 +72,15 @@ int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype) 
     ml_prof_begin("saelens_export");
     ML_CHECK_GOTO(ml_h5_open(MPI_COMM_SELF, sae_path, ML_SAE_FORMAT, 1, 1, &h), done);
     int64_t d_in, d_sae, k = 0;
-    int has_k;
+    int has_k, has_apply;
+    int64_t apply_b_dec = 0;
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "hook_name", &hook), done);
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_in", &d_in), done);
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_sae", &d_sae), done);
     ML_CHECK_GOTO(ml_sae_opt_int(h, "k", &k, &has_k), done);
+    /* the SAE module records whether its encoder subtracts b_dec first */
+    ML_CHECK_GOTO(ml_sae_opt_int(h, "apply_b_dec_to_input", &apply_b_dec, &has_apply), done);
     ML_CHECK_GOTO(ml_attr_str_optional(h, "model", &model), done);
     ML_CHECK_GOTO(ml_attr_str_optional(h, "config", &config), done);
     int topk = !strcmp(arch, "topk");
@@ -119,7 +122,7 @@ int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype) 
                     topk ? "topk" : "standard", "d_in", (json_int_t)d_in, "d_sae", (json_int_t)d_sae, "dtype",
                     ml_st_dtype_torch_name(dtype), "device", "cpu", "model_name", model_name, "hook_name", hook,
                     "hook_layer", ml_sae_hook_layer(hook), "hook_head_index", "activation_fn_str",
-                    topk ? "topk" : "relu", "activation_fn_kwargs", "apply_b_dec_to_input", 0,
+                    topk ? "topk" : "relu", "activation_fn_kwargs", "apply_b_dec_to_input", apply_b_dec != 0,
                     "finetuning_scaling_factor", 0, "normalize_activations", "none");
     if (!cfg) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "%s: cannot build cfg.json", sae_path);
     if (topk) json_object_set_new(json_object_get(cfg, "activation_fn_kwargs"), "k", json_integer(k));
