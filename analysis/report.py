@@ -605,8 +605,7 @@ def sec_features(R, saes, tracks):
         R.note("features", "tokenizer not found: tokens are shown as ids.")
     else:
         R.note("features", "tokens decoded with %s; orange = activation relative to the feature's maximum, "
-               "outlined = the example's own token." % os.path.relpath(R.tokenizer().path, R.run)
-               if not os.path.isabs(os.path.relpath(R.tokenizer().path, R.run)) else R.tokenizer().path)
+               "outlined = the example's own token." % R.tokenizer().path)
     nex = R.args.examples
     rng = np.random.default_rng(0)
     shown = 0
@@ -667,6 +666,7 @@ def dataset_table(g):
         return None
     n = max(len(d) for _, d in cols)
     cols = [(k, d) for k, d in cols if len(d) == n]
+    cols.sort(key=lambda kd: kd[1].dtype.kind not in "SOU")  # label (string) columns first
     vals = []
     for k, d in cols:
         v = d[()]

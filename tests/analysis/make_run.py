@@ -201,6 +201,16 @@ def tracking(path, fp=24, fc=24, tau=0.8):
         s["counts"] = np.array(allc, np.int64)
 
 
+def weightspace(path):
+    """A weight-space result (format name only assumed: the report matches 'weight' in it)."""
+    with h5py.File(path, "w") as f:
+        common(f, "mergelens.weightspace")
+        f.attrs["models"] = json.dumps(["base", "lua", "merge"])
+        f["model"] = np.array([b"base", b"lua", b"merge"], dtype=STR)
+        f["l2_from_base"] = np.array([0.0, 1.25, 0.75])
+        f["task_vector_cos"] = np.array([[1.0, 0.2, 0.5], [0.2, 1.0, 0.7], [0.5, 0.7, 1.0]])
+
+
 def experiment(path, run):
     with h5py.File(path, "w") as f:
         common(f, "mergelens.experiment")
@@ -236,6 +246,8 @@ def main():
     sae(os.path.join(run, "saes", "lua.h5"), "models/lua.h5", seed=1)
     sweep(os.path.join(run, "sweeps", "slerp.h5"))
     tracking(os.path.join(run, "tracking", "lineage.h5"))
+    os.makedirs(os.path.join(run, "tables"), exist_ok=True)
+    weightspace(os.path.join(run, "tables", "weightspace.h5"))
     experiment(os.path.join(run, "experiment.h5"), run)
 
 

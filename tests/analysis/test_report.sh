@@ -25,17 +25,18 @@ check "synthetic run directory written" "$py" "$here/make_run.py" "$run"
 out=$(report "$run" --strict 2>&1); rc=$?
 echo "$out"
 check "report builds (--strict)" test $rc -eq 0
-check "report prints its path" grep -qF "report: $run/report/index.html (8 figures)" <<<"$out"
-check "figures valid and not blank, sections, contents" checker "$run/report" --expect-figures 8 \
+check "report prints its path" grep -qF "report: $run/report/index.html (9 figures)" <<<"$out"
+check "figures valid and not blank, sections, contents" checker "$run/report" --expect-figures 9 \
   --expect "base-&gt;lua" --expect "2024-01-01T00:10:00Z" --expect "slerp.h5" --expect "merge.eval.h5" \
   --expect "fine-tune" --expect "persist (" --expect "emerge (" --expect "disappear (" \
-  --expect ">été</span>" --expect ">&lt;bos&gt;</span>" --expect "features_lua.html" --expect "12.5"
+  --expect ">été</span>" --expect ">&lt;bos&gt;</span>" --expect "features_lua.html" --expect "12.5" \
+  --expect "<td>lua</td><td>1.25</td>" --expect "mergelens.weightspace"
 check "eval table: merge row from the eval file (2.4, 0.33)" bash -c "grep -a -q '<td>merge</td><td>merge</td><td>lua</td><td>2.4</td><td>2.6</td><td>0.33</td>' '$run/report/index.html'"
 check "eval table: base from the last /train/eval rows (1.8, 2.1, 0.42, 0.37)" bash -c "grep -a -q '<td>base</td><td>base</td><td></td><td>1.8</td><td>2.1</td><td>0.42</td><td>0.37</td>' '$run/report/index.html'"
 check "flow table counts (15 persist, 7 disappear, 2 dead; 17, 5, 2)" bash -c "grep -a -q '<td>15</td><td>7</td><td>2</td><td>17</td><td>5</td><td>2</td><td>68.2%</td><td>31.8%</td><td>22.7%</td>' '$run/report/index.html'"
 check "SAE table from /metrics/eval (L0 12.5, FVU 0.3)" bash -c "grep -a -q '<td>12.5</td><td>0.3</td><td>0.05</td>' '$run/report/index.html'"
 check "browse page lists the 22 live features" bash -c "[ \$(grep -a -o 'class=\"fh\"' '$run/report/features_base.html' | wc -l) -eq 22 ]"
-check "rebuilding removes nothing it needs" bash -c "'$py' '$src/analysis/report.py' '$run' --strict >/dev/null && '$py' '$here/check_report.py' '$run/report' --expect-figures 8 >/dev/null"
+check "rebuilding removes nothing it needs" bash -c "'$py' '$src/analysis/report.py' '$run' --strict >/dev/null && '$py' '$here/check_report.py' '$run/report' --expect-figures 9 >/dev/null"
 
 # tokenizer reader: every id decodes to its vocabulary bytes, as ml_tokenizer_decode concatenates them
 check "tokenizer reader decodes ids to the stored bytes" "$py" - "$run/data/tokenizer.h5" "$here" <<'PY'
@@ -68,7 +69,7 @@ cp -r "$run" "$tmp/bad"
 out=$(report "$tmp/bad" 2>&1); rc=$?
 check "malformed sweep: report still builds" test $rc -eq 0
 check "malformed sweep: warning names the section" grep -q "section 'sweeps' failed" <<<"$out"
-check "malformed sweep: other figures still there" bash -c "[ \$(grep -a -c '<img' '$tmp/bad/report/index.html') -eq 7 ] && grep -a -q 'section failed' '$tmp/bad/report/index.html'"
+check "malformed sweep: other figures still there" bash -c "[ \$(grep -a -c '<img' '$tmp/bad/report/index.html') -eq 8 ] && grep -a -q 'section failed' '$tmp/bad/report/index.html'"
 report "$tmp/bad" --strict >/dev/null 2>&1; rc=$?
 check "malformed sweep: --strict fails" test $rc -ne 0
 out=$(report "$tmp/nonexistent" 2>&1); rc=$?
