@@ -40,6 +40,15 @@ check "experiment.h5 links the merged model" bash -c "'$bin' inspect '$run/exper
 if command -v h5ls >/dev/null; then
   check "external link resolves (h5ls)" bash -c "cd '$run' && h5ls experiment.h5/outputs/merge/merge/params 2>/dev/null | grep -q lm_head.weight"
 fi
+py=""
+for c in /usr/bin/python3 python3; do "$c" -c "import h5py, matplotlib" 2>/dev/null && { py=$c; break; }; done
+if [ -n "$py" ]; then
+  "$py" "$src/analysis/report.py" "$run" > "$tmp/report.log" 2>&1; rc=$?
+  check "report builds from the tiny run" test $rc -eq 0 -a -f "$run/report/index.html"
+  check "report has training curves and SAE metrics" bash -c "grep -q 'Training and fine-tuning curves' '$run/report/index.html' && ls '$run'/report/*.png >/dev/null"
+else
+  echo "skip report check: no python3 with h5py and matplotlib"
+fi
 "${mpi[@]}" "$bin" run "$src/jobs/tiny.yaml" --out "$run" > "$tmp/rerun.log" 2>&1; rc=$?
 check "rerun succeeds" test $rc -eq 0
 check "rerun skips all 14 complete stages" bash -c "[ \$(grep -c 'complete, skipped' '$tmp/rerun.log') -eq 14 ]"
