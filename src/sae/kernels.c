@@ -35,6 +35,9 @@ struct ml_sae_work {
     float *cj;        /* (S) L1 weights c_j */
     double *colsum;   /* (S) per-latent sums of activations */
     float *cnt;       /* (S) per-latent firing counts */
+    int32_t *csc_ptr; /* (S+1) topk: the batch's codes grouped by latent */
+    int32_t *csc_row; /* (N*K) */
+    float *csc_val;   /* (N*K) */
     /* AuxK over a moderate number of dead latents M <= aux_mmax runs as dense
      * products over the dead subset (cache friendly) instead of row by row */
     int aux_mmax;
@@ -221,6 +224,9 @@ int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work *
     w->cj = ml_malloc(sizeof(float) * (size_t)S);
     w->colsum = ml_malloc(sizeof(double) * (size_t)S);
     w->cnt = ml_malloc(sizeof(float) * (size_t)S);
+    w->csc_ptr = ml_malloc(sizeof(int32_t) * ((size_t)S + 1));
+    w->csc_row = ml_malloc(sizeof(int32_t) * (size_t)N * (size_t)(w->K + 1));
+    w->csc_val = ml_malloc(sizeof(float) * (size_t)N * (size_t)(w->K + 1));
     w->aux_mmax = w->A > 0 ? (8 * w->A < S ? 8 * w->A : S) : 0;
     size_t M = (size_t)(w->aux_mmax > 0 ? w->aux_mmax : 1);
     w->ax_W = ml_malloc(sizeof(float) * M * (size_t)(w->A > 0 ? D : 1));
@@ -235,7 +241,8 @@ int ml_sae_work_create(const ml_sae *sae, int max_rows, int k_aux, ml_sae_work *
         return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
     if (!w->xin || !w->f || !w->df || !w->xhat || !w->dxhat || !w->rw || !w->tk_idx || !w->tk_val || !w->ax_idx ||
-        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum || !w->cnt) {
+        !w->ax_val || !w->rvec || !w->dead_list || !w->cj || !w->colsum || !w->cnt || !w->csc_ptr ||
+        !w->csc_row || !w->csc_val) {
         ml_sae_work_destroy(&w);
         return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
@@ -261,6 +268,9 @@ void ml_sae_work_destroy(ml_sae_work **wp) {
     ml_free(w->cj);
     ml_free(w->colsum);
     ml_free(w->cnt);
+    ml_free(w->csc_ptr);
+    ml_free(w->csc_row);
+    ml_free(w->csc_val);
     ml_free(w->ax_W);
     ml_free(w->ax_Z);
     ml_free(w->ax_dZ);
@@ -423,6 +433,45 @@ static void ml_sparse_grad(const ml_sae *sae, const int32_t *idx, const float *v
     }
 }
 
+/* The TopK gradients latent by latent: the (row, value) pairs of the batch's
+ * codes are grouped by latent (counting sort), then each latent's gradient
+ * rows are accumulated in cache and written once; latents without pairs get
+ * zero rows. This overwrites every W_enc_t, b_enc and W_dec gradient entry. */
+static void ml_topk_grad_by_latent(const ml_sae *sae, const float *xin, int N, ml_sae_work *w, float *gWe,
+                                   float *gbe, float *gWd) {
+    int S = sae->d_sae, D = sae->d_in, K = sae->k;
+    int32_t *ptr = w->csc_ptr;
+    memset(ptr, 0, sizeof(int32_t) * ((size_t)S + 1));
+    for (size_t p = 0; p < (size_t)N * K; p++)
+        if (w->tk_val[p] > 0) ptr[w->tk_idx[p] + 1]++;
+    for (int j = 0; j < S; j++) ptr[j + 1] += ptr[j];
+    for (int b = 0; b < N; b++)
+        for (int t = 0; t < K; t++) {
+            size_t p = (size_t)b * K + t;
+            if (!(w->tk_val[p] > 0)) continue;
+            int32_t q = ptr[w->tk_idx[p]]++;
+            w->csc_row[q] = b;
+            w->csc_val[q] = w->tk_val[p];
+        }
+    for (int j = S; j > 0; j--) ptr[j] = ptr[j - 1]; /* the fill advanced each start to its end */
+    ptr[0] = 0;
+    for (int j = 0; j < S; j++) {
+        float *gd = gWd + (size_t)j * D, *ge = gWe + (size_t)j * D;
+        const float *wd = sae->W_dec + (size_t)j * D;
+        memset(gd, 0, sizeof(float) * (size_t)D);
+        memset(ge, 0, sizeof(float) * (size_t)D);
+        float gb = 0;
+        for (int32_t q = ptr[j]; q < ptr[j + 1]; q++) {
+            const float *db = w->dxhat + (size_t)w->csc_row[q] * D;
+            ml_axpyf(w->csc_val[q], db, gd, D);
+            float dv = ml_dotf(db, wd, D);
+            ml_axpyf(dv, xin + (size_t)w->csc_row[q] * D, ge, D);
+            gb += dv;
+        }
+        gbe[j] = gb;
+    }
+}
+
 /* AuxK as dense products over the M dead latents (M <= aux_mmax): the codes
  * Z (N,M) hold each row's A largest dead pre-activations (after ReLU).
  * e_hat = Z W_M; dE = 2 alpha w_b (e_hat - e); gW_dec[M] += Z^T dE;
@@ -570,14 +619,11 @@ static void ml_fb_topk(const ml_sae *sae, const ml_sae_loss_cfg *cfg, const floa
         gbe = grads + obe;
         gWd = grads + od;
         gbd = grads + obd;
-        memset(grads, 0, sizeof(float) * sae->n_params);
+        memset(gbd, 0, sizeof(float) * (size_t)D);
+        ml_prof_begin("sae.backward");
+        ml_topk_grad_by_latent(sae, xin, N, w, gWe, gbe, gWd);
+        ml_prof_end("sae.backward", 6.0 * N * K * D, 0);
     }
-    ml_prof_begin("sae.backward");
-    if (grads)
-        for (int b = 0; b < N; b++)
-            ml_sparse_grad(sae, w->tk_idx + (size_t)b * K, w->tk_val + (size_t)b * K, K, w->dxhat + (size_t)b * D,
-                           xin + (size_t)b * D, gWe, gbe, gWd);
-    ml_prof_end("sae.backward", grads ? 6.0 * N * K * D : 0, 0);
     /* AuxK: e_hat_b = sum_a v_a W_dec[i_a] should predict e = x - x_hat (held constant) */
     st->loss_aux = 0;
     if (A > 0) {

@@ -182,6 +182,7 @@ static void ml_resampler_free(ml_resampler *r) {
     ml_free(r->cum);
     ml_free(r->dirs);
     ml_free(r->dead_idx);
+    memset(r, 0, sizeof *r);
 }
 
 static int ml_resampler_init(ml_resampler *r, const ml_sae_train_config *cfg, int B, int L, int D, int S) {

@@ -130,6 +130,7 @@ static void check_eval(const ml_sae *s, const ml_sae_eval *ev, int64_t row0, int
 
 static void test_eval(void **state) {
     (void)state;
+    long live0 = ml_alloc_live();
     make_data();
     ml_row_memory mem;
     ml_row_memory_init(&mem, g_x, N, D, g_tok, g_doc, g_pos);
@@ -161,6 +162,7 @@ static void test_eval(void **state) {
     ml_sae_eval *bad[1];
     c.quantile_examples = 20;
     ML_ASSERT_FAILS(ml_sae_evaluate(MPI_COMM_SELF, saes, 0, &mem.src, &c, bad), ML_ERR_ARG, "quantile_examples");
+    assert_true(ml_alloc_live() == live0);
 }
 
 int main(int argc, char **argv) {

@@ -67,6 +67,7 @@ static void assert_same_sae(const ml_sae *a, const ml_sae *b) {
 
 static void test_roundtrip(void **state) {
     (void)state;
+    long live0 = ml_alloc_live();
     const char *dir = ml_test_dir("sae_roundtrip");
     char path[1024];
     snprintf(path, sizeof path, "%s/t.h5", dir);
@@ -104,6 +105,7 @@ static void test_roundtrip(void **state) {
         ML_ASSERT_FAILS(ml_sae_load(path, &l), ML_ERR_FORMAT, "tensor W_dec holds a non-finite value");
         ml_sae_destroy(&s);
     }
+    assert_true(ml_alloc_live() == live0); /* nothing leaked, failure paths included */
 }
 
 static ml_sae_run *train_memory(const float *x, int arch, double l1a, double l1b) {
@@ -139,6 +141,7 @@ static int run_cmd(int n, const char **args) {
 
 static void test_command(void **state) {
     (void)state;
+    long live0 = ml_alloc_live();
     make_rows();
     const char *dir = ml_test_dir("sae_cmd");
     char acts[1024], acts16[1024], out[1024], p1[1024], p2[1024];
@@ -206,6 +209,8 @@ static void test_command(void **state) {
         ml_sae_run_destroy(&ref);
         free(xr);
     }
+    const char *help[] = {"sae", "--help"};
+    ML_ASSERT_OK(run_cmd(2, help));
     /* bad inputs */
     const char *nohook[] = {"sae", acts, "--out", out, "--hook", "blocks.0.hook_resid_pre"};
     ML_ASSERT_FAILS(run_cmd(6, nohook), ML_ERR_NOTFOUND, "no hook 'blocks.0.hook_resid_pre'");
@@ -219,6 +224,7 @@ static void test_command(void **state) {
     const char *two[] = {"sae", acts, acts, "--out", out};
     ML_ASSERT_FAILS(run_cmd(5, two), ML_ERR_ARG, "expected one activations file");
     ML_ASSERT_FAILS(ml_sae_load(acts, &(ml_sae *){NULL}), ML_ERR_FORMAT, "mergelens.activations");
+    assert_true(ml_alloc_live() == live0);
 }
 
 int main(int argc, char **argv) {
