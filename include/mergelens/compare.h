@@ -1,0 +1,94 @@
+/* mergelens compare: `mergelens compare` and `mergelens track`, the glue
+ * between the SAE encoder (module sae), captured activations (module
+ * capture) and the comparison engine (module features).
+ *
+ * Each SAE encodes its own model's activations on the same token positions
+ * (the two activations files must hold identical /tokens). Rows are streamed
+ * in chunks: every rank reads and encodes its share of a chunk's rows
+ * (collective ml_h5_read_rows), the CSR codes are all-gathered so that every
+ * rank holds the chunk (the contract of ml_codes_stream), and
+ * ml_compare_run accumulates every measure. Memory is bounded by the chunk
+ * size and the engine's (na, nb) block, never by N x F.
+ *
+ * Legend: N token rows, D = d_in, F = d_sae, n = rows of one chunk.
+ */
+#ifndef MERGELENS_COMPARE_H
+#define MERGELENS_COMPARE_H
+
+#include <stdint.h>
+
+#include "mergelens/core.h"
+#include "mergelens/features.h"
+#include "mergelens/sae.h"
+
+/* ---- codes of one SAE on one activations file --------------------------- */
+typedef struct ml_sae_codes ml_sae_codes;
+/* Collective. hook NULL or "" = the SAE's hook_name. n_rows 0 = every row
+ * of the file, else the first n_rows. chunk_rows: most rows per chunk
+ * (all ranks together). The SAE's d_in must equal the hook's width (the
+ * error names both files). sae must outlive the stream. */
+int ml_sae_codes_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, const char *acts_path,
+                      const char *hook, int64_t n_rows, int64_t chunk_rows, ml_sae_codes **out);
+void ml_sae_codes_close(ml_sae_codes **c);
+/* The stream (for ml_compare_run); it gives full-width CSR chunks and token
+ * ids. next() is collective and agrees on failure internally. */
+ml_codes_stream *ml_sae_codes_stream(ml_sae_codes *c);
+/* The chunk last returned (CSR, full width); NULL before the first. */
+const ml_fcodes *ml_sae_codes_chunk(const ml_sae_codes *c);
+/* Called (collectively) after every chunk of c with both chunks; used to
+ * feed the feature flow from the same pass. A failure must be agreed. */
+typedef int (*ml_sae_codes_hook)(void *ctx, const ml_fcodes *mine, const ml_fcodes *other);
+void ml_sae_codes_set_hook(ml_sae_codes *c, const ml_sae_codes *other, ml_sae_codes_hook hook, void *ctx);
+
+/* Collective: the two activations files hold the same /tokens (same row
+ * count, same ids), compared chunk by chunk (each rank its share). The
+ * error names both files and the first differing row. *n_rows (may be
+ * NULL) = N, *vocab (may be NULL) = max id + 1. */
+int ml_acts_same_tokens(MPI_Comm comm, const char *path_a, const char *path_b, int64_t chunk_rows, int64_t *n_rows,
+                        int64_t *vocab);
+
+/* ---- one lineage edge ------------------------------------------------------- */
+typedef struct {
+    double tau;            /* persist threshold (0.8) */
+    int64_t chunk_rows;    /* rows per chunk (16384) */
+    int64_t max_tokens;    /* first rows only (0 = all) */
+    ml_corr_path path;     /* activation correlation path */
+    const char *hook;      /* NULL = each SAE's hook_name */
+    int full_matrix;       /* write /edges/<edge>/activation/r */
+    int token_profile;     /* token-profile correlation too */
+    int decoder;           /* decoder cosine (when d_in agree) */
+    double match_floor;    /* one-to-one matching floor (0 = 0.2; > 1 = skip) */
+    int flow;              /* feature flow map of the edge (track) */
+    int64_t flow_window;   /* rows per flow sample (64) */
+    double flow_mad;       /* 0 = 0.05 */
+    double flow_consistency; /* 0 = 0.8 */
+} ml_compare_opts;
+void ml_compare_opts_default(ml_compare_opts *o);
+
+typedef struct {
+    const char *name;      /* model name (lineage node) */
+    const char *sae_path;  /* saes/<name>.h5 */
+    const char *acts_path; /* acts/<name>.h5 */
+} ml_compare_model;
+
+typedef struct {
+    ml_track_edge track;   /* classification (activation max matching) */
+    int64_t n_tokens;
+    double dec_mean_max_a, dec_mean_max_b; /* decoder cosine mean-max (NAN if not computed) */
+    int32_t *flow_partner; /* (n_parent) flow map parent -> child or -1 (opts.flow), ml_malloc'd */
+} ml_compare_edge_result;
+void ml_compare_edge_result_free(ml_compare_edge_result *r);
+
+/* Collective: compare parent (A) and child (B) and write /edges/<edge>
+ * (docs/modules/features.md layout; + /edges/<edge>/flow with opts.flow)
+ * into the open tracking file h. */
+int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_model *parent,
+                    const ml_compare_model *child, ml_h5 *h, const char *edge, ml_compare_edge_result *out);
+
+/* ---- CLI ---------------------------------------------------------------------- */
+/* mergelens compare --a SAE_A.h5 --acts-a ACTS_A.h5 --b SAE_B.h5 --acts-b ACTS_B.h5 --out tracking/A__B.h5 */
+int ml_cmd_compare(MPI_Comm comm, int argc, char **argv);
+/* mergelens track --edges "base:lua,..." --saes name=SAE.h5,... --acts name=ACTS.h5,... --out tracking/summary.h5 */
+int ml_cmd_track(MPI_Comm comm, int argc, char **argv);
+
+#endif
