@@ -12,6 +12,7 @@
 
 #include "mergelens/config.h"
 #include "mergelens/capture.h"
+#include "mergelens/compare.h"
 #include "mergelens/data.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
@@ -127,6 +128,7 @@ done:
 
 static const ml_command ml_commands[] = {
     {"capture", ml_cmd_capture, "run a model over token windows and write hook activations (acts/<model>.h5)"},
+    {"compare", ml_cmd_compare, "correlate two SAEs' features on the same tokens; persist / emerge / disappear"},
     {"data", ml_cmd_data, "synthetic demo stories; corpus statistics"},
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
     {"merge", ml_cmd_merge, "merge checkpoints (mergekit recipes: slerp, linear, ties, dare, model_stock, soups)"},
@@ -139,6 +141,7 @@ static const ml_command ml_commands[] = {
     {"sae-eval", ml_cmd_sae_eval, "CE loss recovered of an SAE spliced into its model"},
     {"tokenize", ml_cmd_tokenize, "tokenize domains into <out_dir>/<domain>.h5 token stores"},
     {"tokenizer", ml_cmd_tokenizer, "train, export or import a byte-level BPE tokenizer"},
+    {"track", ml_cmd_track, "classify features along a lineage graph (base -> fine-tunes -> merge) with flow traces"},
     {"train", ml_cmd_train, "train or fine-tune a model, data-parallel, resumable"},
     {"version", ml_cmd_version, "print the version"},
 };
