@@ -46,6 +46,18 @@ if [ -n "$py" ]; then
   "$py" "$src/analysis/report.py" "$run" > "$tmp/report.log" 2>&1; rc=$?
   check "report builds from the tiny run" test $rc -eq 0 -a -f "$run/report/index.html"
   check "report has training curves and SAE metrics" bash -c "grep -q 'Training and fine-tuning curves' '$run/report/index.html' && ls '$run'/report/*.png >/dev/null"
+  # the h5py snippet of docs/FORMAT.md runs as written (paths pointed at this run)
+  awk '/^## Reading the files from Python/{f=1} f&&/^```python/{p=1;next} p&&/^```/{exit} p' "$src/docs/FORMAT.md" \
+    | sed "s#runs/tiny#$run#g" > "$tmp/snippet.py"
+  printf 'assert state_dict["lm_head.weight"].shape == (config["vocab_size"], config["hidden_size"])\n' >> "$tmp/snippet.py"
+  printf 'assert W_enc.shape == (W_dec.shape[1], W_dec.shape[0]) and b_dec.shape == (W_dec.shape[1],)\n' >> "$tmp/snippet.py"
+  (cd "$tmp" && "$py" snippet.py) > "$tmp/snippet.log" 2>&1; rc=$?
+  check "FORMAT.md h5py snippet runs on the tiny run" test $rc -eq 0 -a -s "$tmp/snippet.py"
+  [ $rc -eq 0 ] || cat "$tmp/snippet.log"
+  printf 'import h5py\nf = h5py.File("%s/experiment.h5", "r")\nassert "lm_head.weight" in f["outputs/merge/merge/params"]\n' "$run" > "$tmp/links.py"
+  (cd / && "$py" "$tmp/links.py") > "$tmp/links.log" 2>&1; rc=$?
+  check "experiment.h5 external links open in h5py from another directory" test $rc -eq 0
+  [ $rc -eq 0 ] || cat "$tmp/links.log"
 else
   echo "skip report check: no python3 with h5py and matplotlib"
 fi
