@@ -123,6 +123,10 @@ int ml_h5_write_profile(ml_h5 *h, const char *group);
  * (H5D_MPIO_NO_COLLECTIVE / H5D_MPIO_CHUNK_COLLECTIVE / ...). */
 int ml_h5_last_io_mode(void);
 
+/* Collective: rank 0 creates the parent directories of `path` (mkdir -p);
+ * every rank gets the agreed result. */
+int ml_mkdir_parent(MPI_Comm comm, const char *path);
+
 /* `mergelens inspect`: print the semantic tree of a file to out. */
 int ml_h5_inspect(const char *path, FILE *out, int show_all_attrs);
 

@@ -81,18 +81,6 @@ static int ml_window_opts_read(const ml_options *o, int max_context, ml_window_o
     return ML_OK;
 }
 
-static int ml_make_parent_dir(MPI_Comm comm, const char *path) {
-    int rank, rc = ML_OK;
-    MPI_Comm_rank(comm, &rank);
-    const char *slash = strrchr(path, '/');
-    if (rank == 0 && slash && slash != path) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-        rc = ml_mkdirs(dir);
-    }
-    return ml_agree(comm, rc);
-}
-
 /* ---- capture -------------------------------------------------------------------- */
 static const char ml_capture_usage[] =
     "usage: mergelens capture MODEL.h5 --domains data/a.h5,data/b.h5 --tokens N --out acts/NAME.h5 [options]\n\n"
@@ -143,7 +131,7 @@ int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     c.config_json = json;
     const char *out = ml_opt_str(o, "out");
-    ML_CHECK_GOTO(ml_make_parent_dir(comm, out), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ml_capture_stats st;
     ML_CHECK_GOTO(ml_capture_run(comm, model, &c, out, &st), done);
     ml_info("capture: wrote %s: %lld tokens (%lld windows of %d) x %d hook(s), %.1f MB in %.2f s (%.0f tokens/s)", out,
@@ -309,7 +297,7 @@ int ml_cmd_sae_eval(MPI_Comm comm, int argc, char **argv) {
     const char *out = ml_opt_str(o, "out");
     if (out && out[0]) {
         ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
-        ML_CHECK_GOTO(ml_make_parent_dir(comm, out), done);
+        ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
         ML_CHECK_GOTO(ml_sae_eval_write(comm, out, pos[0], model_path, hook, &w.spec, &r, json), done);
     }
 done:

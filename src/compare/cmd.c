@@ -85,18 +85,6 @@ static void ml_stem(const char *path, char *buf, size_t cap) {
     snprintf(buf, cap, "%.*s", (int)n, s);
 }
 
-static int ml_make_parent(MPI_Comm comm, const char *path) {
-    int rank, rc = ML_OK;
-    MPI_Comm_rank(comm, &rank);
-    const char *slash = strrchr(path, '/');
-    if (rank == 0 && slash && slash != path) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-        rc = ml_mkdirs(dir);
-    }
-    return ml_agree(comm, rc);
-}
-
 int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
     int rc = ML_OK, help = 0;
     ml_options *o = NULL;
@@ -121,7 +109,7 @@ int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
     ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a")}, mb = {nb, pb, ml_opt_str(o, "acts_b")};
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
-    ML_CHECK_GOTO(ml_make_parent(comm, out), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_tracking_create(comm, out, json, c.tau, &h), done);
     ML_CHECK_GOTO(ml_compare_edge(comm, &c, &ma, &mb, h, edge, &er), done);
     const ml_track_edge *e = &er.track;
@@ -273,7 +261,7 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
-    ML_CHECK_GOTO(ml_make_parent(comm, out), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_tracking_create(comm, out, json, c.tau, &h), done);
     for (int e = 0; e < edges.n; e++) {
         ml_compare_model mp = {edges.key[e], ml_kv_get(&saes, edges.key[e]), ml_kv_get(&acts, edges.key[e])};

@@ -755,3 +755,15 @@ done:
     ml_free(st);
     return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
 }
+
+int ml_mkdir_parent(MPI_Comm comm, const char *path) {
+    int rank, rc = ML_OK;
+    MPI_Comm_rank(comm, &rank);
+    const char *slash = strrchr(path, '/');
+    if (rank == 0 && slash && slash != path) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+        rc = ml_mkdirs(dir);
+    }
+    return ml_agree(comm, rc);
+}

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mergelens/io.h"
 #include "mergelens/config.h"
 #include "mergelens/sae.h"
 
@@ -88,18 +89,6 @@ static void ml_grid_path(char *buf, size_t cap, const char *out, const char *suf
     else snprintf(buf, cap, "%s%s", out, suffix);
 }
 
-static int ml_make_parent(MPI_Comm comm, const char *path) {
-    int rank, rc = ML_OK;
-    MPI_Comm_rank(comm, &rank);
-    const char *slash = strrchr(path, '/');
-    if (rank == 0 && slash && slash != path) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-        rc = ml_mkdirs(dir);
-    }
-    return ml_agree(comm, rc);
-}
-
 int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     int rc = ML_OK, npos = 0, help = 0;
     ml_options *o = NULL;
@@ -158,7 +147,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_acts_source_open(comm, pos[0], c.hook_name, &acts), done);
     c.model = ml_acts_source_model(acts);
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
-    ML_CHECK_GOTO(ml_make_parent(comm, out), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_sae_train(comm, &c, ml_acts_source_rows(acts), &run), done);
 
     if (ml_opt_bool(o, "eval")) {
