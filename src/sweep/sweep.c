@@ -1,0 +1,418 @@
+/* `mergelens sweep`: K merge points, each merged in memory and evaluated on
+ * every domain by one rank alone; results gathered and written to
+ * sweeps/<name>.h5 (format mergelens.sweep v1, see include/mergelens/sweep.h).
+ *
+ * Legend: K grid points, n points of this task, D domains, P ranks. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sweep_internal.h"
+
+static const ml_option_spec ml_sweep_opts[] = {
+    {"param", ML_OPT_STRING, "t", 0, -1, NULL, "parameter to sweep: t, lambda, eps, tol, density, density[i], weight[i]"},
+    {"from", ML_OPT_FLOAT, "0", 1, -1, NULL, "first value"},
+    {"to", ML_OPT_FLOAT, "1", 1, -1, NULL, "last value"},
+    {"count", ML_OPT_INT, "11", -1e9, 1e9, NULL, "number of points K (>= 1), evenly spaced from..to"},
+    {"domains", ML_OPT_STRING, NULL, 0, -1, NULL, "comma-separated token stores data/<domain>.h5"},
+    {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "output file sweeps/<name>.h5 (a partial file with --tasks > 1)"},
+    {"split", ML_OPT_CHOICE, "val", 0, -1, "val|train", "split of each store to evaluate on"},
+    {"context", ML_OPT_INT, "0", 0, 1 << 20, NULL,
+     "window length T (0 = the first model's training context, else min(max_position_embeddings, 256))"},
+    {"batch", ML_OPT_INT, "8", 1, 1 << 20, NULL, "windows per evaluation step (one rank)"},
+    {"micro_batch", ML_OPT_INT, "0", 0, 1 << 20, NULL, "rows per forward pass (0 = batch)"},
+    {"eval_windows", ML_OPT_INT, "0", 0, 1e15, NULL,
+     "at most this many windows per domain, rounded up to a multiple of batch (0 = the whole split)"},
+    {"keep", ML_OPT_STRING, "", 0, -1, NULL, "comma-separated grid values whose merged checkpoints are kept"},
+    {"keep_dir", ML_OPT_STRING, "models", 0, -1, NULL, "directory of kept checkpoints <keep_dir>/<name>_<param><value>.h5"},
+    {"reference", ML_OPT_STRING, "", 0, -1, NULL, "also evaluate this checkpoint (rows /reference/...)"},
+    {"task", ML_OPT_INT, "0", 0, 1e9, NULL, "job-array task I: evaluate the points k with k mod tasks == I"},
+    {"tasks", ML_OPT_INT, "1", 1, 1e9, NULL, "job-array size N (N > 1 writes a partial file for sweep-combine)"},
+    {"seed", ML_OPT_INT, "0", 0, 9e18, NULL, "seed of DARE's random drops (overrides the recipe's `seed`)"},
+    ML_OPT_END,
+};
+
+int ml_sweep_split_list(const char *text, const char *key, char ***items, int *n) {
+    *items = NULL;
+    *n = 0;
+    int cap = 1;
+    for (const char *c = text; *c; c++) cap += *c == ',';
+    char **v = ml_calloc((size_t)cap, sizeof *v);
+    if (!v) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    const char *p = text;
+    for (int i = 0; i < cap; i++) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && (*a == ' ' || *a == '\t')) a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+        if (a == b) {
+            ml_h5_free_names(v, i);
+            return ML_FAIL(ML_ERR_ARG, "option '%s': empty item in '%s'", key, text);
+        }
+        v[i] = ml_malloc((size_t)(b - a) + 1);
+        if (!v[i]) {
+            ml_h5_free_names(v, i);
+            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        }
+        memcpy(v[i], a, (size_t)(b - a));
+        v[i][b - a] = '\0';
+        p += len + 1;
+    }
+    *items = v;
+    *n = cap;
+    return ML_OK;
+}
+
+int ml_sweep_json_strings(const char *const *items, int n, char **out) {
+    json_t *a = json_array();
+    for (int i = 0; a && i < n; i++) json_array_append_new(a, json_string(items[i]));
+    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
+    json_decref(a);
+    *out = s ? ml_strdup(s) : NULL;
+    free(s);
+    return *out ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory (JSON list)");
+}
+
+/* The `context` a checkpoint was trained with (its `config` attribute), or 0. */
+static int ml_sweep_train_context(MPI_Comm comm, const char *path) {
+    ml_h5 *h = NULL;
+    char *cfg = NULL;
+    int T = 0;
+    if (ml_h5_open(comm, path, NULL, 1, 1, &h) == ML_OK && ml_h5_get_attr_str(h, "/", "config", &cfg) == ML_OK) {
+        json_t *j = json_loads(cfg, 0, NULL);
+        json_t *c = j ? json_object_get(j, "context") : NULL;
+        if (json_is_integer(c)) T = (int)json_integer_value(c);
+        json_decref(j);
+    }
+    ml_error_clear();
+    ml_free(cfg);
+    ml_h5_close(&h);
+    return T;
+}
+
+/* Stem of a path: "sweeps/ab.h5" -> "ab". */
+static void ml_stem(const char *path, char *out, size_t cap) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    if (n > 3 && !strcmp(b + n - 3, ".h5")) n -= 3;
+    if (n >= cap) n = cap - 1;
+    memcpy(out, b, n);
+    out[n] = '\0';
+}
+
+/* Kept checkpoint: <dir>/<name>_<param letters and digits><value %g>.h5 */
+static void ml_keep_path(char *out, size_t cap, const char *dir, const char *name, const char *param, double v) {
+    char p[64];
+    size_t k = 0;
+    for (const char *c = param; *c && k + 1 < sizeof p; c++)
+        if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '_')
+            p[k++] = *c;
+    p[k] = '\0';
+    snprintf(out, cap, "%s/%s_%s%.10g.h5", dir, name, p, v);
+}
+
+static int ml_keep_write(const char *path, const ml_model *m, const char *parent, const char *recipe_json,
+                         const char *param, double v) {
+    ml_h5 *h = NULL;
+    char point[160];
+    snprintf(point, sizeof point, "{\"param\":\"%s\",\"value\":%.17g}", param, v);
+    ML_CHECK(ml_h5_create(MPI_COMM_SELF, path, "mergelens.checkpoint", 1, &h));
+    int rc = ml_model_config_save(h, &m->cfg);
+    if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "parent", parent);
+    if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "merge_recipe", recipe_json);
+    if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "sweep_point", point);
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(h, "/", "complete", 1);
+    if (rc == ML_OK) rc = ml_model_save_params(h, m);
+    if (rc == ML_OK) return ml_h5_close(&h);
+    ml_h5_discard(&h);
+    return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+}
+
+/* Everything `sweep` needs once the options are read. */
+typedef struct {
+    const char *param, *out, *split, *reference, *keep_dir;
+    double from, to;
+    int count, T, batch, micro_batch, task, tasks;
+    int64_t eval_windows;
+    int D;
+    char **domains;
+    int n_keep;
+    double *keep;
+    int *keep_k; /* (n_keep) grid index */
+    char *config_json;
+} ml_sweep_args;
+
+/* Local: the run's points (k mod tasks == task) and the keep indices. */
+static int ml_sweep_plan(ml_sweep_args *a, int64_t **points, int *n) {
+    *points = NULL;
+    *n = 0;
+    for (int i = 0; i < a->n_keep; i++) {
+        a->keep_k[i] = -1;
+        double tol = 1e-9 * fmax(1.0, fabs(a->to - a->from)), best = INFINITY;
+        int bk = 0;
+        for (int k = 0; k < a->count; k++) {
+            double d = fabs(ml_sweep_grid_value(a->from, a->to, a->count, k) - a->keep[i]);
+            if (d < best) best = d, bk = k;
+        }
+        if (best > tol)
+            return ML_FAIL(ML_ERR_ARG, "sweep: --keep %.10g is not a grid point (nearest: %.10g, point %d of %d)",
+                           a->keep[i], ml_sweep_grid_value(a->from, a->to, a->count, bk), bk, a->count);
+        a->keep_k[i] = bk;
+    }
+    int cnt = 0;
+    for (int k = a->task; k < a->count; k += a->tasks) cnt++;
+    int64_t *pts = ml_malloc(sizeof *pts * (size_t)(cnt ? cnt : 1));
+    if (!pts) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    cnt = 0;
+    for (int k = a->task; k < a->count; k += a->tasks) pts[cnt++] = k;
+    *points = pts;
+    *n = cnt;
+    return ML_OK;
+}
+
+static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args *a) {
+    int rank, P, rc = ML_OK;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &P);
+    ml_sweeper *sw = NULL;
+    ml_model *merged = NULL, *ref = NULL;
+    ml_evaluator *ev = NULL;
+    ml_eval_result *res = NULL;
+    int64_t *points = NULL, *tokens = NULL;
+    double *grid = NULL, *loss = NULL, *acc = NULL, *refv = NULL;
+    char *recipe_json = NULL, *names_json = NULL, *paths_json = NULL, *models_json = NULL;
+    char name[256];
+    int n = 0;
+    const char *const *mpaths = NULL;
+    int M = 0;
+    ml_stem(a->out, name, sizeof name);
+
+    /* 1. validate and load (collective); nothing is written before step 3 */
+    ML_CHECK_GOTO(ml_sweeper_create(comm, r, a->param, &sw), done);
+    const ml_model_config *mc = ml_sweeper_model_config(sw);
+    rc = ml_sweep_plan(a, &points, &n);
+    for (int k = 0; rc == ML_OK && k < a->count; k++) rc = ml_sweeper_check(sw, ml_sweep_grid_value(a->from, a->to, a->count, k));
+    if (rc == ML_OK) rc = ml_merge_recipe_models(r, &mpaths, &M);
+    if (rc == ML_OK && a->T == 0) {
+        a->T = ml_sweep_train_context(MPI_COMM_SELF, mpaths[0]);
+        if (a->T == 0) a->T = mc->max_context < 256 ? mc->max_context : 256;
+    }
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_eval_config ec = {.n_domains = a->D,
+                         .paths = (const char *const *)a->domains,
+                         .split = a->split,
+                         .T = a->T,
+                         .batch = a->batch,
+                         .micro_batch = a->micro_batch,
+                         .max_batches = a->eval_windows > 0 ? (a->eval_windows + a->batch - 1) / a->batch : 0};
+    rc = ml_model_create(mc, &merged);
+    if (rc == ML_OK) rc = ml_evaluator_create(MPI_COMM_SELF, mc, &ec, NULL, &ev);
+    if (rc == ML_OK && a->reference && *a->reference && rank == P - 1) {
+        rc = ml_checkpoint_load_model(MPI_COMM_SELF, a->reference, &ref);
+        if (rc == ML_OK && memcmp(&ref->cfg, mc, sizeof *mc))
+            rc = ML_FAIL(ML_ERR_SHAPE, "sweep: --reference %s has a different model configuration than %s",
+                         a->reference, mpaths[0]);
+    }
+    res = ml_calloc((size_t)a->D, sizeof *res);
+    grid = ml_malloc(sizeof *grid * (size_t)a->count);
+    loss = ml_calloc((size_t)(n ? n : 1) * a->D, sizeof *loss);
+    acc = ml_calloc((size_t)(n ? n : 1) * a->D, sizeof *acc);
+    tokens = ml_calloc((size_t)a->D, sizeof *tokens);
+    refv = ml_calloc(2 * (size_t)a->D, sizeof *refv);
+    if (rc == ML_OK && (!res || !grid || !loss || !acc || !tokens || !refv))
+        rc = ML_FAIL(ML_ERR_NOMEM, "sweep: out of memory for %d points x %d domains", n, a->D);
+    if (rc == ML_OK) rc = ml_merge_recipe_to_json(r, &recipe_json);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    for (int k = 0; k < a->count; k++) grid[k] = ml_sweep_grid_value(a->from, a->to, a->count, k);
+    ml_info("sweep: %s of %s, %s from %g to %g, %d points (%d in this task) on %d ranks, %d domains, T = %d; "
+            "%.1f MB of inputs per rank",
+            ml_merge_method_name(ml_merge_recipe_method(r)), mpaths[0], a->param, a->from, a->to, a->count, n, P,
+            a->D, a->T, (double)ml_sweeper_bytes(sw) / 1e6);
+
+    /* 2. this rank's points: the j-th point of the task goes to rank j mod P */
+    int mine = 0;
+    for (int j = rank; j < n; j += P) mine++;
+    ml_progress prog;
+    ml_progress_begin(&prog, "sweep", (double)mine);
+    double t0 = ml_wtime();
+    int done_pts = 0;
+    for (int j = rank; rc == ML_OK && j < n; j += P) {
+        double v = grid[points[j]];
+        rc = ml_sweeper_merge(sw, v, merged);
+        if (rc == ML_OK) rc = ml_evaluator_run(ev, merged, res);
+        for (int d = 0; rc == ML_OK && d < a->D; d++) {
+            loss[(size_t)j * a->D + d] = res[d].loss;
+            acc[(size_t)j * a->D + d] = res[d].accuracy;
+            tokens[d] = res[d].n_targets;
+        }
+        for (int i = 0; rc == ML_OK && i < a->n_keep; i++) {
+            if (a->keep_k[i] != points[j]) continue;
+            char path[4096];
+            ml_keep_path(path, sizeof path, a->keep_dir, name, a->param, a->keep[i]);
+            rc = ml_mkdirs(a->keep_dir);
+            if (rc == ML_OK) rc = ml_keep_write(path, merged, mpaths[0], recipe_json, a->param, v);
+            if (rc == ML_OK) ml_debug("sweep: kept %s", path);
+        }
+        done_pts++;
+        char extra[96];
+        double el = ml_wtime() - t0;
+        snprintf(extra, sizeof extra, "(~%.3g points/s on %d ranks)", el > 0 ? done_pts * P / el : 0.0, P);
+        ml_progress_update(&prog, done_pts, extra);
+    }
+    if (rc == ML_OK && ref) {
+        rc = ml_evaluator_run(ev, ref, res);
+        for (int d = 0; rc == ML_OK && d < a->D; d++) {
+            refv[d] = res[d].loss;
+            refv[a->D + d] = res[d].accuracy;
+            tokens[d] = res[d].n_targets;
+        }
+    }
+    double el = ml_wtime() - t0;
+    char extra[96];
+    snprintf(extra, sizeof extra, "%d points in %.2f s", n, el);
+    ml_progress_end(&prog, extra);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+
+    /* gather: each point has exactly one contributor, so the sums are exact */
+    int mrc = MPI_Allreduce(MPI_IN_PLACE, loss, n * a->D, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, acc, n * a->D, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, refv, 2 * a->D, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, tokens, a->D, MPI_INT64_T, MPI_MAX, comm);
+    if (mrc != MPI_SUCCESS) ML_CHECK_GOTO(ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__), done);
+    double el_max = el;
+    MPI_Allreduce(MPI_IN_PLACE, &el_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+    ml_info("sweep: %d points x %d domains in %.2f s (%.3g points/s on %d ranks)", n, a->D, el_max,
+            el_max > 0 ? n / el_max : 0.0, P);
+
+    /* 3. the file */
+    if (rank == 0) { /* rank 0 evaluated point 0 (n >= 1), so it knows the domain names */
+        const char **dnames = ml_calloc((size_t)a->D, sizeof *dnames);
+        rc = dnames ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
+        for (int d = 0; rc == ML_OK && d < a->D; d++) dnames[d] = res[d].domain;
+        if (rc == ML_OK) rc = ml_sweep_json_strings(dnames, a->D, &names_json);
+        ml_free(dnames);
+    }
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ML_CHECK_GOTO(ml_sweep_bcast_string(comm, &names_json), done);
+    rc = ml_sweep_json_strings((const char *const *)a->domains, a->D, &paths_json);
+    if (rc == ML_OK) rc = ml_sweep_json_strings(mpaths, M, &models_json);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_sweep_file f = {.param = a->param,
+                       .method = ml_merge_method_name(ml_merge_recipe_method(r)),
+                       .recipe = recipe_json,
+                       .domains = names_json,
+                       .paths = paths_json,
+                       .models = models_json,
+                       .split = a->split,
+                       .config = a->config_json,
+                       .reference = a->reference ? a->reference : "",
+                       .context = a->T,
+                       .from = a->from,
+                       .to = a->to,
+                       .count = a->count,
+                       .task = a->task,
+                       .tasks = a->tasks,
+                       .partial = a->tasks > 1,
+                       .D = a->D,
+                       .n = n,
+                       .grid = grid,
+                       .points = points,
+                       .loss = loss,
+                       .accuracy = acc,
+                       .tokens = tokens,
+                       .ref_loss = ref || (a->reference && *a->reference) ? refv : NULL,
+                       .ref_accuracy = refv + a->D};
+    ML_CHECK_GOTO(ml_sweep_file_write(comm, a->out, &f), done);
+    ml_info("sweep: wrote %s", a->out);
+done:
+    ml_free(points);
+    ml_free(grid);
+    ml_free(loss);
+    ml_free(acc);
+    ml_free(tokens);
+    ml_free(refv);
+    ml_free(res);
+    ml_free(recipe_json);
+    ml_free(names_json);
+    ml_free(paths_json);
+    ml_free(models_json);
+    ml_evaluator_destroy(&ev);
+    ml_model_destroy(&merged);
+    ml_model_destroy(&ref);
+    ml_sweeper_destroy(&sw);
+    return rc;
+}
+
+int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv) {
+    int rc = ML_OK, help = 0, npos = 0;
+    ml_options *o = NULL;
+    char **pos = NULL, **keep_items = NULL;
+    int n_keep_items = 0;
+    ml_merge_recipe *r = NULL;
+    ml_sweep_args a = {0};
+    rc = ml_options_parse_command(
+        comm, "sweep",
+        "usage: mergelens sweep RECIPE.yaml --param t --from 0 --to 1 --count 101 --domains a.h5,b.h5 \\\n"
+        "         --out sweeps/<name>.h5 [--keep 0,0.58,1] [--reference MODEL.h5] [--task I --tasks N]\n\n"
+        "Merge the recipe's models at K evenly spaced values of one parameter and evaluate every merged\n"
+        "model on each domain's validation split (loss, accuracy). The inputs are loaded once; ranks\n"
+        "split the points; the results do not depend on the rank count.",
+        ml_sweep_opts, argc, argv, &o, &npos, &pos, &help);
+    if (rc != ML_OK || help) goto done;
+    if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: expected one recipe file (RECIPE.yaml), got %d arguments", npos);
+    a.param = ml_opt_str(o, "param");
+    a.from = ml_opt_float(o, "from");
+    a.to = ml_opt_float(o, "to");
+    int64_t count = ml_opt_int(o, "count");
+    if (count < 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --count must be >= 1, got %lld", (long long)count);
+    if (!isfinite(a.from) || !isfinite(a.to))
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --from and --to must be finite, got %g and %g", a.from, a.to);
+    a.count = (int)count;
+    a.out = ml_opt_str(o, "out");
+    a.split = ml_opt_str(o, "split");
+    a.reference = ml_opt_str(o, "reference");
+    a.keep_dir = ml_opt_str(o, "keep_dir");
+    a.T = (int)ml_opt_int(o, "context");
+    a.batch = (int)ml_opt_int(o, "batch");
+    a.micro_batch = (int)ml_opt_int(o, "micro_batch");
+    a.eval_windows = ml_opt_int(o, "eval_windows");
+    a.task = (int)ml_opt_int(o, "task");
+    a.tasks = (int)ml_opt_int(o, "tasks");
+    if (a.task >= a.tasks)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --task %d must be below --tasks %d", a.task, a.tasks);
+    if (a.tasks > a.count)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --tasks %d exceeds the %d points (a task would be empty)", a.tasks,
+                     a.count);
+    ML_CHECK_GOTO(ml_sweep_split_list(ml_opt_str(o, "domains"), "domains", &a.domains, &a.D), done);
+    const char *keep = ml_opt_str(o, "keep");
+    if (keep && *keep) {
+        ML_CHECK_GOTO(ml_sweep_split_list(keep, "keep", &keep_items, &n_keep_items), done);
+        a.keep = ml_malloc(sizeof *a.keep * (size_t)n_keep_items);
+        a.keep_k = ml_malloc(sizeof *a.keep_k * (size_t)n_keep_items);
+        if (!a.keep || !a.keep_k) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < n_keep_items; i++) {
+            char *end = NULL;
+            a.keep[i] = strtod(keep_items[i], &end);
+            if (!end || *end || !isfinite(a.keep[i]))
+                ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --keep: '%s' is not a number", keep_items[i]);
+        }
+        a.n_keep = n_keep_items;
+    }
+    ML_CHECK_GOTO(ml_merge_recipe_load(pos[0], &r), done);
+    if (ml_opt_is_set(o, "seed")) ml_merge_recipe_set_seed(r, (uint64_t)ml_opt_int(o, "seed"));
+    ML_CHECK_GOTO(ml_options_to_json(o, &a.config_json), done);
+done:
+    rc = ml_agree(comm, rc);
+    if (rc == ML_OK && !help) rc = ml_sweep_exec(comm, r, &a);
+    ml_h5_free_names(a.domains, a.D);
+    ml_h5_free_names(keep_items, n_keep_items);
+    ml_free(a.keep);
+    ml_free(a.keep_k);
+    ml_free(a.config_json);
+    ml_merge_recipe_destroy(&r);
+    ml_free(pos);
+    ml_options_destroy(&o);
+    return rc;
+}
