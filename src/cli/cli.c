@@ -19,6 +19,7 @@
 #include "mergelens/merge.h"
 #include "mergelens/pipeline.h"
 #include "mergelens/sae.h"
+#include "mergelens/sweep.h"
 #include "mergelens/train.h"
 
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
@@ -139,6 +140,8 @@ static const ml_command ml_commands[] = {
     {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
     {"sae", ml_cmd_sae, "train sparse autoencoders on captured activations (standard, anthropic, topk)"},
     {"sae-eval", ml_cmd_sae_eval, "CE loss recovered of an SAE spliced into its model"},
+    {"sweep", ml_cmd_sweep, "merge-ratio sweep: merge and evaluate K points on every domain"},
+    {"sweep-combine", ml_cmd_sweep_combine, "assemble the partial files of a job-array sweep"},
     {"tokenize", ml_cmd_tokenize, "tokenize domains into <out_dir>/<domain>.h5 token stores"},
     {"tokenizer", ml_cmd_tokenizer, "train, export or import a byte-level BPE tokenizer"},
     {"track", ml_cmd_track, "classify features along a lineage graph (base -> fine-tunes -> merge) with flow traces"},

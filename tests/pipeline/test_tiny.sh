@@ -20,7 +20,7 @@ t0=$(date +%s)
 t1=$(date +%s)
 check "tiny pipeline succeeds on 2 ranks ($((t1-t0)) s)" test $rc -eq 0
 [ $rc -eq 0 ] || tail -20 "$tmp/run.log"
-for f in tracking/summary.h5 data/tokenizer.h5 data/stories.h5 data/lua.h5 models/base.h5 models/stories.h5 models/lua.h5 models/merge.h5 \
+for f in sweeps/slerp.h5 tracking/summary.h5 data/tokenizer.h5 data/stories.h5 data/lua.h5 models/base.h5 models/stories.h5 models/lua.h5 models/merge.h5 \
          acts/base.h5 acts/merge.h5 saes/base.h5 saes/stories.h5 saes/lua.h5 saes/merge.h5 experiment.h5; do
   check "output $f exists" test -f "$run/$f"
 done
@@ -35,7 +35,7 @@ check "lua fine-tune improves lua loss over base" lt "$lua_lua" "$base_lua"
 check "merge is better than the lua model on stories" lt "$m_st" "$lua_st"
 check "merge is better than the stories model on lua" lt "$m_lua" "$st_lua"
 ins=$("$bin" inspect "$run/experiment.h5" 2>/dev/null)
-check "experiment.h5: all 15 stages done" bash -c "[ \$(grep -c '@status = \"done\"' <<<\"\$0\") -eq 15 ]" "$ins"
+check "experiment.h5: all 16 stages done" bash -c "[ \$(grep -c '@status = \"done\"' <<<\"\$0\") -eq 16 ]" "$ins"
 check "experiment.h5 links the merged model" bash -c "'$bin' inspect '$run/experiment.h5' 2>/dev/null | grep -q 'outputs'"
 if command -v h5ls >/dev/null; then
   check "external link resolves (h5ls)" bash -c "cd '$run' && h5ls experiment.h5/outputs/merge/merge/params 2>/dev/null | grep -q lm_head.weight"
@@ -63,7 +63,7 @@ else
 fi
 "${mpi[@]}" "$bin" run "$src/jobs/tiny.yaml" --out "$run" > "$tmp/rerun.log" 2>&1; rc=$?
 check "rerun succeeds" test $rc -eq 0
-check "rerun skips all 15 complete stages" bash -c "[ \$(grep -c 'complete, skipped' '$tmp/rerun.log') -eq 15 ]"
+check "rerun skips all 16 complete stages" bash -c "[ \$(grep -c 'complete, skipped' '$tmp/rerun.log') -eq 16 ]"
 rm -rf "$tmp"
 echo "tiny pipeline: $pass passed, $fail failed"
 [ $fail -eq 0 ]
