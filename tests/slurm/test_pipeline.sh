@@ -14,7 +14,12 @@
 # Exit 77 (skip) only when Slurm cannot be installed or started here.
 set -u
 src=${ML_SRC:?}; bin=${ML_BIN:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
-export ML_BIN=$bin OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+export ML_BIN=$bin
+# the batch script's OpenBLAS kernel choice (slurm/templates/stage.sbatch), so
+# that the uninterrupted mpiexec run sums in the same order as the Slurm jobs
+if grep -q avx512f /proc/cpuinfo 2>/dev/null; then
+  case "${OPENBLAS_CORETYPE:-}" in SkylakeX|Cooperlake|SapphireRapids) ;; *) export OPENBLAS_CORETYPE=SkylakeX ;; esac
+fi
 submit=$src/slurm/submit status=$src/slurm/status local=$src/scripts/slurm-local.sh
 # short paths: slurmd puts unix sockets under the spool directory
 tmp=$(mktemp -d /tmp/mlslurm-pipe.XXXXXX)
