@@ -4,11 +4,7 @@
 set -u
 bin=${ML_BIN:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
 tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/cli.XXXXXX")
-pass=0; fail=0
-check() { # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then pass=$((pass+1)); echo "ok   $name"; else fail=$((fail+1)); echo "FAIL $name"; fi
-}
+. "${ML_SRC:?}/tests/common/ml_check.sh"
 run() { out=$("$@" 2>&1); rc=$?; }
 
 run "$bin"; check "no command exits 2" test $rc -eq 2

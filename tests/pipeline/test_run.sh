@@ -4,8 +4,7 @@
 set -u
 bin=${ML_BIN:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
 tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/pipeline.XXXXXX")
-pass=0; fail=0
-check() { local name=$1; shift; if "$@"; then pass=$((pass+1)); echo "ok   $name"; else fail=$((fail+1)); echo "FAIL $name"; fi; }
+. "${ML_SRC:?}/tests/common/ml_check.sh"
 
 cat > "$tmp/job.yaml" <<EOF
 name: order

@@ -8,8 +8,7 @@ set -u
 bin=${ML_BIN:?}; src=${ML_SRC:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
 tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/tiny.XXXXXX")
 run=$tmp/run
-pass=0; fail=0
-check() { local name=$1; shift; if "$@"; then pass=$((pass+1)); echo "ok   $name"; else fail=$((fail+1)); echo "FAIL $name"; fi; }
+. "${ML_SRC:?}/tests/common/ml_check.sh"
 mpi=("$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2)
 
 if ! ML_BIN=$bin "$src/scripts/make_demo_corpora.sh" "$run/corpora" --mb 0.3 --debs "${ML_TEST_TMP:-/tmp}/debs" > "$tmp/corpora.log" 2>&1; then

@@ -20,24 +20,8 @@ export ML_BIN=$bin
 if grep -q avx512f /proc/cpuinfo 2>/dev/null; then
   case "${OPENBLAS_CORETYPE:-}" in SkylakeX|Cooperlake|SapphireRapids) ;; *) export OPENBLAS_CORETYPE=SkylakeX ;; esac
 fi
-submit=$src/slurm/submit status=$src/slurm/status local=$src/scripts/slurm-local.sh
-# short paths: slurmd puts unix sockets under the spool directory
-tmp=$(mktemp -d /tmp/mlslurm-pipe.XXXXXX)
-export ML_SLURM_DIR=$tmp/cluster ML_SLURM_PORT=${ML_SLURM_TEST_PORT:-6927}
-t_start=$SECONDS
-cleanup() { "$local" stop >/dev/null 2>&1; rm -rf "$tmp"; }
-trap cleanup EXIT
-pass=0; fail=0
-check() { local name=$1; shift; if "$@"; then pass=$((pass+1)); echo "ok   $name"; else fail=$((fail+1)); echo "FAIL $name"; fi; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  missing: $2"; echo "$1" | sed 's/^/  | /' | tail -n 40; return 1; }; }
-
-out=$("$local" start 2>"$tmp/start.err"); rc=$?
-if [ $rc -eq 77 ]; then
-  echo "SKIP: cannot run a local Slurm here: $(grep -m1 error "$tmp/start.err" || tail -n 1 "$tmp/start.err")"
-  exit 77
-fi
-if [ $rc -ne 0 ]; then cat "$tmp/start.err"; echo "FAIL slurm-local.sh start (exit $rc)"; exit 1; fi
-eval "$out"
+. "$src/tests/slurm/cluster_lib.sh"
+ml_cluster_start mlslurm-pipe "${ML_SLURM_TEST_PORT:-6927}"
 echo "  (cluster up after $((SECONDS - t_start)) s)"
 
 rec() { scontrol show job -o "$1" 2>/dev/null; }
