@@ -94,5 +94,12 @@ int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usa
                              int argc, char **argv, ml_options **out, int *npos, char ***pos, int *help);
 /* Effective configuration as a JSON object (caller ml_free()s). */
 int ml_options_to_json(const ml_options *o, char **json);
+/* Comma-separated option value -> *n trimmed, non-empty items (each ml_malloc'd; release with
+ * ml_list_free). key names the option in the error for an empty item. */
+int ml_list_split(const char *text, const char *key, char ***items, int *n);
+void ml_list_free(char **items, int n);
+/* items -> compact JSON array of strings (ml_malloc'd; ml_free it). */
+int ml_list_to_json(const char *const *items, int n, char **json);
+
 
 #endif

@@ -22,26 +22,16 @@
         {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "seed of the random window choice"},                              \
         {"batch", ML_OPT_INT, "8", 1, 1 << 20, NULL, "windows per forward pass (results do not depend on the ranks)"}
 
-/* Comma-separated list -> items (pointers into *store, which the caller ml_free()s). */
-static int ml_split_list(const char *key, const char *text, char **store, const char **items, int max, int *n) {
-    *n = 0;
-    *store = ml_strdup(text ? text : "");
-    if (!*store) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    if (!**store) return ML_FAIL(ML_ERR_ARG, "--%s is empty", key);
-    for (char *p = *store;;) {
-        char *comma = strchr(p, ',');
-        if (comma) *comma = 0;
-        if (!*p) return ML_FAIL(ML_ERR_ARG, "--%s '%s': empty item in the comma-separated list", key, text);
-        if (*n == max) return ML_FAIL(ML_ERR_ARG, "--%s '%s': at most %d items", key, text, max);
-        items[(*n)++] = p;
-        if (!comma) break;
-        p = comma + 1;
-    }
+/* Comma-separated option -> at most max items (owned by *list; release with ml_list_free). */
+static int ml_capture_list(const char *key, const char *text, char ***list, const char **items, int max, int *n) {
+    ML_CHECK(ml_list_split(text, key, list, n));
+    if (*n > max) return ML_FAIL(ML_ERR_ARG, "--%s '%s': at most %d items", key, text, max);
+    for (int i = 0; i < *n; i++) items[i] = (*list)[i];
     return ML_OK;
 }
 
 typedef struct {
-    char *store;
+    char **store; /* [n_domains] owned strings */
     const char *paths[ML_CAPTURE_MAX_DOMAINS];
     double weights[ML_CAPTURE_MAX_DOMAINS];
     ml_window_spec spec;
@@ -51,7 +41,7 @@ typedef struct {
 static int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w) {
     ml_window_spec *s = &w->spec;
     memset(s, 0, sizeof *s);
-    ML_CHECK(ml_split_list("domains", ml_opt_str(o, "domains"), &w->store, w->paths, ML_CAPTURE_MAX_DOMAINS,
+    ML_CHECK(ml_capture_list("domains", ml_opt_str(o, "domains"), &w->store, w->paths, ML_CAPTURE_MAX_DOMAINS,
                            &s->n_domains));
     s->paths = w->paths;
     const char *wt = ml_opt_str(o, "weights");
@@ -104,7 +94,7 @@ static const ml_option_spec ml_capture_opts[] = {
 int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
     int rc = ML_OK, npos = 0, help = 0;
     ml_options *o = NULL;
-    char **pos = NULL, *json = NULL, *hook_store = NULL;
+    char **pos = NULL, *json = NULL, **hook_store = NULL;
     ml_model *model = NULL;
     ml_window_opts w = {0};
     const char *hooks[ML_CAPTURE_MAX_HOOKS];
@@ -117,7 +107,7 @@ int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
                      "mergelens capture MODEL.h5 --domains a.h5,b.h5 --tokens N --out acts/NAME.h5");
     ml_capture_config c;
     ml_capture_config_default(&c);
-    ML_CHECK_GOTO(ml_split_list("hook", ml_opt_str(o, "hook"), &hook_store, hooks, ML_CAPTURE_MAX_HOOKS, &c.n_hooks),
+    ML_CHECK_GOTO(ml_capture_list("hook", ml_opt_str(o, "hook"), &hook_store, hooks, ML_CAPTURE_MAX_HOOKS, &c.n_hooks),
                   done);
     c.hooks = hooks;
     ML_CHECK_GOTO(ml_capture_load_model(comm, pos[0], &model), done);
@@ -139,8 +129,8 @@ int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
             st.seconds, (double)st.n_tokens / (st.seconds > 0 ? st.seconds : 1e-9));
 done:
     ml_model_destroy(&model);
-    ml_free(w.store);
-    ml_free(hook_store);
+    ml_list_free(w.store, w.spec.n_domains);
+    ml_list_free(hook_store, c.n_hooks);
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);
@@ -303,7 +293,7 @@ int ml_cmd_sae_eval(MPI_Comm comm, int argc, char **argv) {
 done:
     ml_model_destroy(&model);
     ml_sae_destroy(&sae);
-    ml_free(w.store);
+    ml_list_free(w.store, w.spec.n_domains);
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);

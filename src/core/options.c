@@ -2,6 +2,7 @@
  * values from YAML mappings and command-line overrides; JSON export. */
 #include "mergelens/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -381,4 +382,62 @@ fail:
     ml_node_destroy(&root);
     ml_options_destroy(&o);
     return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+}
+
+/* ---- comma-separated lists ---------------------------------------------------------------- */
+
+void ml_list_free(char **items, int n) {
+    if (!items) return;
+    for (int i = 0; i < n; i++) ml_free(items[i]);
+    ml_free(items);
+}
+
+int ml_list_split(const char *text, const char *key, char ***items, int *n) {
+    *items = NULL;
+    *n = 0;
+    if (!text) text = "";
+    int count = 1;
+    for (const char *p = text; *p; p++) count += *p == ',';
+    char **v = ml_calloc((size_t)count, sizeof *v);
+    if (!v) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    const char *p = text;
+    for (int i = 0; i < count; i++) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && isspace((unsigned char)*a)) a++;
+        while (b > a && isspace((unsigned char)b[-1])) b--;
+        if (a == b) {
+            ml_list_free(v, i);
+            return ML_FAIL(ML_ERR_CONFIG, "option '%s': empty item %d in '%s' (expected a comma-separated list)", key,
+                           i + 1, text);
+        }
+        v[i] = ml_malloc((size_t)(b - a) + 1);
+        if (!v[i]) {
+            ml_list_free(v, i);
+            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        }
+        memcpy(v[i], a, (size_t)(b - a));
+        v[i][b - a] = '\0';
+        p += len + 1;
+    }
+    *items = v;
+    *n = count;
+    return ML_OK;
+}
+
+int ml_list_to_json(const char *const *items, int n, char **json) {
+    *json = NULL;
+    json_t *a = json_array();
+    if (!a) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
+    for (int i = 0; i < n; i++)
+        if (json_array_append_new(a, json_string(items[i])) != 0) {
+            json_decref(a);
+            return ML_FAIL(ML_ERR_ARG, "cannot store '%s' as a JSON string (not UTF-8?)", items[i]);
+        }
+    char *t = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    if (!t) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
+    *json = ml_strdup(t);
+    free(t);
+    return *json ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
 }

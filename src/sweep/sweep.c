@@ -33,47 +33,6 @@ static const ml_option_spec ml_sweep_opts[] = {
     ML_OPT_END,
 };
 
-int ml_sweep_split_list(const char *text, const char *key, char ***items, int *n) {
-    *items = NULL;
-    *n = 0;
-    int cap = 1;
-    for (const char *c = text; *c; c++) cap += *c == ',';
-    char **v = ml_calloc((size_t)cap, sizeof *v);
-    if (!v) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    const char *p = text;
-    for (int i = 0; i < cap; i++) {
-        size_t len = strcspn(p, ",");
-        const char *a = p, *b = p + len;
-        while (a < b && (*a == ' ' || *a == '\t')) a++;
-        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
-        if (a == b) {
-            ml_h5_free_names(v, i);
-            return ML_FAIL(ML_ERR_ARG, "option '%s': empty item in '%s'", key, text);
-        }
-        v[i] = ml_malloc((size_t)(b - a) + 1);
-        if (!v[i]) {
-            ml_h5_free_names(v, i);
-            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        }
-        memcpy(v[i], a, (size_t)(b - a));
-        v[i][b - a] = '\0';
-        p += len + 1;
-    }
-    *items = v;
-    *n = cap;
-    return ML_OK;
-}
-
-int ml_sweep_json_strings(const char *const *items, int n, char **out) {
-    json_t *a = json_array();
-    for (int i = 0; a && i < n; i++) json_array_append_new(a, json_string(items[i]));
-    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
-    json_decref(a);
-    *out = s ? ml_strdup(s) : NULL;
-    free(s);
-    return *out ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory (JSON list)");
-}
-
 /* The `context` a checkpoint was trained with (its `config` attribute), or 0. */
 static int ml_sweep_train_context(MPI_Comm comm, const char *path) {
     ml_h5 *h = NULL;
@@ -291,13 +250,13 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
         const char **dnames = ml_calloc((size_t)a->D, sizeof *dnames);
         rc = dnames ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
         for (int d = 0; rc == ML_OK && d < a->D; d++) dnames[d] = res[d].domain;
-        if (rc == ML_OK) rc = ml_sweep_json_strings(dnames, a->D, &names_json);
+        if (rc == ML_OK) rc = ml_list_to_json(dnames, a->D, &names_json);
         ml_free(dnames);
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_sweep_bcast_string(comm, &names_json), done);
-    rc = ml_sweep_json_strings((const char *const *)a->domains, a->D, &paths_json);
-    if (rc == ML_OK) rc = ml_sweep_json_strings(mpaths, M, &models_json);
+    rc = ml_list_to_json((const char *const *)a->domains, a->D, &paths_json);
+    if (rc == ML_OK) rc = ml_list_to_json(mpaths, M, &models_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ml_sweep_file f = {.param = a->param,
                        .method = ml_merge_method_name(ml_merge_recipe_method(r)),
@@ -385,10 +344,10 @@ int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv) {
     if (a.tasks > a.count)
         ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --tasks %d exceeds the %d points (a task would be empty)", a.tasks,
                      a.count);
-    ML_CHECK_GOTO(ml_sweep_split_list(ml_opt_str(o, "domains"), "domains", &a.domains, &a.D), done);
+    ML_CHECK_GOTO(ml_list_split(ml_opt_str(o, "domains"), "domains", &a.domains, &a.D), done);
     const char *keep = ml_opt_str(o, "keep");
     if (keep && *keep) {
-        ML_CHECK_GOTO(ml_sweep_split_list(keep, "keep", &keep_items, &n_keep_items), done);
+        ML_CHECK_GOTO(ml_list_split(keep, "keep", &keep_items, &n_keep_items), done);
         a.keep = ml_malloc(sizeof *a.keep * (size_t)n_keep_items);
         a.keep_k = ml_malloc(sizeof *a.keep_k * (size_t)n_keep_items);
         if (!a.keep || !a.keep_k) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
@@ -406,8 +365,8 @@ int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv) {
 done:
     rc = ml_agree(comm, rc);
     if (rc == ML_OK && !help) rc = ml_sweep_exec(comm, r, &a);
-    ml_h5_free_names(a.domains, a.D);
-    ml_h5_free_names(keep_items, n_keep_items);
+    ml_list_free(a.domains, a.D);
+    ml_list_free(keep_items, n_keep_items);
     ml_free(a.keep);
     ml_free(a.keep_k);
     ml_free(a.config_json);

@@ -24,8 +24,6 @@ typedef struct {
 /* Collective over comm (every rank passes the same data; rank 0 writes). */
 int ml_sweep_file_write(MPI_Comm comm, const char *path, const ml_sweep_file *f);
 /* Split "a,b" into ml_malloc'd strings (free with ml_h5_free_names). */
-int ml_sweep_split_list(const char *text, const char *key, char ***items, int *n);
-int ml_sweep_json_strings(const char *const *items, int n, char **out);
 /* Broadcast rank 0's ml_malloc'd string to every rank (collective). */
 int ml_sweep_bcast_string(MPI_Comm comm, char **s);
 

@@ -241,8 +241,8 @@ static int ml_eval_write(MPI_Comm comm, const char *path, const char *model, con
     rc = !names || !buf || !ibuf ? ML_FAIL(ML_ERR_NOMEM, "eval: out of memory") : ML_OK;
     for (int d = 0; rc == ML_OK && d < K; d++) names[d] = r[d].domain;
     if (rc == ML_OK) rc = ml_options_to_json(o, &cfg);
-    if (rc == ML_OK) rc = ml_json_strings(names, K, &names_json);
-    if (rc == ML_OK) rc = ml_json_strings(paths, K, &paths_json);
+    if (rc == ML_OK) rc = ml_list_to_json(names, K, &names_json);
+    if (rc == ML_OK) rc = ml_list_to_json(paths, K, &paths_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_h5_create(comm, path, "mergelens.eval", 1, &h), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "model", model), done);
@@ -293,7 +293,7 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
                       ML_FAIL(ML_ERR_ARG, "eval: expected one model checkpoint, got %d arguments (usage: mergelens "
                               "eval MODEL.h5 --domains a.h5,b.h5)", npos),
                       done);
-    ML_AGREE_GOTO(comm, ml_split_list(ml_opt_str(o, "domains"), "domains", &paths, &K), done);
+    ML_AGREE_GOTO(comm, ml_list_split(ml_opt_str(o, "domains"), "domains", &paths, &K), done);
     ML_AGREE_GOTO(comm, ml_h5_open(comm, pos[0], ML_CKPT_FORMAT, 1, 1, &h), done);
     ML_AGREE_GOTO(comm, ml_ckpt_model(h, &m), done);
     int T = (int)ml_opt_int(o, "context");
@@ -328,7 +328,7 @@ done:
     if (h) ml_h5_close(&h);
     ml_free(res);
     ml_model_destroy(&m);
-    ml_h5_free_names(paths, K);
+    ml_list_free(paths, K);
     ml_free(pos);
     ml_options_destroy(&o);
     return rc;

@@ -145,8 +145,8 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
         wsum += weights[d];
     }
     for (int d = 0; rc == ML_OK && d < tr->K; d++) weights[d] = wsum > 0 ? weights[d] / wsum : 0;
-    if (rc == ML_OK) rc = ml_json_strings(names, tr->K, &names_json);
-    if (rc == ML_OK) rc = ml_json_strings((const char *const *)tr->paths, tr->K, &paths_json);
+    if (rc == ML_OK) rc = ml_list_to_json(names, tr->K, &names_json);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)tr->paths, tr->K, &paths_json);
     ML_AGREE_GOTO(tr->comm, rc, done);
     /* Every rank holds the same state: rank 0 writes the file alone, through
      * a serial handle (no collective operation per dataset and attribute). */

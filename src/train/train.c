@@ -114,14 +114,14 @@ static void ml_trainer_free(ml_trainer *tr) {
     ml_free(tr->dom_tokens);
     ml_free(tr->info);
     ml_free(tr->weights);
-    ml_h5_free_names(tr->paths, tr->K);
+    ml_list_free(tr->paths, tr->K);
     ml_free(tr->config_json);
 }
 
 /* Domains, weights and what the stores say about themselves. */
 static int ml_setup_data(ml_trainer *tr) {
     const ml_options *o = tr->opt;
-    ML_CHECK(ml_split_list(ml_opt_str(o, "domains"), "domains", &tr->paths, &tr->K));
+    ML_CHECK(ml_list_split(ml_opt_str(o, "domains"), "domains", &tr->paths, &tr->K));
     tr->info = ml_calloc((size_t)tr->K, sizeof *tr->info);
     tr->dom_tokens = ml_calloc((size_t)tr->K, sizeof *tr->dom_tokens);
     if (!tr->info || !tr->dom_tokens) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);

@@ -35,11 +35,9 @@ int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info);
 
 /* Split "a,b,c" into ml_malloc'd strings (blanks around items dropped; empty
  * items are an error naming key). Free with ml_h5_free_names. */
-int ml_split_list(const char *text, const char *key, char ***items, int *n);
 /* Parse exactly n comma-separated numbers of option key. */
 int ml_parse_numbers(const char *text, const char *key, double *out, int n);
 /* JSON array of n strings (ml_malloc'd text). */
-int ml_json_strings(const char *const *items, int n, char **json);
 
 /* Training metrics, one row per optimizer step / per (evaluation, domain);
  * capacity fixed at setup (allocated once per run). */

@@ -52,43 +52,10 @@ int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info) {
     return ML_OK;
 }
 
-int ml_split_list(const char *text, const char *key, char ***items, int *n) {
-    *items = NULL;
-    *n = 0;
-    int count = 1;
-    for (const char *p = text; *p; p++) count += *p == ',';
-    char **v = ml_calloc((size_t)count, sizeof *v);
-    if (!v) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    const char *p = text;
-    for (int i = 0; i < count; i++) {
-        const char *e = strchr(p, ',');
-        if (!e) e = p + strlen(p);
-        const char *a = p, *b = e;
-        while (a < b && isspace((unsigned char)*a)) a++;
-        while (b > a && isspace((unsigned char)b[-1])) b--;
-        if (a == b) {
-            ml_h5_free_names(v, i);
-            return ML_FAIL(ML_ERR_CONFIG, "option '%s': empty item %d in '%s' (expected a comma-separated list)", key,
-                           i + 1, text);
-        }
-        v[i] = ml_malloc((size_t)(b - a) + 1);
-        if (!v[i]) {
-            ml_h5_free_names(v, i);
-            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-        }
-        memcpy(v[i], a, (size_t)(b - a));
-        v[i][b - a] = '\0';
-        p = e + 1;
-    }
-    *items = v;
-    *n = count;
-    return ML_OK;
-}
-
 int ml_parse_numbers(const char *text, const char *key, double *out, int n) {
     char **items = NULL;
     int count = 0, rc = ML_OK;
-    ML_CHECK(ml_split_list(text, key, &items, &count));
+    ML_CHECK(ml_list_split(text, key, &items, &count));
     if (count != n)
         ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' has %d value%s, expected %d", key, text, count,
                      count == 1 ? "" : "s", n);
@@ -99,23 +66,7 @@ int ml_parse_numbers(const char *text, const char *key, double *out, int n) {
             ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' is not a number", key, items[i]);
     }
 done:
-    ml_h5_free_names(items, count);
+    ml_list_free(items, count);
     return rc;
 }
 
-int ml_json_strings(const char *const *items, int n, char **json) {
-    *json = NULL;
-    json_t *a = json_array();
-    if (!a) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
-    for (int i = 0; i < n; i++)
-        if (json_array_append_new(a, json_string(items[i])) != 0) {
-            json_decref(a);
-            return ML_FAIL(ML_ERR_ARG, "cannot store '%s' as a JSON string (not UTF-8?)", items[i]);
-        }
-    char *t = json_dumps(a, JSON_COMPACT);
-    json_decref(a);
-    if (!t) return ML_FAIL(ML_ERR_NOMEM, "out of memory building JSON");
-    *json = ml_strdup(t);
-    free(t);
-    return *json ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-}
