@@ -170,6 +170,30 @@ int ml_options_set(ml_options *o, const char *key, const char *value, const char
     return ML_OK;
 }
 
+/* A YAML list of plain values for a string option: joined with commas (items must not hold one). */
+static int ml_options_set_list(ml_options *o, const ml_node *list, const char *where) {
+    size_t len = 1;
+    for (int i = 0; i < list->n; i++) {
+        const ml_node *it = list->items[i];
+        if (it->kind != ML_NODE_SCALAR)
+            return ML_FAIL(ML_ERR_CONFIG, "%s:%d: key '%s': list items must be plain values", it->file, it->line,
+                           list->key);
+        if (strchr(it->value, ','))
+            return ML_FAIL(ML_ERR_CONFIG, "%s:%d: key '%s': list item '%s' holds a comma", it->file, it->line,
+                           list->key, it->value);
+        len += strlen(it->value) + 1;
+    }
+    char *joined = ml_calloc(len, 1);
+    if (!joined) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    for (int i = 0; i < list->n; i++) {
+        if (i) strcat(joined, ",");
+        strcat(joined, list->items[i]->value);
+    }
+    int rc = ml_options_set(o, list->key, joined, where);
+    ml_free(joined);
+    return rc;
+}
+
 int ml_options_apply_node(ml_options *o, const ml_node *map, const char *const *ignore) {
     if (!map) return ML_OK;
     if (map->kind != ML_NODE_MAP)
@@ -183,6 +207,10 @@ int ml_options_apply_node(ml_options *o, const ml_node *map, const char *const *
         char where[600];
         snprintf(where, sizeof where, "%s:%d", c->file, c->line);
         if (!ml_find(o, c->key)) return ml_unknown_key(o, c->key, where);
+        if (c->kind == ML_NODE_SEQ && ml_find(o, c->key)->spec->type == ML_OPT_STRING) {
+            ML_CHECK(ml_options_set_list(o, c, where));
+            continue;
+        }
         if (c->kind != ML_NODE_SCALAR)
             return ML_FAIL(ML_ERR_CONFIG, "%s: key '%s': expected a single value, got a %s", where, c->key,
                            c->kind == ML_NODE_MAP ? "mapping" : "list");

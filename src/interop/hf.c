@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "interop_internal.h"
+#include "mergelens/data.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
 
@@ -158,12 +159,34 @@ static int ml_hf_ignorable(const char *name) {
 }
 
 /* ---- export ------------------------------------------------------------------- */
+/* No tokenizer_json: convert the training stores' tokenizer (root attribute `tokenizer`, a
+ * mergelens.tokenizer file) to dir/tokenizer.json, when it is recorded and exists. */
+static int ml_hf_export_trained_tokenizer(ml_h5 *h, const char *dir) {
+    char *tok_path = NULL, path[PATH_MAX];
+    ml_tokenizer *tok = NULL;
+    int rc = ML_OK;
+    ML_CHECK(ml_attr_str_optional(h, "tokenizer", &tok_path));
+    if (!tok_path) return ML_OK;
+    if (!tok_path[0] || !ml_file_exists(tok_path)) {
+        ml_warn("%s: tokenizer '%s' does not exist; %s/tokenizer.json not written", ml_h5_path(h), tok_path, dir);
+        ml_free(tok_path);
+        return ML_OK;
+    }
+    ML_CHECK_GOTO(ml_path_join(path, sizeof path, dir, "tokenizer.json"), done);
+    ML_CHECK_GOTO(ml_tokenizer_load(tok_path, &tok), done);
+    ML_CHECK_GOTO(ml_tokenizer_save_hf_json(tok, path), done);
+done:
+    ml_tokenizer_destroy(&tok);
+    ml_free(tok_path);
+    return rc;
+}
+
 static int ml_hf_export_tokenizer(ml_h5 *h, const char *dir) {
     char *tok = NULL, *data = NULL, path[PATH_MAX];
     size_t n = 0;
     int rc = ML_OK;
     ML_CHECK(ml_attr_str_optional(h, "tokenizer_json", &tok));
-    if (!tok) return ML_OK;
+    if (!tok) return ml_hf_export_trained_tokenizer(h, dir);
     if (!tok[0] || !ml_file_exists(tok)) {
         ml_warn("%s: tokenizer_json '%s' does not exist; %s/tokenizer.json not written", ml_h5_path(h), tok, dir);
         ml_free(tok);

@@ -127,6 +127,43 @@ static void test_options_from_yaml_and_argv(void **state) {
     assert_int_equal(ml_alloc_live(), 0);
 }
 
+/* A YAML list for a string option joins with commas; the comma splitter trims and names empty items. */
+static void test_lists(void **state) {
+    (void)state;
+    ml_node *root = NULL;
+    ML_ASSERT_OK(ml_yaml_parse_string("ok:\n  name: [data/a.h5, data/b.h5]\nnested:\n  name: [[1]]\n"
+                                      "comma:\n  name: [a, \"b,c\"]\nnum:\n  steps: [1, 2]\n",
+                                      "l.yaml", &root));
+    ml_options *o = NULL;
+    ML_ASSERT_OK(ml_options_create("train", train_opts, &o));
+    ML_ASSERT_OK(ml_options_apply_node(o, ml_node_get(root, "ok"), NULL));
+    assert_string_equal(ml_opt_str(o, "name"), "data/a.h5,data/b.h5");
+    ML_ASSERT_FAILS(ml_options_apply_node(o, ml_node_get(root, "nested"), NULL), ML_ERR_CONFIG,
+                    "l.yaml:4: key 'name': list items must be plain values");
+    ML_ASSERT_FAILS(ml_options_apply_node(o, ml_node_get(root, "comma"), NULL), ML_ERR_CONFIG,
+                    "key 'name': list item 'b,c' holds a comma");
+    ML_ASSERT_FAILS(ml_options_apply_node(o, ml_node_get(root, "num"), NULL), ML_ERR_CONFIG,
+                    "l.yaml:8: key 'steps': expected a single value, got a list");
+    ml_options_destroy(&o);
+    ml_node_destroy(&root);
+    char **items = NULL, *json = NULL;
+    int n = 0;
+    ML_ASSERT_OK(ml_list_split(" a ,b\t,c", "domains", &items, &n));
+    assert_int_equal(n, 3);
+    assert_string_equal(items[0], "a");
+    assert_string_equal(items[1], "b");
+    assert_string_equal(items[2], "c");
+    ML_ASSERT_OK(ml_list_to_json((const char *const *)items, n, &json));
+    assert_string_equal(json, "[\"a\",\"b\",\"c\"]");
+    ml_free(json);
+    ml_list_free(items, n);
+    ML_ASSERT_FAILS(ml_list_split("a,,b", "domains", &items, &n), ML_ERR_CONFIG,
+                    "option 'domains': empty item 2 in 'a,,b'");
+    assert_null(items);
+    ML_ASSERT_FAILS(ml_list_split("", "hook", &items, &n), ML_ERR_CONFIG, "option 'hook': empty item 1");
+    assert_int_equal(ml_alloc_live(), 0);
+}
+
 static void test_yaml_errors(void **state) {
     (void)state;
     ml_node *root = NULL;
@@ -225,7 +262,7 @@ static void test_profiling(void **state) {
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_traceback), cmocka_unit_test(test_options_from_yaml_and_argv),
-        cmocka_unit_test(test_yaml_errors),          cmocka_unit_test(test_allocation_failures),
+        cmocka_unit_test(test_yaml_errors), cmocka_unit_test(test_lists),          cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_rng),                  cmocka_unit_test(test_profiling),
     };
     return ml_test_run(argc, argv, "core", tests, sizeof tests / sizeof tests[0]);

@@ -33,6 +33,10 @@ check "stories fine-tune improves stories loss over base" lt "$st_st" "$base_st"
 check "lua fine-tune improves lua loss over base" lt "$lua_lua" "$base_lua"
 check "merge is better than the lua model on stories" lt "$m_st" "$lua_st"
 check "merge is better than the stories model on lua" lt "$m_lua" "$st_lua"
+"$bin" export hf "$run/models/stories.h5" "$tmp/hf" > "$tmp/export.log" 2>&1
+check "export hf writes the stores' tokenizer as tokenizer.json" test -s "$tmp/hf/tokenizer.json"
+"$bin" tokenizer export --in "$run/data/tokenizer.h5" --out "$tmp/direct.json" > /dev/null 2>&1
+check "exported tokenizer.json equals the tokenizer's own export" cmp -s "$tmp/hf/tokenizer.json" "$tmp/direct.json"
 ins=$("$bin" inspect "$run/experiment.h5" 2>/dev/null)
 check "experiment.h5: all 16 stages done" bash -c "[ \$(grep -c '@status = \"done\"' <<<\"\$0\") -eq 16 ]" "$ins"
 check "experiment.h5 links the merged model" bash -c "'$bin' inspect '$run/experiment.h5' 2>/dev/null | grep -q 'outputs'"
