@@ -43,6 +43,10 @@ int ml_h5_open_rw(MPI_Comm comm, const char *path, const char *expect_format, in
 /* Collective close. For created files: flush, close, then rename the
  * temporary file to its final path. Failure of any rank fails all ranks.
  * Sets *h = NULL; tolerates NULL. */
+/* Advisory, local: start the kernel's write-back of what this rank has written so far to a file
+ * being created, so the flush in ml_h5_close overlaps with later work (no-op for opened files or
+ * where the page cache does not support it). */
+void ml_h5_start_writeback(ml_h5 *h);
 int ml_h5_close(ml_h5 **h);
 /* Collective: close and delete a file being created (on error paths).
  * Tolerates NULL. Never fails (errors are logged at debug level). */

@@ -1,8 +1,10 @@
 /* The parallel HDF5 layer: validated files with atomic temp+rename creation,
  * row-range collective transfers, attributes and small tensors. */
+#define _GNU_SOURCE /* sync_file_range */
 #include "mergelens/io.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@ struct ml_h5 {
     int creating; /* written at tmp_path, renamed on close */
     char *path, *tmp_path, *format;
     int version;
+    int writeback_fd; /* read-only descriptor of tmp_path for ml_h5_start_writeback, or -1 */
 };
 
 static int ml_last_io_mode = -1;
@@ -103,6 +106,7 @@ static void ml_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 static void ml_h5_free(ml_h5 *h) {
     if (!h) return;
     if (h->comm != MPI_COMM_NULL) MPI_Comm_free(&h->comm);
+    if (h->writeback_fd >= 0) close(h->writeback_fd);
     ml_free(h->path);
     ml_free(h->tmp_path);
     ml_free(h->format);
@@ -114,6 +118,7 @@ static int ml_h5_alloc(MPI_Comm comm, const char *path, ml_h5 **out) {
     if (!h) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     h->file = H5I_INVALID_HID;
     h->comm = MPI_COMM_NULL;
+    h->writeback_fd = -1;
     if (MPI_Comm_dup(comm, &h->comm) != MPI_SUCCESS) {
         ml_h5_free(h);
         return ML_FAIL(ML_ERR_MPI, "%s: MPI_Comm_dup failed", path);
@@ -283,6 +288,12 @@ void ml_h5_discard(ml_h5 **ph) {
     if (h->creating && h->rank == 0 && h->tmp_path) unlink(h->tmp_path);
     ml_h5_free(h);
     *ph = NULL;
+}
+
+void ml_h5_start_writeback(ml_h5 *h) {
+    if (!h || !h->creating || !h->tmp_path) return;
+    if (h->writeback_fd < 0) h->writeback_fd = open(h->tmp_path, O_RDONLY | O_CLOEXEC);
+    if (h->writeback_fd >= 0) (void)sync_file_range(h->writeback_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
 hid_t ml_h5_id(const ml_h5 *h) { return h->file; }

@@ -392,6 +392,7 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
             if (own) wbytes += (double)t->n * sizeof(float);
             done_tensors++;
         }
+        ml_h5_start_writeback(out); /* the disk flush overlaps the next rounds */
         ml_prof_end("merge.write", 0, wbytes);
         rc = ml_agree(comm, rc);
         if (rc) {
