@@ -40,15 +40,8 @@ static int ml_split_list(const char *key, const char *text, char **store, const 
     return ML_OK;
 }
 
-typedef struct {
-    char *store;
-    const char *paths[ML_CAPTURE_MAX_DOMAINS];
-    double weights[ML_CAPTURE_MAX_DOMAINS];
-    ml_window_spec spec;
-} ml_window_opts;
-
-/* Fill the window spec from the options; T = 0 takes max_context. */
-static int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w) {
+/* Fill the window spec from the options; T = 0 takes max_context (capture.h). */
+int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w) {
     ml_window_spec *s = &w->spec;
     memset(s, 0, sizeof *s);
     ML_CHECK(ml_split_list("domains", ml_opt_str(o, "domains"), &w->store, w->paths, ML_CAPTURE_MAX_DOMAINS,
