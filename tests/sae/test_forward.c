@@ -256,8 +256,47 @@ static void test_errors(void **state) {
     expect_fail(too_many, e.a, out);
 }
 
+/* Making the n-th allocation of a small forward-route run fail, for every n, returns
+ * ML_ERR_NOMEM, leaks nothing and leaves no file (one rank: the paths are the same on more). */
+static void test_alloc(void **state) {
+    (void)state;
+    env e;
+    env_make(&e, "sae_forward_alloc");
+    int P;
+    MPI_Comm_size(MPI_COMM_WORLD, &P);
+    if (P > 1) return;
+    char out[1200];
+    snprintf(out, sizeof out, "%s/x.h5", e.dir);
+    const char *args[] = {"sae", "--out", out, "--model", e.ckpt, "--domains", e.doms, "--tokens", "200",
+                          "--context", "8", "--model_batch", "2", "--hook", HOOK, "--d_sae", "16", "--batch", "32",
+                          "--block_rows", "32", "--buffer_blocks", "2", "--median_rows", "64", "--log_every", "2",
+                          "--eval_rows", "64", "--top_examples", "2", "--quantile_examples", "1", "--ctx_left", "2",
+                          "--ctx_right", "1", NULL};
+    ml_log_set_level(ML_LOG_ERROR);
+    long n, points = 0;
+    int completed = 0;
+    for (n = 1; n < 5000 && !completed; n++) {
+        long live = ml_alloc_live();
+        ml_alloc_fail_at(n);
+        int rc = run_sae(MPI_COMM_SELF, args);
+        ml_alloc_fail_at(0);
+        if (rc == ML_OK) completed = 1;
+        else {
+            points++;
+            if (rc != ML_ERR_NOMEM && !(rc == ML_ERR_HDF5 && strstr(ml_error_message(), "cannot list group")))
+                fail_msg("failing allocation %ld: %s (%s)", n, ml_status_name(rc), ml_error_message());
+            assert_int_equal(access(out, F_OK), -1);
+        }
+        if (ml_alloc_live() != live) fail_msg("failing allocation %ld leaks %ld blocks", n, ml_alloc_live() - live);
+        ml_error_clear();
+    }
+    ml_log_set_level(ML_LOG_WARN);
+    assert_true(completed);
+    printf("  forward route: %ld allocation failure points, no leaks\n", points);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_errors), cmocka_unit_test(test_equivalence),
-                                       cmocka_unit_test(test_ranks)};
+                                       cmocka_unit_test(test_ranks), cmocka_unit_test(test_alloc)};
     return ml_test_run(argc, argv, "sae_forward", tests, sizeof tests / sizeof tests[0]);
 }
