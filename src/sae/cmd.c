@@ -195,9 +195,10 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
         rows = ml_forward_source_rows(fwd);
         source_json = ml_forward_source_json(fwd);
         const int64_t R = (int64_t)fc.batch * ml_forward_source_context(fwd);
-        if (c.block_rows % R != 0 && R % c.block_rows != 0)
-            ml_warn("sae: forward batches of %lld rows (--model_batch x context) and blocks of %d rows (--block_rows) "
-                    "do not nest: batches across block edges run on two ranks (or twice)", (long long)R, c.block_rows);
+        if (c.block_rows % R != 0)
+            ml_warn("sae: blocks of %d rows (--block_rows) are not a multiple of the forward batches of %lld rows "
+                    "(--model_batch x context): a batch split over blocks runs once per block",
+                    c.block_rows, (long long)R);
     } else {
         ML_CHECK_GOTO(ml_acts_source_open(comm, pos[0], c.hook_name, &acts), done);
         c.model = ml_acts_source_model(acts);
