@@ -36,7 +36,7 @@ static const ml_option_spec ml_sae_opts[] = {
     {"beta2", ML_OPT_FLOAT, "0.9999", 0, 1, NULL, "Adam beta2"},
     {"adam_eps", ML_OPT_FLOAT, "1e-8", 0, 1, NULL, "Adam epsilon"},
     {"batch", ML_OPT_INT, "3072", 1, 1 << 24, NULL, "rows per step over all ranks (the paper: 128 x 24 tokens)"},
-    {"tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "rows to train on (0: one pass over the file)"},
+    {"tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "rows to train on (0: one pass over the file, or --model_tokens)"},
     {"max_steps", ML_OPT_INT, "0", 0, 1e15, NULL, "stop after this many steps (0: no limit)"},
     {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "seed of the shuffle, the initialisation and resampling"},
     {"block_rows", ML_OPT_INT, "4096", 1, 1 << 24, NULL, "shuffle: rows per block read from the file"},
