@@ -26,6 +26,7 @@
 
 #include <stdint.h>
 
+#include "mergelens/config.h"
 #include "mergelens/core.h"
 #include "mergelens/model.h"
 #include "mergelens/sae.h"
@@ -67,6 +68,18 @@ const char *ml_window_plan_domain_name(const ml_window_plan *p, int d);
  * NULL, the document index (inside the domain's split, from doc_offsets) of
  * each of its first T tokens (T). */
 int ml_window_plan_read(ml_window_plan *p, int64_t w, int32_t *tokens, int64_t *doc_ids);
+
+/* The window options of a command (keys domains, weights, split, context,
+ * sequential, seed) as a spec; context 0 takes max_context. w->spec points
+ * into w; release with ml_window_opts_clear. */
+typedef struct {
+    char **store; /* [spec.n_domains] owned domain paths */
+    const char *paths[ML_CAPTURE_MAX_DOMAINS];
+    double weights[ML_CAPTURE_MAX_DOMAINS];
+    ml_window_spec spec;
+} ml_window_opts;
+int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w);
+void ml_window_opts_clear(ml_window_opts *w); /* tolerates a zeroed or partly read w */
 
 /* ---- activation capture ------------------------------------------------------- */
 typedef struct {
@@ -118,6 +131,11 @@ int ml_capture_ce_recovered(MPI_Comm comm, const ml_model *model, const ml_sae *
 /* Layer of a hook name "blocks.<i>.mlp.hook_post" (the only splice point);
  * ML_ERR_UNSUPPORTED for other hooks. */
 int ml_capture_splice_layer(const char *hook_name, int n_layers, int *layer);
+
+/* Canonical hook name: "blocks.<i>.<hook>" and "ln_final.*" as given; a short
+ * name ("mlp.hook_post", "resid_pre", "hook_attn_out", ...) means layer 0 of a
+ * one-layer model (an error naming blocks.<i>. in a deeper model). */
+int ml_capture_hook_canonical(const char *name, int n_layers, char *out, size_t cap);
 
 /* ---- checkpoints ------------------------------------------------------------------- */
 /* Collective: load a model checkpoint (mergelens.checkpoint v1) on every rank. */

@@ -327,12 +327,35 @@ void ml_sae_eval_destroy(ml_sae_eval **ev);
 int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
                  const char *config_json);
 
+/* As ml_sae_write, also setting the root attribute `source` (JSON, see
+ * ml_sae_source_json) when source_json is not NULL. */
+int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr,
+                        const ml_sae_eval *ev, const char *config_json, const char *source_json);
+
+/* Where the training rows came from: an activations file, or a model's
+ * forward pass over windows of token stores (docs/modules/sae.md). */
+typedef struct {
+    const char *kind;         /* "activations" | "forward" */
+    const char *acts;         /* activations file ("" for forward) */
+    const char *model;        /* checkpoint (the file's `model` attribute, or --model) */
+    const char *domains_json; /* JSON list of token-store paths (NULL: unknown) */
+    int64_t n_tokens;         /* rows of the source */
+    int context;              /* T (0: unknown) */
+    const char *split, *order;/* "train"/"val", "sequential"/"seeded" (NULL: unknown) */
+    int64_t seed;             /* window seed (-1: unknown) */
+    int batch;                /* windows per forward pass (0: unknown) */
+} ml_sae_source_info;
+/* One-line JSON object {kind, acts, model, domains, n_tokens, context,
+ * split, order, seed, batch} (caller ml_free()s). */
+int ml_sae_source_json(const ml_sae_source_info *info, char **out);
+
 /* A row source over an activations file's /hooks/<hook>/acts (float32 or
  * float16 bits), with /tokens and /doc_ids as metadata. Collective open. */
 typedef struct ml_acts_source ml_acts_source;
 int ml_acts_source_open(MPI_Comm comm, const char *path, const char *hook, ml_acts_source **out);
 const ml_row_source *ml_acts_source_rows(const ml_acts_source *a);
 const char *ml_acts_source_model(const ml_acts_source *a); /* root attr `model` ("" if absent) */
+const char *ml_acts_source_json(const ml_acts_source *a);  /* its `source` description (ml_sae_source_json) */
 void ml_acts_source_close(ml_acts_source **a);
 
 /* ---- CLI -------------------------------------------------------------------------------- */

@@ -90,10 +90,8 @@ done:
 }
 
 
-/* Canonical name: "blocks.<i>.<hook>" and "ln_final.*" as given; a short name
- * ("mlp.hook_post", "resid_pre", "hook_attn_out", ...) means layer 0 of a
- * one-layer model. */
-static int ml_hook_canonical(const char *name, int n_layers, char *out, size_t cap) {
+/* Canonical name (capture.h). */
+int ml_capture_hook_canonical(const char *name, int n_layers, char *out, size_t cap) {
     if (!strncmp(name, "blocks.", 7) || !strncmp(name, "ln_final.", 9)) {
         if (strlen(name) >= cap) return ML_FAIL(ML_ERR_ARG, "capture: hook name '%s' is too long", name);
         snprintf(out, cap, "%s", name);
@@ -116,7 +114,7 @@ static int ml_hooks_resolve(const ml_model *m, ml_workspace *ws, const ml_captur
     ML_CHECK(ml_model_forward(m, ws, &tok, NULL, 1, 1, NULL));
     hs->n = c->n_hooks;
     for (int i = 0; i < c->n_hooks; i++) {
-        ML_CHECK(ml_hook_canonical(c->hooks[i], m->cfg.n_layers, hs->name[i], sizeof hs->name[i]));
+        ML_CHECK(ml_capture_hook_canonical(c->hooks[i], m->cfg.n_layers, hs->name[i], sizeof hs->name[i]));
         hs->names[i] = hs->name[i];
         for (int j = 0; j < i; j++)
             if (!strcmp(hs->name[i], hs->name[j]))

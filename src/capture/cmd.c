@@ -30,15 +30,15 @@ static int ml_capture_list(const char *key, const char *text, char ***list, cons
     return ML_OK;
 }
 
-typedef struct {
-    char **store; /* [n_domains] owned strings */
-    const char *paths[ML_CAPTURE_MAX_DOMAINS];
-    double weights[ML_CAPTURE_MAX_DOMAINS];
-    ml_window_spec spec;
-} ml_window_opts;
+void ml_window_opts_clear(ml_window_opts *w) {
+    if (!w) return;
+    ml_list_free(w->store, w->spec.n_domains);
+    w->store = NULL;
+    w->spec.n_domains = 0;
+}
 
-/* Fill the window spec from the options; T = 0 takes max_context. */
-static int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w) {
+/* Fill the window spec from the options; T = 0 takes max_context (capture.h). */
+int ml_window_opts_read(const ml_options *o, int max_context, ml_window_opts *w) {
     ml_window_spec *s = &w->spec;
     memset(s, 0, sizeof *s);
     ML_CHECK(ml_capture_list("domains", ml_opt_str(o, "domains"), &w->store, w->paths, ML_CAPTURE_MAX_DOMAINS,
@@ -129,7 +129,7 @@ int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
             st.seconds, (double)st.n_tokens / (st.seconds > 0 ? st.seconds : 1e-9));
 done:
     ml_model_destroy(&model);
-    ml_list_free(w.store, w.spec.n_domains);
+    ml_window_opts_clear(&w);
     ml_list_free(hook_store, c.n_hooks);
     ml_free(json);
     ml_free(pos);
@@ -293,7 +293,7 @@ int ml_cmd_sae_eval(MPI_Comm comm, int argc, char **argv) {
 done:
     ml_model_destroy(&model);
     ml_sae_destroy(&sae);
-    ml_list_free(w.store, w.spec.n_domains);
+    ml_window_opts_clear(&w);
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);

@@ -7,11 +7,16 @@
 #include "mergelens/io.h"
 #include "mergelens/config.h"
 #include "mergelens/sae.h"
+#include "sae_forward.h"
 
 static const char ml_sae_usage[] =
-    "usage: mergelens sae ACTS.h5 --out saes/NAME.h5 [options]\n\n"
+    "usage: mergelens sae ACTS.h5 --out saes/NAME.h5 [options]\n"
+    "       mergelens sae --model MODEL.h5 --domains data/a.h5,data/b.h5 --tokens N --out saes/NAME.h5 [options]\n\n"
     "Train sparse autoencoders on the activations of one hook of an activations file (streamed in\n"
     "shuffled row chunks, data-parallel over the MPI ranks), evaluate them, and write SAE files.\n"
+    "With --model, the rows come from the model's forward pass over windows of the token stores instead:\n"
+    "the same rows, in the same order, as `mergelens capture` of those windows would write (window\n"
+    "options as for capture; --window_seed is capture's --seed, --model_batch its --batch).\n"
     "A comma-separated --l1 (standard, anthropic) or --k (topk) trains a grid of SAEs in one pass;\n"
     "their files get -l1_<value> / -k<value> before the .h5 suffix.\n";
 
@@ -31,7 +36,7 @@ static const ml_option_spec ml_sae_opts[] = {
     {"beta2", ML_OPT_FLOAT, "0.9999", 0, 1, NULL, "Adam beta2"},
     {"adam_eps", ML_OPT_FLOAT, "1e-8", 0, 1, NULL, "Adam epsilon"},
     {"batch", ML_OPT_INT, "3072", 1, 1 << 24, NULL, "rows per step over all ranks (the paper: 128 x 24 tokens)"},
-    {"tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "rows to train on (0: one pass over the file)"},
+    {"tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "rows to train on (0: one pass over the file, or --model_tokens)"},
     {"max_steps", ML_OPT_INT, "0", 0, 1e15, NULL, "stop after this many steps (0: no limit)"},
     {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "seed of the shuffle, the initialisation and resampling"},
     {"block_rows", ML_OPT_INT, "4096", 1, 1 << 24, NULL, "shuffle: rows per block read from the file"},
@@ -55,6 +60,16 @@ static const ml_option_spec ml_sae_opts[] = {
     {"eval_row0", ML_OPT_INT, "0", 0, 1e15, NULL, "first evaluation row"},
     {"eval_rows", ML_OPT_INT, "262144", 0, 1e15, NULL, "evaluation rows (0: to the end)"},
     {"eval_block", ML_OPT_INT, "512", 1, 1 << 20, NULL, "rows encoded at a time in the evaluation"},
+    {"model", ML_OPT_STRING, "", 0, -1, NULL, "train from this checkpoint's forward pass instead of ACTS"},
+    {"domains", ML_OPT_STRING, "", 0, -1, NULL, "--model: token stores, comma-separated (data/a.h5,data/b.h5)"},
+    {"weights", ML_OPT_STRING, "", 0, -1, NULL, "--model: share of windows per domain, comma-separated (default: equal)"},
+    {"split", ML_OPT_CHOICE, "train", 0, -1, "train|val", "--model: split of the token stores"},
+    {"context", ML_OPT_INT, "0", 0, 1 << 20, NULL, "--model: tokens per window (0: the model's max_context)"},
+    {"sequential", ML_OPT_BOOL, "false", 0, -1, NULL, "--model: each domain's first windows in order (default: random)"},
+    {"window_seed", ML_OPT_INT, "-1", -1, 1e18, NULL, "--model: seed of the random window choice (-1: --seed)"},
+    {"model_batch", ML_OPT_INT, "8", 1, 1 << 20, NULL, "--model: windows per forward pass (capture's --batch)"},
+    {"model_tokens", ML_OPT_INT, "0", 0, 1e15, NULL,
+     "--model: tokens the model runs over, the source's rows (0: --tokens); more --tokens re-runs them as epochs"},
     {"top_examples", ML_OPT_INT, "10", 1, 1000, NULL, "top-activating contexts kept per feature"},
     {"quantile_examples", ML_OPT_INT, "8", 0, 1000, NULL, "contexts sampled from lower activation quantiles"},
     {"reservoir", ML_OPT_INT, "24", 0, 100000, NULL, "uniform sample of firings per feature for the quantiles"},
@@ -94,13 +109,27 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     char **pos = NULL, *json = NULL;
     ml_acts_source *acts = NULL, *eval_src = NULL;
+    ml_forward_source *fwd = NULL;
+    ml_window_opts wo = {0};
     ml_sae_run *run = NULL;
     ml_sae_eval *ev[ML_SAE_MAX_GRID] = {0};
     ML_CHECK_GOTO(ml_options_parse_command(comm, "sae", ml_sae_usage, ml_sae_opts, argc, argv, &o, &npos, &pos, &help),
                   done);
     if (help) goto done;
-    if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: expected one activations file, got %d (usage: %s)", npos,
-                                "mergelens sae ACTS.h5 --out saes/NAME.h5");
+    const char *model_path = ml_opt_str(o, "model");
+    const int from_model = model_path && model_path[0];
+    if (from_model && npos > 0)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: give either an activations file (%s) or --model %s, not both", pos[0],
+                     model_path);
+    if (!from_model && npos != 1)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: expected one activations file (or --model), got %d (usage: %s)", npos,
+                     "mergelens sae ACTS.h5 --out saes/NAME.h5");
+    static const char *const model_keys[] = {"domains", "weights", "split", "context", "sequential",
+                                             "window_seed", "model_batch", "model_tokens"};
+    for (size_t i = 0; !from_model && i < sizeof model_keys / sizeof *model_keys; i++)
+        if (ml_opt_is_set(o, model_keys[i]))
+            ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --%s chooses the windows of --model, which is not given (rows come from %s)",
+                         model_keys[i], pos[0]);
     ml_sae_train_config c;
     ml_sae_train_config_default(&c);
     ML_CHECK_GOTO(ml_sae_arch_parse(ml_opt_str(o, "architecture"), &c.arch), done);
@@ -144,21 +173,62 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     c.hook_name = ml_opt_str(o, "hook");
     const char *out = ml_opt_str(o, "out");
 
-    ML_CHECK_GOTO(ml_acts_source_open(comm, pos[0], c.hook_name, &acts), done);
-    c.model = ml_acts_source_model(acts);
+    const ml_row_source *rows = NULL;
+    const char *source_json = NULL;
+    if (from_model) {
+        ml_forward_config fc = {0};
+        fc.model_path = model_path;
+        const char *doms = ml_opt_str(o, "domains");
+        if (!doms || !doms[0]) ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --model needs --domains (token stores, comma-separated)");
+        ML_CHECK_GOTO(ml_window_opts_read(o, 1 << 30, &wo), done); /* the context is checked against the model later */
+        fc.windows = wo.spec;
+        fc.windows.T = (int)ml_opt_int(o, "context"); /* 0: the model's max_context */
+        if (ml_opt_int(o, "window_seed") >= 0) fc.windows.seed = (uint64_t)ml_opt_int(o, "window_seed");
+        fc.n_tokens = ml_opt_int(o, "model_tokens") > 0 ? ml_opt_int(o, "model_tokens") : c.tokens;
+        if (fc.n_tokens == 0)
+            ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --model needs --tokens N (rows to train on; the model runs over N tokens)");
+        fc.hook = c.hook_name;
+        fc.batch = (int)ml_opt_int(o, "model_batch");
+        ML_CHECK_GOTO(ml_forward_source_open(comm, &fc, &fwd), done);
+        c.hook_name = ml_forward_source_hook(fwd);
+        c.model = model_path;
+        rows = ml_forward_source_rows(fwd);
+        source_json = ml_forward_source_json(fwd);
+        const int64_t R = (int64_t)fc.batch * ml_forward_source_context(fwd);
+        if (c.block_rows % R != 0)
+            ml_warn("sae: blocks of %d rows (--block_rows) are not a multiple of the forward batches of %lld rows "
+                    "(--model_batch x context): a batch split over blocks runs once per block",
+                    c.block_rows, (long long)R);
+    } else {
+        ML_CHECK_GOTO(ml_acts_source_open(comm, pos[0], c.hook_name, &acts), done);
+        c.model = ml_acts_source_model(acts);
+        rows = ml_acts_source_rows(acts);
+        source_json = ml_acts_source_json(acts);
+    }
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
-    ML_CHECK_GOTO(ml_sae_train(comm, &c, ml_acts_source_rows(acts), &run), done);
+    double t_train = ml_wtime();
+    ML_CHECK_GOTO(ml_sae_train(comm, &c, rows, &run), done);
+    t_train = ml_wtime() - t_train;
+    if (run->n > 0) {
+        int64_t nb = 0;
+        double fs = 0;
+        if (fwd) ml_forward_source_stats(fwd, &nb, &fs);
+        ml_info("sae: trained %d SAE(s) on %lld rows in %.2f s (%.0f rows/s)%s", run->n,
+                (long long)run->item[0].tokens_seen, t_train, (double)run->item[0].tokens_seen / (t_train > 0 ? t_train : 1e-9),
+                fwd ? "" : " from the activations file");
+        if (fwd) ml_info("sae: rank 0 ran %lld forward batches in %.2f s", (long long)nb, fs);
+    }
 
     if (ml_opt_bool(o, "eval")) {
         const char *ep = ml_opt_str(o, "eval_acts");
         if (ep && ep[0]) ML_CHECK_GOTO(ml_acts_source_open(comm, ep, c.hook_name, &eval_src), done);
-        const ml_row_source *es = ml_acts_source_rows(eval_src ? eval_src : acts);
+        const ml_row_source *es = eval_src ? ml_acts_source_rows(eval_src) : rows;
         ml_sae_eval_config e;
         ml_sae_eval_config_default(&e);
         e.row0 = ml_opt_int(o, "eval_row0");
         if (e.row0 >= es->n_rows)
-            ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --eval_row0 %lld is past the %lld rows of the evaluation file",
+            ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --eval_row0 %lld is past the %lld rows of the evaluation source",
                          (long long)e.row0, (long long)es->n_rows);
         int64_t er = ml_opt_int(o, "eval_rows");
         e.n_rows = er > 0 && er < es->n_rows - e.row0 ? er : es->n_rows - e.row0;
@@ -183,7 +253,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
             else snprintf(suffix, sizeof suffix, "-l1_%g", c.l1[g]);
             ml_grid_path(path, sizeof path, out, suffix);
         }
-        ML_CHECK_GOTO(ml_sae_write(comm, path, run->item[g].sae, &run->item[g], ev[g], json), done);
+        ML_CHECK_GOTO(ml_sae_write_source(comm, path, run->item[g].sae, &run->item[g], ev[g], json, source_json), done);
         const ml_sae_history *h = &run->item[g].hist;
         int64_t i = h->n - 1;
         if (ev[g])
@@ -199,6 +269,8 @@ done:
     ml_sae_run_destroy(&run);
     ml_acts_source_close(&eval_src);
     ml_acts_source_close(&acts);
+    ml_forward_source_close(&fwd);
+    ml_window_opts_clear(&wo);
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);

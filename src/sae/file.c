@@ -9,7 +9,10 @@
  * examples, W window length, T log records, H histogram bins.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
@@ -110,7 +113,7 @@ static int ml_write_eval(ml_h5 *h, const ml_sae_eval *ev) {
 }
 
 static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
-                         const char *config_json, const float *W_enc) {
+                         const char *config_json, const char *source_json, const float *W_enc) {
     int D = sae->d_in, S = sae->d_sae;
     ML_CHECK(ml_w2(h, "/W_enc", ML_F32, (hsize_t)D, (hsize_t)S, W_enc));
     ML_CHECK(ml_w1(h, "/b_enc", ML_F32, (hsize_t)S, sae->b_enc));
@@ -126,6 +129,7 @@ static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, 
     ML_CHECK(ml_h5_set_attr_int(h, "/", "apply_b_dec_to_input", sae->apply_b_dec_to_input));
     ML_CHECK(ml_h5_set_attr_int(h, "/", "normalize_decoder", sae->normalize_decoder));
     if (config_json) ML_CHECK(ml_h5_set_attr_str(h, "/", "config", config_json));
+    if (source_json) ML_CHECK(ml_h5_set_attr_str(h, "/", "source", source_json));
     if (tr) {
         ML_CHECK(ml_h5_set_attr_str(h, "/", "mse_normalization", tr->mse_norm == ML_SAE_NORM_DATASET ? "dataset" : "row"));
         ML_CHECK(ml_h5_set_attr_double(h, "/", "mse_norm_sq", tr->norm_sq));
@@ -142,6 +146,11 @@ static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, 
 
 int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
                  const char *config_json) {
+    return ml_sae_write_source(comm, path, sae, tr, ev, config_json, NULL);
+}
+
+int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr,
+                        const ml_sae_eval *ev, const char *config_json, const char *source_json) {
     int rank, rc = ML_OK;
     ML_CHECK_MPI(MPI_Comm_rank(comm, &rank));
     /* only rank 0's data is written; it alone needs the transposed encoder */
@@ -154,7 +163,7 @@ int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sa
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ml_h5 *h = NULL;
     ML_CHECK_GOTO(ml_h5_create(comm, path, ML_SAE_FORMAT, ML_SAE_VERSION, &h), done);
-    rc = ml_write_body(h, sae, tr, ev, config_json, W_enc ? W_enc : sae->params);
+    rc = ml_write_body(h, sae, tr, ev, config_json, source_json, W_enc ? W_enc : sae->params);
     if (rc == ML_OK) rc = ml_h5_write_profile(h, "/profile");
     if (rc != ML_OK) {
         ml_error_trace(rc, __FILE__, __LINE__, __func__);
@@ -249,6 +258,33 @@ done:
     return rc;
 }
 
+/* ---- where the rows came from (root attribute `source`) ------------------------------------ */
+int ml_sae_source_json(const ml_sae_source_info *i, char **out) {
+    *out = NULL;
+    json_t *doms = i->domains_json && i->domains_json[0] ? json_loads(i->domains_json, 0, NULL) : NULL;
+    json_t *o = json_pack("{s:s,s:s,s:s,s:o,s:I,s:i,s:s,s:s,s:I,s:i}", "kind", i->kind, "acts", i->acts ? i->acts : "",
+                          "model", i->model ? i->model : "", "domains", doms ? doms : json_null(), "n_tokens",
+                          (json_int_t)i->n_tokens, "context", i->context, "split", i->split ? i->split : "", "order",
+                          i->order ? i->order : "", "seed", (json_int_t)i->seed, "batch", i->batch);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    *out = text ? ml_strdup(text) : NULL;
+    free(text);
+    if (!*out) return ML_FAIL(ML_ERR_NOMEM, "sae: cannot format the source description (out of memory or not UTF-8)");
+    return ML_OK;
+}
+
+/* An optional root attribute: "" / -1 when absent. */
+static int ml_attr_str_opt(ml_h5 *h, const char *attr, char **out) {
+    int rc = ml_h5_get_attr_str(h, "/", attr, out);
+    if (rc == ML_ERR_NOTFOUND || rc == ML_ERR_FORMAT) {
+        ml_error_clear();
+        *out = NULL;
+        return ML_OK;
+    }
+    return rc;
+}
+
 /* ---- activations file as a row source ----------------------------------------------------- */
 struct ml_acts_source {
     ml_row_source src;
@@ -259,6 +295,7 @@ struct ml_acts_source {
     int64_t stage_rows;
     char *model;
     int has_tokens, has_docs, has_pos;
+    char *source_json; /* the `source` attribute of SAEs trained on it */
 };
 
 static int ml_acts_read(void *ctx, int64_t row0, int64_t count, float *out) {
@@ -307,6 +344,25 @@ static int ml_check_meta(ml_h5 *h, const char *name, ml_dtype want, int64_t n, i
     return ML_OK;
 }
 
+/* The `source` description of an activations file: its path and the capture's attributes. */
+static int ml_acts_describe(ml_acts_source *a, const char *path) {
+    int rc = ML_OK;
+    char *domains = NULL, *split = NULL, *order = NULL;
+    int64_t ctx = 0, seed = -1;
+    ML_CHECK_GOTO(ml_attr_str_opt(a->h, "domains", &domains), done);
+    ML_CHECK_GOTO(ml_attr_str_opt(a->h, "split", &split), done);
+    ML_CHECK_GOTO(ml_attr_str_opt(a->h, "order", &order), done);
+    ML_CHECK_GOTO(ml_attr_int_or(a->h, "context", 0, &ctx), done);
+    ML_CHECK_GOTO(ml_attr_int_or(a->h, "seed", -1, &seed), done);
+    ml_sae_source_info i = {"activations", path, a->model, domains, a->src.n_rows, (int)ctx, split, order, seed, 0};
+    rc = ml_sae_source_json(&i, &a->source_json);
+done:
+    ml_free(domains);
+    ml_free(split);
+    ml_free(order);
+    return rc;
+}
+
 int ml_acts_source_open(MPI_Comm comm, const char *path, const char *hook, ml_acts_source **out) {
     *out = NULL;
     int rc = ML_OK;
@@ -344,6 +400,7 @@ int ml_acts_source_open(MPI_Comm comm, const char *path, const char *hook, ml_ac
         ml_error_clear();
         a->model = NULL;
     }
+    ML_CHECK_GOTO(ml_acts_describe(a, path), fail);
     *out = a;
     return ML_OK;
 fail:
@@ -353,6 +410,7 @@ fail:
 
 const ml_row_source *ml_acts_source_rows(const ml_acts_source *a) { return &a->src; }
 const char *ml_acts_source_model(const ml_acts_source *a) { return a->model ? a->model : ""; }
+const char *ml_acts_source_json(const ml_acts_source *a) { return a->source_json; }
 
 void ml_acts_source_close(ml_acts_source **ap) {
     if (!ap || !*ap) return;
@@ -362,6 +420,7 @@ void ml_acts_source_close(ml_acts_source **ap) {
     }
     ml_free(a->stage);
     ml_free(a->model);
+    ml_free(a->source_json);
     ml_free(a);
     *ap = NULL;
 }
