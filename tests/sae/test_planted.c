@@ -82,6 +82,7 @@ static ml_sae_run *train(ml_sae_arch arch, double l1, int k, int d_sae, int64_t 
     c.log_every = 200;
     c.resample = resample;
     c.resample_every = 250;
+    c.resample_stop = 0.9; /* resampled latents get time to settle, none die unrevived for long */
     c.resample_rows = 4096;
     c.aux_coef = aux_coef;
     c.k_aux = 16;
