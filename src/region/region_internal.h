@@ -30,7 +30,7 @@ typedef struct {
     int context;          /* training context of the first model (0 unknown) */
 } ml_region_set;
 
-/* Parse "label=path,label=path" (a bare path gets its file stem as label);
+/* Parse "label=path,label=path" (a bare path is its own label);
  * drop models whose label is in `exclude` (comma list, may be NULL/""). */
 int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclude);
 /* Open and validate (local on each rank, then agreed): same tensor names,

@@ -12,16 +12,6 @@
 #include "mergelens/merge.h"
 #include "region_internal.h"
 
-static void ml_stem_of(const char *path, char *out, size_t cap) {
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    size_t n = strlen(b);
-    if (n > 3 && !strcmp(b + n - 3, ".h5")) n -= 3;
-    if (n >= cap) n = cap - 1;
-    memcpy(out, b, n);
-    out[n] = '\0';
-}
-
 int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclude) {
     char **items = NULL, **ex = NULL;
     int n = 0, nex = 0, rc = ML_OK;
@@ -42,8 +32,8 @@ int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclud
                 ML_FAIL_GOTO(done, ML_ERR_ARG, "region: --models item '%s' is not label=path", items[i]);
             memcpy(lab, items[i], l);
             lab[l] = '\0';
-        } else {
-            ml_stem_of(path, lab, sizeof lab);
+        } else { /* a bare path is its own label */
+            snprintf(lab, sizeof lab, "%s", path);
         }
         int skip = 0;
         for (int e = 0; e < nex; e++) skip |= !strcmp(ex[e], lab);
@@ -69,7 +59,7 @@ int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclud
             const char *eq = strchr(items[i], '=');
             char lab[256];
             if (eq) snprintf(lab, sizeof lab, "%.*s", (int)(eq - items[i]), items[i]);
-            else ml_stem_of(items[i], lab, sizeof lab);
+            else snprintf(lab, sizeof lab, "%s", items[i]);
             used |= !strcmp(lab, ex[e]);
         }
         if (!used) ML_FAIL_GOTO(done, ML_ERR_ARG, "region: --exclude '%s' is not the label of any model in --models", ex[e]);

@@ -83,26 +83,29 @@ static int setup(void **state) {
 #define region(comm, ...) tf_run(ml_cmd_region, comm, "region", __VA_ARGS__)
 #define REGION_ARGS "--base %s --models %s --domains %s,%s --context 8 --batch 4 --eval_windows 8 --random 2 --alpha_count 5"
 
-static void read_all(const char *path, const char *name, ml_dtype t, void *out) {
+/* Shape of a dataset (serial open); returns the element count. */
+static int64_t shape_of(const char *path, const char *name, int *rk, hsize_t *d) {
     ml_h5 *h = NULL;
-    int rk;
-    hsize_t d[ML_H5_MAX_RANK];
     ml_dtype ft;
     ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, NULL, 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_shape(h, name, &rk, d, &ft));
-    ML_ASSERT_OK(ml_h5_read_tensor(h, name, t, rk, d, out));
+    ML_ASSERT_OK(ml_h5_shape(h, name, rk, d, &ft));
     ML_ASSERT_OK(ml_h5_close(&h));
+    int64_t n = 1;
+    for (int i = 0; i < *rk; i++) n *= (int64_t)d[i];
+    return n;
 }
 
-static int64_t rows_of(const char *path, const char *name) {
+static int64_t read_all(const char *path, const char *name, ml_dtype t, void *out) {
     ml_h5 *h = NULL;
     int rk;
     hsize_t d[ML_H5_MAX_RANK];
-    ml_dtype ft;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, NULL, 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_shape(h, name, &rk, d, &ft));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return (int64_t)d[0];
+    int64_t n = shape_of(path, name, &rk, d);
+    if (out) {
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, NULL, 1, 1, &h));
+        ML_ASSERT_OK(ml_h5_read_tensor(h, name, t, rk, d, out));
+        ML_ASSERT_OK(ml_h5_close(&h));
+    }
+    return n;
 }
 
 /* ---- kernels -------------------------------------------------------------------- */
@@ -240,7 +243,7 @@ static void test_reference(void **state) {
     }
     if (mx > 1e-6) fail_msg("centroid differs from the mean by %g", mx);
     /* interpolation endpoints: alpha 0 / 1 evaluate exactly like the models */
-    int64_t Q = rows_of(out, "points/kind");
+    int64_t Q = read_all(out, "points/kind", ML_I64, NULL);
     int64_t *kind = malloc(sizeof *kind * Q), *pair = malloc(sizeof *pair * Q * 2);
     double *alpha = malloc(sizeof *alpha * Q), *loss = malloc(sizeof *loss * Q * 2), *pacc = malloc(sizeof *pacc * Q * 2);
     read_all(out, "points/kind", ML_I64, kind);
@@ -283,15 +286,7 @@ static void test_reference(void **state) {
 
 /* ---- one rank alone = all ranks --------------------------------------------------------- */
 static void compare_dataset(const char *a, const char *b, const char *name) {
-    int64_t n = 1;
-    ml_h5 *h = NULL;
-    int rk;
-    hsize_t d[ML_H5_MAX_RANK];
-    ml_dtype ft;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, a, NULL, 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_shape(h, name, &rk, d, &ft));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    for (int i = 0; i < rk; i++) n *= (int64_t)d[i];
+    int64_t n = read_all(a, name, ML_F64, NULL);
     double *x = malloc(sizeof *x * n), *y = malloc(sizeof *y * n);
     read_all(a, name, ML_F64, x);
     read_all(b, name, ML_F64, y);
