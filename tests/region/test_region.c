@@ -171,6 +171,7 @@ static void test_kernels(void **state) {
 static void test_reference(void **state) {
     (void)state;
     char out[1300], cen[1300];
+    long live0 = ml_alloc_live();
     snprintf(out, sizeof out, "%s/regions.h5", dir);
     snprintf(cen, sizeof cen, "%s/centroid.h5", dir);
     ML_ASSERT_OK(region(MPI_COMM_WORLD, REGION_ARGS " --out %s --centroid_out %s", basep, models_arg, st[0], st[1], out,
@@ -222,7 +223,7 @@ static void test_reference(void **state) {
             ML_ASSERT_CLOSE(tc[((size_t)ti * NM + i) * NM + j], s / sqrt(a2 * b2), 1e-6);
         }
     free(tc);
-    free(tn);
+    ml_free(tn);
     /* planted clusters recovered exactly */
     double acc = 0;
     ml_h5 *h = NULL;
@@ -282,6 +283,7 @@ static void test_reference(void **state) {
     ml_model_destroy(&b);
     ml_model_destroy(&c);
     for (int i = 0; i < NM; i++) ml_model_destroy(&m[i]);
+    assert_int_equal(ml_alloc_live(), live0);
 }
 
 /* ---- one rank alone = all ranks --------------------------------------------------------- */
@@ -379,6 +381,7 @@ static void test_centroid_table(void **state) {
 
 static void test_errors(void **state) {
     (void)state;
+    long live0 = ml_alloc_live();
     char out[1300], arg[4000];
     snprintf(out, sizeof out, "%s/bad_out.h5", dir);
     snprintf(arg, sizeof arg, "lua=%s,lua=%s,stories=%s", mp[0], badp, mp[1]);
@@ -394,6 +397,7 @@ static void test_errors(void **state) {
               "--pairs item '0:0'");
     FAILS_ALL(tf_run(ml_cmd_region, MPI_COMM_WORLD, "region", "centroid --models %s --exclude rust --out %s",
                      models_arg, out), ML_ERR_ARG, "--exclude 'rust'");
+    assert_int_equal(ml_alloc_live(), live0); /* failure paths free what they took */
 }
 
 int main(int argc, char **argv) {
