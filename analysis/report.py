@@ -706,6 +706,81 @@ def sec_tables(R):
                         R.figure("tables", fig, "%s %s/%s" % (os.path.basename(p), k, dk))
 
 
+# ---------------------------------------------------------------- weight-space regions (mergelens region)
+def sec_region(R):
+    """Gueta et al. regions: cosine heat-map ordered by cluster, interpolation / extrapolation curves,
+    random convex combinations and the centroid table (region/regions.h5, region/centroid.h5)."""
+    path = os.path.join(R.run, "region", "regions.h5")
+    R.add("tables", "<h3>Weight-space regions (region/regions.h5)</h3>")
+    with h5py.File(path, "r") as f:
+        cos = np.asarray(f["cosine"][()])
+        labels = attr_json(f, "labels", None) or ["m%d" % i for i in range(cos.shape[0])]
+        order = np.asarray(f["cluster/order"][()]) if "cluster/order" in f else np.arange(cos.shape[0])
+        assign = np.asarray(f["cluster/assign"][()]) if "cluster/assign" in f else np.zeros(cos.shape[0], int)
+        acc = attr(f["cluster"], "accuracy", float("nan")) if "cluster" in f else float("nan")
+        kind = np.asarray(f["points/kind"][()])
+        pair = np.asarray(f["points/pair"][()])
+        alpha = np.asarray(f["points/alpha"][()])
+        group = np.asarray(f["points/group"][()])
+        loss = np.asarray(f["points/loss"][()]) if "points/loss" in f else None
+        pacc = np.asarray(f["points/accuracy"][()]) if "points/accuracy" in f else None
+        doms = attr_json(f, "domains", None) or []
+        lnames = attr_json(f, "label_names", None) or []
+        cin, cout = attr(f, "cos_within", float("nan")), attr(f, "cos_across", float("nan"))
+        din, dout = attr(f, "distance_within", float("nan")), attr(f, "distance_across", float("nan"))
+    R.add("tables", table(["clusters", "accuracy vs domains", "cos within", "cos across", "distance within",
+                           "distance across"],
+                          [[len(set(assign.tolist())), num(acc), num(cin), num(cout), num(din), num(dout)]]))
+    names = ["%s#%d (c%d)" % (labels[i], i, assign[i]) for i in order]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    im = ax.imshow(cos[np.ix_(order, order)], cmap="viridis", vmin=min(0.0, float(cos.min())), vmax=1)
+    fig.colorbar(im, ax=ax)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=70, fontsize=7)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=7)
+    R.figure("tables", fig, "cosine similarity of the task vectors (fine-tune - base), ordered by spectral cluster")
+    if loss is None or not len(doms):
+        return
+    lines = sorted({(int(a), int(b)) for k, (a, b) in zip(kind, pair) if k == 2})
+    if lines:
+        fig, axs = plt.subplots(1, len(lines), figsize=(3.6 * len(lines), 3.2), squeeze=False)
+        for ax, (a, b) in zip(axs[0], lines):
+            sel = (kind == 2) & (pair[:, 0] == a) & (pair[:, 1] == b)
+            o = np.argsort(alpha[sel])
+            for d, dn in enumerate(doms):
+                ax.plot(alpha[sel][o], loss[sel][o, d], "o-", ms=3, label=dn)
+            ax.axvspan(0, 1, color="#eee", zorder=0)
+            ax.set_title("%s#%d -> %s#%d" % (labels[a], a, labels[b], b), fontsize=9)
+            ax.set_xlabel("alpha ((1-alpha) x_i + alpha x_j)")
+        axs[0][0].set_ylabel("validation loss")
+        axs[0][0].legend(fontsize=7)
+        R.figure("tables", fig, "interpolation (shaded, alpha in [0, 1]) and extrapolation between model pairs: "
+                 "loss per domain")
+    rows = []
+    models = kind == 1
+    rows.append(["the fine-tuned models (mean)"] + [num(v) for v in loss[models].mean(0)] +
+                [num(v) for v in pacc[models].mean(0)])
+    rows.append(["the base"] + [num(v) for v in loss[kind == 0].mean(0)] + [num(v) for v in pacc[kind == 0].mean(0)])
+    for g in sorted(set(group[kind == 3].tolist())):
+        sel = (kind == 3) & (group == g)
+        gn = lnames[g] if 0 <= g < len(lnames) else "all models"
+        rows.append(["random convex (%s, %d)" % (gn, sel.sum())] + [num(v) for v in loss[sel].mean(0)] +
+                    [num(v) for v in pacc[sel].mean(0)])
+    R.add("tables", "<h4>random convex combinations (Dirichlet weights): mean loss and accuracy</h4>" +
+          table(["points"] + ["%s loss" % d for d in doms] + ["%s acc" % d for d in doms], rows))
+    cpath = os.path.join(R.run, "region", "centroid.h5")
+    if os.path.isfile(cpath):
+        with h5py.File(cpath, "r") as f:
+            cd = attr_json(f, "domains", None) or []
+            cols = ["loss_centroid", "loss_base", "loss_diff", "accuracy_centroid", "accuracy_base", "accuracy_diff"]
+            vals = {c: np.asarray(f[c][()]) for c in cols if c in f}
+        R.add("tables", "<h4>centroid experiment: fine-tune from the centroid of the other domains' models vs "
+              "from the base (same budget); diff = centroid - base</h4>" +
+              table(["held-out domain"] + cols, [[dn] + [num(vals[c][i]) for c in cols if c in vals]
+                                                  for i, dn in enumerate(cd)]))
+
+
 # ---------------------------------------------------------------- page
 PAGE_HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>%s</title><style>
 body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
@@ -751,6 +826,8 @@ def build(run, out, args):
     guard("sae", sec_sae, R, saes)
     guard("features", sec_features, R, saes, tracks)
     guard("tables", sec_tables, R)
+    if os.path.isfile(os.path.join(run, "region", "regions.h5")):
+        guard("tables", sec_region, R)
     body = [PAGE_HEAD % "mergelens report", "<h1>mergelens report: %s</h1>" % esc(os.path.abspath(run)),
             "<p>" + " &middot; ".join('<a href="#%s">%s</a>' % (k, esc(t)) for k, t in SECTIONS) + "</p>"]
     for k, t in SECTIONS:

@@ -18,6 +18,7 @@
 #include "mergelens/io.h"
 #include "mergelens/merge.h"
 #include "mergelens/pipeline.h"
+#include "mergelens/region.h"
 #include "mergelens/sae.h"
 #include "mergelens/sweep.h"
 #include "mergelens/train.h"
@@ -137,6 +138,7 @@ static const ml_command ml_commands[] = {
     {"export", ml_cmd_export, "write a model as a Hugging Face directory or an SAE as a SAELens directory"},
     {"import", ml_cmd_import, "read a Hugging Face MistralForCausalLM directory into a checkpoint"},
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
+    {"region", ml_cmd_region, "weight-space regions: task-vector geometry, clustering, interpolation, centroids"},
     {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
     {"sae", ml_cmd_sae, "train sparse autoencoders on captured activations (standard, anthropic, topk)"},
     {"sae-eval", ml_cmd_sae_eval, "CE loss recovered of an SAE spliced into its model"},
