@@ -98,6 +98,8 @@ int ml_mpi_error(int mpi_rc, const char *call, const char *file, int line,
  * the others adopt the message of the lowest failing rank with code
  * ML_ERR_REMOTE. Returns ML_OK on every rank if all succeeded. */
 int ml_agree(MPI_Comm comm, int local_status);
+/* Broadcast rank 0's ml_malloc'd string: other ranks' *s is freed and replaced. Collective. */
+int ml_bcast_string(MPI_Comm comm, char **s);
 /* Test hook: if env ML_INJECT_FAIL="<site>:<rank>" names this site and rank,
  * return ML_ERR_INJECTED (with a message), else ML_OK. */
 int ml_inject_point(const char *site, int rank);

@@ -71,3 +71,21 @@ int ml_mkdirs(const char *path) {
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return ML_FAIL(ML_ERR_IO, "%s: not a directory", path);
     return ML_OK;
 }
+
+/* Rank 0's string to every rank (others' *s is replaced). Collective. */
+int ml_bcast_string(MPI_Comm comm, char **s) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    long len = rank == 0 && *s ? (long)strlen(*s) : -1;
+    ML_CHECK_MPI(MPI_Bcast(&len, 1, MPI_LONG, 0, comm));
+    if (len < 0) return ML_FAIL(ML_ERR_INTERNAL, "ml_bcast_string: rank 0 has no string to broadcast");
+    if (rank != 0) {
+        ml_free(*s);
+        *s = ml_malloc((size_t)len + 1);
+    }
+    int ok = *s != NULL, all = 0;
+    ML_CHECK_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm));
+    if (!all) return ml_agree(comm, ok ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory"));
+    ML_CHECK_MPI(MPI_Bcast(*s, (int)len + 1, MPI_CHAR, 0, comm));
+    return ML_OK;
+}

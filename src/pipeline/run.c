@@ -255,9 +255,10 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
     ml_iso_now(started, sizeof started);
     const char *rd = ml_job_run_dir(job);
     if (rank == 0) {
-        static const char *sub[] = {"", "/data", "/models", "/acts", "/saes", "/sweeps", "/tracking"};
+        static const char *sub[] = {"",       "/data",     "/models", "/acts", "/saes",
+                                    "/sweeps", "/tracking", "/region", "/adapters", "/peft"};
         char p[4096];
-        for (int i = 0; rc == ML_OK && i < 7; i++) {
+        for (size_t i = 0; rc == ML_OK && i < sizeof sub / sizeof sub[0]; i++) {
             snprintf(p, sizeof p, "%s%s", rd, sub[i]);
             rc = ml_mkdirs(p);
         }

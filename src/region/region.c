@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../sweep/sweep_internal.h"
+#include "mergelens/sweep.h"
+#include "mergelens/config.h"
 #include "mergelens/merge.h"
 #include "mergelens/train.h"
 #include "region_internal.h"
@@ -129,7 +130,7 @@ static int ml_region_plan(const ml_region_set *s, const ml_options *o, ml_points
     } else if (strcmp(spec, "none")) {
         char **items = NULL;
         int n = 0;
-        rc = ml_sweep_split_list(spec, "pairs", &items, &n);
+        rc = ml_list_split(spec, "pairs", &items, &n);
         for (int k = 0; rc == ML_OK && k < n; k++) {
             int a, b;
             char tail;
@@ -230,10 +231,10 @@ static int ml_region_write(MPI_Comm comm, const char *path, const ml_region_set 
     const char **tn = ml_malloc(sizeof *tn * (size_t)s->T);
     int rc = tn ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "region: out of memory");
     for (int t = 0; rc == ML_OK && t < s->T; t++) tn[t] = s->t[t]->name;
-    if (rc == ML_OK) rc = ml_sweep_json_strings((const char *const *)s->paths, s->M, &models);
-    if (rc == ML_OK) rc = ml_sweep_json_strings((const char *const *)s->label_of, s->M, &labels);
-    if (rc == ML_OK) rc = ml_sweep_json_strings((const char *const *)s->labels, s->L, &lnames);
-    if (rc == ML_OK) rc = ml_sweep_json_strings(tn, s->T, &tnames);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)s->paths, s->M, &models);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)s->label_of, s->M, &labels);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)s->labels, s->L, &lnames);
+    if (rc == ML_OK) rc = ml_list_to_json(tn, s->T, &tnames);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, path), done);
     ML_CHECK_GOTO(ml_h5_create(comm, path, ML_REGION_FORMAT, 1, &h), done);
@@ -385,7 +386,7 @@ static int ml_region_main(MPI_Comm comm, int argc, char **argv) {
     if (help) goto done;
     rc = ml_region_set_parse(&s, ml_opt_str(o, "models"), NULL);
     const char *dl = ml_opt_str(o, "domains");
-    if (rc == ML_OK && dl && *dl) rc = ml_sweep_split_list(dl, "domains", &domains, &D);
+    if (rc == ML_OK && dl && *dl) rc = ml_list_split(dl, "domains", &domains, &D);
     if (rc == ML_OK && s.M < 2) rc = ML_FAIL(ML_ERR_ARG, "region: --models needs at least 2 models, got %d", s.M);
     if (rc == ML_OK && s.M > ML_MERGE_MAX_MODELS)
         rc = ML_FAIL(ML_ERR_ARG, "region: at most %d models, got %d", ML_MERGE_MAX_MODELS, s.M);
@@ -454,14 +455,14 @@ static int ml_region_main(MPI_Comm comm, int argc, char **argv) {
             const char **dn = ml_calloc((size_t)D, sizeof *dn);
             rc = dn ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
             for (int d = 0; rc == ML_OK && d < D; d++) dn[d] = res[d].domain;
-            if (rc == ML_OK) rc = ml_sweep_json_strings(dn, D, &names_json);
+            if (rc == ML_OK) rc = ml_list_to_json(dn, D, &names_json);
             ml_free(dn);
         }
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
-        ML_CHECK_GOTO(ml_sweep_bcast_string(comm, &names_json), done);
+        ML_CHECK_GOTO(ml_bcast_string(comm, &names_json), done);
     }
-    rc = ml_sweep_json_strings((const char *const *)domains, D, &paths_json);
-    if (rc == ML_OK && !names_json) rc = ml_sweep_json_strings(NULL, 0, &names_json);
+    rc = ml_list_to_json((const char *const *)domains, D, &paths_json);
+    if (rc == ML_OK && !names_json) rc = ml_list_to_json(NULL, 0, &names_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_region_write(comm, ml_opt_str(o, "out"), &s, &p, &r, D, names_json, paths_json, config, T), done);
     ml_info("region: wrote %s", ml_opt_str(o, "out"));

@@ -8,15 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../sweep/sweep_internal.h"
 #include "mergelens/merge.h"
 #include "region_internal.h"
 
 int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclude) {
     char **items = NULL, **ex = NULL;
     int n = 0, nex = 0, rc = ML_OK;
-    ML_CHECK(ml_sweep_split_list(models, "models", &items, &n));
-    if (exclude && *exclude) ML_CHECK_GOTO(ml_sweep_split_list(exclude, "exclude", &ex, &nex), done);
+    ML_CHECK(ml_list_split(models, "models", &items, &n));
+    if (exclude && *exclude) ML_CHECK_GOTO(ml_list_split(exclude, "exclude", &ex, &nex), done);
     s->paths = ml_calloc((size_t)n, sizeof *s->paths);
     s->label_of = ml_calloc((size_t)n, sizeof *s->label_of);
     s->labels = ml_calloc((size_t)n, sizeof *s->labels);
@@ -257,7 +256,7 @@ int ml_region_stream(MPI_Comm comm, ml_region_set *s, double *tgram) {
 int ml_region_write_centroid(MPI_Comm comm, ml_region_set *s, const char *path, const char *exclude) {
     ml_h5 *h = NULL;
     char *models = NULL, *cfg = NULL;
-    int rc = ml_sweep_json_strings((const char *const *)s->paths, s->M, &models);
+    int rc = ml_list_to_json((const char *const *)s->paths, s->M, &models);
     if (rc == ML_OK) {
         json_t *j = json_pack("{s:s, s:i, s:s}", "command", "region centroid", "context", s->context, "exclude",
                               exclude ? exclude : "");

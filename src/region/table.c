@@ -11,7 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../sweep/sweep_internal.h"
+#include "mergelens/config.h"
 #include "region_internal.h"
 
 static const ml_option_spec ml_table_opts[] = {
@@ -77,11 +77,11 @@ int ml_region_centroid_table(MPI_Comm comm, int argc, char **argv) {
                                   ml_table_opts, argc, argv, &o, NULL, NULL, &help);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     if (help) goto done;
-    rc = ml_sweep_split_list(ml_opt_str(o, "domains"), "domains", &dom, &D);
-    if (rc == ML_OK) rc = ml_sweep_split_list(ml_opt_str(o, "centroid_evals"), "centroid_evals", &ce, &nc);
-    if (rc == ML_OK) rc = ml_sweep_split_list(ml_opt_str(o, "base_evals"), "base_evals", &be, &nb);
+    rc = ml_list_split(ml_opt_str(o, "domains"), "domains", &dom, &D);
+    if (rc == ML_OK) rc = ml_list_split(ml_opt_str(o, "centroid_evals"), "centroid_evals", &ce, &nc);
+    if (rc == ML_OK) rc = ml_list_split(ml_opt_str(o, "base_evals"), "base_evals", &be, &nb);
     const char *cis = ml_opt_str(o, "centroid_init_evals"), *bi = ml_opt_str(o, "base_init_eval");
-    if (rc == ML_OK && *cis) rc = ml_sweep_split_list(cis, "centroid_init_evals", &ci, &ni);
+    if (rc == ML_OK && *cis) rc = ml_list_split(cis, "centroid_init_evals", &ci, &ni);
     if (rc == ML_OK && (nc != D || nb != D || (ni && ni != D)))
         rc = ML_FAIL(ML_ERR_ARG, "region centroid-table: %d domains but %d centroid_evals, %d base_evals, %d "
                      "centroid_init_evals (one per domain)", D, nc, nb, ni);
@@ -97,7 +97,7 @@ int ml_region_centroid_table(MPI_Comm comm, int argc, char **argv) {
         if (rc == ML_OK && ni) rc = ml_eval_lookup(ci[d], dom[d], &c[6 * D], &c[8 * D]);
         if (rc == ML_OK && *bi) rc = ml_eval_lookup(bi, dom[d], &c[7 * D], &c[9 * D]);
     }
-    if (rc == ML_OK) rc = ml_sweep_json_strings((const char *const *)dom, D, &names);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)dom, D, &names);
     if (rc == ML_OK) rc = ml_options_to_json(o, &config);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     if (rank == 0) {

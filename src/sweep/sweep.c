@@ -254,7 +254,7 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
         ml_free(dnames);
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ML_CHECK_GOTO(ml_sweep_bcast_string(comm, &names_json), done);
+    ML_CHECK_GOTO(ml_bcast_string(comm, &names_json), done);
     rc = ml_list_to_json((const char *const *)a->domains, a->D, &paths_json);
     if (rc == ML_OK) rc = ml_list_to_json(mpaths, M, &models_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);

@@ -25,6 +25,5 @@ typedef struct {
 int ml_sweep_file_write(MPI_Comm comm, const char *path, const ml_sweep_file *f);
 /* Split "a,b" into ml_malloc'd strings (free with ml_h5_free_names). */
 /* Broadcast rank 0's ml_malloc'd string to every rank (collective). */
-int ml_sweep_bcast_string(MPI_Comm comm, char **s);
 
 #endif
