@@ -474,7 +474,7 @@ static int ml_lora_port(MPI_Comm comm, const ml_options *o) {
     if (rc == ML_OK) rc = ml_port_seeds(ml_opt_str(o, "seeds"), &t);
     if (rc == ML_OK && !(sources = ml_calloc((size_t)A, sizeof *sources))) rc = ML_FAIL(ML_ERR_NOMEM, "out of memory");
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ML_CHECK_GOTO(ml_port_check(comm, adapters, A, hosts, H, sources), done);
+    ML_CHECK_GOTO(ml_agree(comm, ml_port_check(comm, adapters, A, hosts, H, sources)), done);
     for (int a = 0; a < A; a++) {
         ML_CHECK_GOTO(ml_adapter_load(comm, adapters[a], &src), done);
         rc = ML_OK;
