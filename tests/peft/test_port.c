@@ -201,6 +201,24 @@ static void test_merge_export(void **s) {
     assert_non_null(strstr(text, "\"lora_alpha\": 8"));
     assert_non_null(strstr(text, "\"gate_proj\""));
     assert_non_null(strstr(text, host_a));
+    /* IA3: [out, 1] for attention, [1, in] for the MLP's down_proj (PEFT's feedforward_modules) */
+    ML_ASSERT_OK(tf_lora(MPI_COMM_WORLD, "export %s %s_ia3", ad_ia3, exp));
+    snprintf(st_path, sizeof st_path, "%s_ia3/adapter_model.safetensors", exp);
+    ML_ASSERT_OK(ml_safetensors_open(st_path, &st));
+    assert_int_equal(ml_safetensors_count(st), 3 * 1);
+    shape = ml_safetensors_shape(st, ml_safetensors_find(st, "base_model.model.model.layers.0.self_attn.k_proj.ia3_l"), &nd);
+    assert_true(nd == 2 && shape[0] == 16 && shape[1] == 1);
+    shape = ml_safetensors_shape(st, ml_safetensors_find(st, "base_model.model.model.layers.0.mlp.down_proj.ia3_l"), &nd);
+    assert_true(nd == 2 && shape[0] == 1 && shape[1] == 64);
+    ml_safetensors_close(&st);
+    snprintf(cfg_path, sizeof cfg_path, "%s_ia3/adapter_config.json", exp);
+    f = fopen(cfg_path, "r");
+    assert_non_null(f);
+    got = fread(text, 1, sizeof text - 1, f);
+    text[got] = 0;
+    fclose(f);
+    assert_non_null(strstr(text, "\"peft_type\": \"IA3\""));
+    assert_non_null(strstr(text, "\"feedforward_modules\": [\n    \"down_proj\"\n  ]"));
     ml_adapter_destroy(&a);
     ml_model_destroy(&h);
     ml_model_destroy(&m);
