@@ -69,6 +69,7 @@ static double loss_of(fixture *f, const ml_adapter *a) {
 
 /* Check every adapter coordinate of a few tensors against central differences. */
 static void grad_check(ml_peft_method m, const char *targets) {
+    const long live0 = ml_alloc_live();
     fixture f;
     memset(&f, 0, sizeof f);
     fixture_make(&f);
@@ -105,6 +106,7 @@ static void grad_check(ml_peft_method m, const char *targets) {
     assert_true(worst < 2e-2);
     ml_adapter_destroy(&a);
     fixture_free(&f);
+    assert_int_equal(ml_alloc_live(), live0);
 }
 
 static void test_grad_lora(void **s) {
@@ -233,6 +235,7 @@ static void test_init_and_sample(void **s) {
 
 static void test_bad_targets(void **s) {
     (void)s;
+    const long live0 = ml_alloc_live();
     ml_model_config c;
     small_config(&c, 16, 24);
     ml_adapter *a = NULL;
@@ -247,13 +250,42 @@ static void test_bad_targets(void **s) {
                     "b.h5: cannot port x.h5: host intermediate_size = 32 differs from the adapter's host (24); "
                     "porting requires hosts of identical shapes");
     ml_adapter_destroy(&a);
+    assert_int_equal(ml_alloc_live(), live0); /* the failed creates freed what they took */
+}
+
+/* Make the n-th allocation of ml_adapter_create fail, n = 1, 2, ...: every
+ * failure is ML_ERR_NOMEM, leaves *out NULL and frees what it took. */
+static void test_alloc_failures(void **s) {
+    (void)s;
+    ml_model_config c;
+    small_config(&c, 16, 24);
+    int n = 1, failures = 0;
+    for (;; n++) {
+        const long live0 = ml_alloc_live();
+        ml_adapter *a = NULL;
+        ml_alloc_fail_at(n);
+        int rc = ml_adapter_create(&c, n % 2 ? ML_PEFT_LORA : ML_PEFT_IA3, 4, 8, "q_proj,down_proj", &a);
+        ml_alloc_fail_at(0);
+        ml_error_clear();
+        if (rc == ML_OK) {
+            ml_adapter_destroy(&a);
+            assert_int_equal(ml_alloc_live(), live0);
+            break;
+        }
+        failures++;
+        assert_int_equal(rc, ML_ERR_NOMEM);
+        assert_null(a);
+        assert_int_equal(ml_alloc_live(), live0);
+    }
+    print_message("ml_adapter_create: %d allocation failures, each freed everything\n", failures);
+    assert_true(failures >= 4);
 }
 
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_lora),      cmocka_unit_test(test_grad_ia3),
         cmocka_unit_test(test_merge_naive),    cmocka_unit_test(test_init_and_sample),
-        cmocka_unit_test(test_bad_targets),
+        cmocka_unit_test(test_bad_targets),    cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "peft_kernels", tests, sizeof tests / sizeof tests[0]);
 }

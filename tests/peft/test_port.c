@@ -82,8 +82,10 @@ static void test_port_table(void **s) {
     (void)s;
     char out[1300];
     snprintf(out, sizeof out, "%s/port.h5", dir);
+    const long live0 = ml_alloc_live();
     ML_ASSERT_OK(tf_lora(MPI_COMM_WORLD, "port --adapters %s,%s --hosts %s,%s --domains %s --seeds 1,2 --steps 3 " LORA_OPTS " --out %s",
                          ad_lora, ad_ia3, host_a, host_b, stores[1], out));
+    assert_int_equal(ml_alloc_live(), live0);
     const int64_t R = 2 * 2 * 3 * 2 * 2;
     int64_t n = 0, K = 1;
     double *loss = read_f64(out, "/results/loss", &n);
@@ -226,6 +228,7 @@ static void test_merge_export(void **s) {
 
 static void test_bad_inputs(void **s) {
     (void)s;
+    const long live0 = ml_alloc_live();
     char out[1300], broken[1300];
     snprintf(out, sizeof out, "%s/bad.h5", dir);
     ML_ASSERT_FAILS(tf_lora(MPI_COMM_WORLD, "port --adapters %s --hosts %s,%s --domains %s --steps 1 " LORA_OPTS " --out %s",
@@ -262,6 +265,7 @@ static void test_bad_inputs(void **s) {
     ML_ASSERT_FAILS(tf_lora(MPI_COMM_WORLD, "merge %s --host %s --out %s", broken, host_a, out), ML_ERR_FORMAT, "is missing");
     ML_ASSERT_FAILS(tf_lora(MPI_COMM_WORLD, "fly"), ML_ERR_ARG, "unknown subcommand 'fly'");
     ml_adapter_destroy(&a);
+    assert_int_equal(ml_alloc_live(), live0); /* every failure path freed what it took */
 }
 
 /* One rank alone (its own communicator) and every rank: the same 8 steps. */
