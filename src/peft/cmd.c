@@ -487,19 +487,20 @@ static int ml_lora_port(MPI_Comm comm, const ml_options *o) {
         }
         if (rc == ML_OK) rc = ml_adapter_create(&src->host, src->method, src->r, src->alpha, src->targets, &w);
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
-        ML_CHECK_GOTO(ml_peft_trainer_create(comm, &src->host, src, &s.tc, &s.ec, &tr), done);
         for (int hi = 0; hi < H; hi++) {
+            /* a trainer per destination: its config (rope_theta, rms_eps, context) may differ from the origin's */
             ML_CHECK_GOTO(ml_checkpoint_load_model(comm, hosts[hi], &host), done);
+            ML_CHECK_GOTO(ml_peft_trainer_create(comm, &host->cfg, src, &s.tc, &s.ec, &tr), done);
             ML_CHECK_GOTO(ml_peft_trainer_eval(tr, host, NULL, res), done);
             for (int d = 0; d < t.K; d++) {
                 t.host_loss[(size_t)hi * t.K + d] = res[d].loss;
                 t.host_acc[(size_t)hi * t.K + d] = res[d].accuracy;
             }
             ML_CHECK_GOTO(ml_port_pair(tr, host, src, w, a, hi, &t, res), done);
+            ml_peft_trainer_destroy(&tr);
             ml_model_destroy(&host);
         }
         ML_CHECK_GOTO(ml_port_source_eval(comm, adapters[a], &t, a, res), done);
-        ml_peft_trainer_destroy(&tr);
         ml_adapter_destroy(&w);
         ml_adapter_destroy(&src);
     }
