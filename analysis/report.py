@@ -781,6 +781,69 @@ def sec_region(R):
                                                   for i, dn in enumerate(cd)]))
 
 
+# ---------------------------------------------------------------- PEFT portability (peft/*.h5)
+def sec_peft(R):
+    """Sabry & Belz portability: per method, host pair and condition, the mean (+- std over seeds)
+    loss and accuracy zero-shot and after the continued training (format mergelens.peft)."""
+    files = [p for p in h5files(R.run, "peft") if fmt_of(p) == "mergelens.peft"]
+    for p in files:
+        with h5py.File(p, "r") as f:
+            res = f["results"]
+            cols = {k: np.asarray(res[k][()]) for k in ("adapter", "method", "target", "condition", "seed", "step")}
+            loss, acc = np.atleast_2d(res["loss"][()]), np.atleast_2d(res["accuracy"][()])
+            methods, conds = attr_json(f, "methods", []), attr_json(f, "conditions", [])
+            hosts, sources = attr_json(f, "hosts", []), attr_json(f, "sources", [])
+            doms = attr_json(f, "domains", []) or ["domain%d" % d for d in range(loss.shape[1])]
+            hl = np.atleast_2d(f["hosts/loss"][()])
+            steps = attr(f, "steps", 0)
+        hdr = ["method", "source -> target", "condition", "seeds"]
+        for d in doms:
+            hdr += ["%s loss @0" % d, "%s loss @%d" % (d, steps), "%s acc @0" % d, "%s acc @%d" % (d, steps)]
+        hdr += ["target host alone (%s loss)" % doms[0]]
+        body, keys = [], []
+        for a, m, t, c in zip(cols["adapter"], cols["method"], cols["target"], cols["condition"]):
+            if (a, m, t, c) not in keys:
+                keys.append((a, m, t, c))
+        for a, m, t, c in keys:
+            sel = (cols["adapter"] == a) & (cols["target"] == t) & (cols["condition"] == c)
+            z, e = sel & (cols["step"] == 0), sel & (cols["step"] != 0)
+
+            def ms(v):
+                return "%s ± %s" % (num(np.mean(v)), num(np.std(v), 2)) if len(v) > 1 else num(v[0])
+            row = [methods[m] if m < len(methods) else m,
+                   "%s -> %s" % (stem(sources[a]) if a < len(sources) else a, stem(hosts[t]) if t < len(hosts) else t),
+                   conds[c] if c < len(conds) else c, int(z.sum())]
+            for d in range(loss.shape[1]):
+                row += [ms(loss[z, d]), ms(loss[e, d]), ms(acc[z, d]), ms(acc[e, d])]
+            row.append(num(hl[t, 0]))
+            body.append(row)
+        R.add("tables", "<h3>PEFT portability: %s</h3>%s" % (esc(os.path.relpath(p, R.run)), table(hdr, body)))
+        # zero-shot and continued loss on the first domain, one panel per method
+        ms_ = sorted(set(cols["method"].tolist()))
+        fig, ax = plt.subplots(1, len(ms_), figsize=(5 * len(ms_), 3.4), squeeze=False)
+        for k, m in enumerate(ms_):
+            pairs = sorted(set((int(a), int(t)) for a, t, mm in zip(cols["adapter"], cols["target"], cols["method"])
+                               if mm == m))
+            x = np.arange(len(pairs))
+            for ci, cname in enumerate(conds):
+                for si, (st, hatch) in enumerate(((0, ""), (steps, "//"))):
+                    v = []
+                    for a, t in pairs:
+                        sel = ((cols["adapter"] == a) & (cols["target"] == t) & (cols["condition"] == ci) &
+                               (cols["step"] == st))
+                        v.append(loss[sel, 0].mean() if sel.any() else np.nan)
+                    ax[0, k].bar(x + (2 * ci + si) * 0.13, v, 0.13, color="C%d" % ci, hatch=hatch,
+                                 label="%s @%d" % (cname, st))
+            ax[0, k].set_xticks(x + 0.33)
+            ax[0, k].set_xticklabels(["%s->%s" % (stem(sources[a]), stem(hosts[t])) for a, t in pairs], fontsize=7)
+            ax[0, k].set_title("%s: %s loss" % (methods[m] if m < len(methods) else m, doms[0]))
+            lo = np.nanmin(loss[:, 0])
+            ax[0, k].set_ylim(lo - 0.05 * abs(lo), None)
+        ax[0, 0].legend(fontsize=6)
+        R.figure("tables", fig, "%s: mean loss over seeds, zero-shot (plain) and after %d steps (hatched)"
+                 % (os.path.basename(p), steps))
+
+
 # ---------------------------------------------------------------- page
 PAGE_HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>%s</title><style>
 body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
@@ -825,6 +888,7 @@ def build(run, out, args):
     saes = guard("sae", load_saes, R) or {}
     guard("sae", sec_sae, R, saes)
     guard("features", sec_features, R, saes, tracks)
+    guard("tables", sec_peft, R)
     guard("tables", sec_tables, R)
     if os.path.isfile(os.path.join(run, "region", "regions.h5")):
         guard("tables", sec_region, R)

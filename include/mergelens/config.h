@@ -98,6 +98,8 @@ int ml_options_to_json(const ml_options *o, char **json);
  * ml_list_free). key names the option in the error for an empty item. */
 int ml_list_split(const char *text, const char *key, char ***items, int *n);
 void ml_list_free(char **items, int n);
+/* Exactly n comma-separated finite numbers of option key into out[n]. */
+int ml_list_parse_numbers(const char *text, const char *key, double *out, int n);
 /* items -> compact JSON array of strings (ml_malloc'd; ml_free it). */
 int ml_list_to_json(const char *const *items, int n, char **json);
 

@@ -120,4 +120,14 @@ int ml_cmd_export(MPI_Comm comm, int argc, char **argv);
 /* `mergelens import hf DIR OUT.h5` */
 int ml_cmd_import(MPI_Comm comm, int argc, char **argv);
 
+/* ---- whole-file helpers (atomic: temp name, fsync, rename) ---- */
+int ml_atomic_write_file(const char *path, const void *data, size_t n);
+/* Write a JSON value as indented text (key order kept) plus a newline. */
+struct json_t;
+int ml_atomic_write_json(const char *path, const struct json_t *value);
+/* Read a whole file into an ml_malloc'd buffer (NUL-terminated). */
+int ml_read_file(const char *path, char **data, size_t *n);
+/* out = dir + "/" + name; ML_ERR_ARG if it does not fit in cap. */
+int ml_path_join(char *out, size_t cap, const char *dir, const char *name);
+
 #endif

@@ -27,6 +27,9 @@
 #include "mergelens/io.h"
 
 /* ---- configuration ------------------------------------------------------- */
+/* The `format` attribute of checkpoint files (models/<name>.h5). */
+#define ML_CHECKPOINT_FORMAT "mergelens.checkpoint"
+
 typedef struct {
     int n_layers;      /* num_hidden_layers (default 1) */
     int d_model;       /* hidden_size D */

@@ -12,6 +12,7 @@
 #include "capture_internal.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/model.h"
 
 void ml_capture_config_default(ml_capture_config *c) {
     memset(c, 0, sizeof *c);
@@ -25,7 +26,7 @@ int ml_capture_load_model(MPI_Comm comm, const char *path, ml_model **out) {
     ml_h5 *h = NULL;
     ml_model_config mc;
     *out = NULL;
-    ML_CHECK(ml_h5_open(comm, path, "mergelens.checkpoint", 1, 1, &h));
+    ML_CHECK(ml_h5_open(comm, path, ML_CHECKPOINT_FORMAT, 1, 1, &h));
     rc = ml_model_config_load(h, &mc);
     if (rc == ML_OK) rc = ml_model_create(&mc, out);
     ML_CHECK_GOTO(ml_agree(comm, rc), fail);

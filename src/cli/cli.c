@@ -17,6 +17,7 @@
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
 #include "mergelens/merge.h"
+#include "mergelens/peft.h"
 #include "mergelens/pipeline.h"
 #include "mergelens/region.h"
 #include "mergelens/sae.h"
@@ -133,6 +134,7 @@ static const ml_command ml_commands[] = {
     {"compare", ml_cmd_compare, "correlate two SAEs' features on the same tokens; persist / emerge / disappear"},
     {"data", ml_cmd_data, "synthetic demo stories; corpus statistics"},
     {"doctor", ml_cmd_doctor, "check MPI, OpenBLAS kernels and speed, parallel HDF5"},
+    {"lora", ml_cmd_lora, "PEFT adapters (LoRA, IA3): train on a frozen host, port to another host, merge, export"},
     {"merge", ml_cmd_merge, "merge checkpoints (mergekit recipes: slerp, linear, ties, dare, model_stock, soups)"},
     {"eval", ml_cmd_eval, "per-domain validation loss and accuracy of a checkpoint"},
     {"export", ml_cmd_export, "write a model as a Hugging Face directory or an SAE as a SAELens directory"},

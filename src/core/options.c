@@ -469,3 +469,21 @@ int ml_list_to_json(const char *const *items, int n, char **json) {
     free(t);
     return *json ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
 }
+
+int ml_list_parse_numbers(const char *text, const char *key, double *out, int n) {
+    char **items = NULL;
+    int count = 0, rc = ML_OK;
+    ML_CHECK(ml_list_split(text, key, &items, &count));
+    if (count != n)
+        ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' has %d value%s, expected %d", key, text, count,
+                     count == 1 ? "" : "s", n);
+    for (int i = 0; i < n; i++) {
+        char *end = NULL;
+        out[i] = strtod(items[i], &end);
+        if (!end || *end || !isfinite(out[i]))
+            ML_FAIL_GOTO(done, ML_ERR_CONFIG, "option '%s': '%s' is not a number", key, items[i]);
+    }
+done:
+    ml_list_free(items, count);
+    return rc;
+}

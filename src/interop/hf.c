@@ -16,8 +16,8 @@
 #include "mergelens/data.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/model.h"
 
-#define ML_CKPT_FORMAT "mergelens.checkpoint"
 #define ML_HF_NAME_MAX 128
 
 typedef struct {
@@ -212,7 +212,7 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
         return ML_FAIL(ML_ERR_ARG, "export hf: dtype %s is not a float dtype (f32, bf16 or f16)",
                        ml_st_dtype_name(dtype));
     ml_prof_begin("hf_export");
-    ML_CHECK_GOTO(ml_h5_open(MPI_COMM_SELF, ckpt_path, ML_CKPT_FORMAT, 1, 1, &h), done);
+    ML_CHECK_GOTO(ml_h5_open(MPI_COMM_SELF, ckpt_path, ML_CHECKPOINT_FORMAT, 1, 1, &h), done);
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "model_config", &cfg_text), done);
     json_error_t jerr;
     cfg = json_loads(cfg_text, JSON_REJECT_DUPLICATES, &jerr);
@@ -470,7 +470,7 @@ int ml_hf_import(const char *dir, const char *out_path, const char *config_json)
     ml_hf_normalise_config(cfg, &d);
     cfg_text = json_dumps(cfg, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!cfg_text) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory serialising the model config");
-    ML_CHECK_GOTO(ml_h5_create(MPI_COMM_SELF, out_path, ML_CKPT_FORMAT, 1, &h), done);
+    ML_CHECK_GOTO(ml_h5_create(MPI_COMM_SELF, out_path, ML_CHECKPOINT_FORMAT, 1, &h), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "model_config", cfg_text), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "parent", dir), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", config_json ? config_json : "{}"), done);

@@ -19,15 +19,6 @@ int ml_atomic_write(ml_atomic_file *f, const void *data, size_t n);
 int ml_atomic_commit(ml_atomic_file *f);
 /* Close and delete the temporary file; tolerates an unopened file. */
 void ml_atomic_abort(ml_atomic_file *f);
-/* Whole-file helpers. */
-int ml_atomic_write_file(const char *path, const void *data, size_t n);
-/* Write a JSON value as indented text (key order kept) plus a newline. */
-struct json_t;
-int ml_atomic_write_json(const char *path, const struct json_t *value);
-/* Read a whole file into an ml_malloc'd buffer (NUL-terminated). */
-int ml_read_file(const char *path, char **data, size_t *n);
-/* out = dir + "/" + name; ML_ERR_ARG if it does not fit in cap. */
-int ml_path_join(char *out, size_t cap, const char *dir, const char *name);
 /* "[2, 3]" into buf (for messages); returns buf. */
 const char *ml_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape);
 /* A root string attribute that may be absent (*value = NULL then). */

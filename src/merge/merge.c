@@ -19,9 +19,9 @@
 #include <sys/mman.h>
 
 #include "mergelens/io.h"
+#include "mergelens/model.h"
 #include "mergelens/merge.h"
 
-#define ML_CKPT_FORMAT "mergelens.checkpoint"
 
 typedef struct {
     char *name;          /* HF name (relative to /params) */
@@ -115,7 +115,7 @@ static int ml_plan_build(const ml_merge_recipe *r, ml_mplan *pl) {
     char *cfg = NULL;
     ML_CHECK(ml_merge_recipe_models(r, &pl->paths, &pl->M));
     for (int i = 0; i < pl->M; i++) {
-        ML_CHECK(ml_h5_open(MPI_COMM_SELF, pl->paths[i], ML_CKPT_FORMAT, 1, 1, &pl->in[i]));
+        ML_CHECK(ml_h5_open(MPI_COMM_SELF, pl->paths[i], ML_CHECKPOINT_FORMAT, 1, 1, &pl->in[i]));
     }
     ML_CHECK_GOTO(ml_h5_get_attr_str(pl->in[0], "/", "model_config", &pl->model_config), done);
     for (int i = 1; i < pl->M; i++) {
@@ -341,7 +341,7 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
 
     /* 2. the output: attributes and every dataset, collectively */
     ml_prof_begin("merge.create");
-    rc = ml_h5_create(comm, out_path, ML_CKPT_FORMAT, 1, &out);
+    rc = ml_h5_create(comm, out_path, ML_CHECKPOINT_FORMAT, 1, &out);
     ml_prof_end("merge.create", 0, 0);
     ML_CHECK_GOTO(rc, fail);
     ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "model_config", pl.model_config), fail);

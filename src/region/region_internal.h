@@ -9,7 +9,6 @@
 #include "mergelens/model.h"
 #include "mergelens/region.h"
 
-#define ML_REGION_CKPT_FORMAT "mergelens.checkpoint"
 
 typedef struct {
     int M;                /* models (besides the base) */

@@ -106,8 +106,8 @@ static int ml_region_open_local(ml_region_set *s) {
     char **ref = NULL, **names = NULL, *cref = NULL, *c = NULL;
     s->h = ml_calloc((size_t)s->M, sizeof *s->h);
     if (!s->h) return ML_FAIL(ML_ERR_NOMEM, "region: out of memory");
-    if (s->base) ML_CHECK(ml_h5_open(MPI_COMM_SELF, s->base, ML_REGION_CKPT_FORMAT, 1, 1, &s->hbase));
-    for (int i = 0; i < s->M; i++) ML_CHECK(ml_h5_open(MPI_COMM_SELF, s->paths[i], ML_REGION_CKPT_FORMAT, 1, 1, &s->h[i]));
+    if (s->base) ML_CHECK(ml_h5_open(MPI_COMM_SELF, s->base, ML_CHECKPOINT_FORMAT, 1, 1, &s->hbase));
+    for (int i = 0; i < s->M; i++) ML_CHECK(ml_h5_open(MPI_COMM_SELF, s->paths[i], ML_CHECKPOINT_FORMAT, 1, 1, &s->h[i]));
     ml_h5 *h0 = s->hbase ? s->hbase : s->h[0];
     const char *p0 = s->hbase ? s->base : s->paths[0];
     ML_CHECK_GOTO(ml_h5_list(h0, "/params", 1, &ref, &nref), done);
@@ -268,7 +268,7 @@ int ml_region_write_centroid(MPI_Comm comm, ml_region_set *s, const char *path, 
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, path), done);
-    ML_CHECK_GOTO(ml_h5_create(comm, path, ML_REGION_CKPT_FORMAT, 1, &h), done);
+    ML_CHECK_GOTO(ml_h5_create(comm, path, ML_CHECKPOINT_FORMAT, 1, &h), done);
     ML_CHECK_GOTO(ml_model_config_save(h, &s->mc), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "parent", s->base ? s->base : s->paths[0]), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "centroid_of", models), done);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mergelens/model.h"
 #include "sweep_internal.h"
 
 static const ml_option_spec ml_sweep_opts[] = {
@@ -77,7 +78,7 @@ static int ml_keep_write(const char *path, const ml_model *m, const char *parent
     ml_h5 *h = NULL;
     char point[160];
     snprintf(point, sizeof point, "{\"param\":\"%s\",\"value\":%.17g}", param, v);
-    ML_CHECK(ml_h5_create(MPI_COMM_SELF, path, "mergelens.checkpoint", 1, &h));
+    ML_CHECK(ml_h5_create(MPI_COMM_SELF, path, ML_CHECKPOINT_FORMAT, 1, &h));
     int rc = ml_model_config_save(h, &m->cfg);
     if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "parent", parent);
     if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "merge_recipe", recipe_json);

@@ -192,7 +192,7 @@ static int ml_ckpt_model(ml_h5 *h, ml_model **out) {
 int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out) {
     ml_h5 *h = NULL;
     *out = NULL;
-    ML_CHECK(ml_h5_open(comm, path, ML_CKPT_FORMAT, 1, 1, &h));
+    ML_CHECK(ml_h5_open(comm, path, ML_CHECKPOINT_FORMAT, 1, 1, &h));
     int rc = ml_ckpt_model(h, out);
     ml_h5_close(&h);
     return rc ? ml_error_trace(rc, __FILE__, __LINE__, __func__) : ML_OK;
@@ -294,7 +294,7 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
                               "eval MODEL.h5 --domains a.h5,b.h5)", npos),
                       done);
     ML_AGREE_GOTO(comm, ml_list_split(ml_opt_str(o, "domains"), "domains", &paths, &K), done);
-    ML_AGREE_GOTO(comm, ml_h5_open(comm, pos[0], ML_CKPT_FORMAT, 1, 1, &h), done);
+    ML_AGREE_GOTO(comm, ml_h5_open(comm, pos[0], ML_CHECKPOINT_FORMAT, 1, 1, &h), done);
     ML_AGREE_GOTO(comm, ml_ckpt_model(h, &m), done);
     int T = (int)ml_opt_int(o, "context");
     if (T == 0) T = ml_ckpt_train_context(h);

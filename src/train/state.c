@@ -151,7 +151,7 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
     /* Every rank holds the same state: rank 0 writes the file alone, through
      * a serial handle (no collective operation per dataset and attribute). */
     if (tr->rank == 0) {
-        rc = ml_h5_create(MPI_COMM_SELF, tr->out, ML_CKPT_FORMAT, 1, &h);
+        rc = ml_h5_create(MPI_COMM_SELF, tr->out, ML_CHECKPOINT_FORMAT, 1, &h);
         if (rc == ML_OK) rc = ml_save_body(tr, h, complete, names_json, paths_json, weights);
         if (rc == ML_OK) rc = ml_h5_close(&h);
         if (rc != ML_OK) ml_error_trace(rc, __FILE__, __LINE__, __func__);

@@ -128,7 +128,7 @@ static int ml_setup_data(ml_trainer *tr) {
     const char *w = ml_opt_str(o, "weights");
     if (w && *w) {
         ML_ALLOC(tr->weights, tr->K);
-        ML_CHECK(ml_parse_numbers(w, "weights", tr->weights, tr->K));
+        ML_CHECK(ml_list_parse_numbers(w, "weights", tr->weights, tr->K));
         double sum = 0;
         for (int d = 0; d < tr->K; d++) {
             if (tr->weights[d] < 0)
@@ -217,7 +217,7 @@ static int ml_setup_shape(ml_trainer *tr) {
     tr->M = M > 0 && M < tr->B ? M : tr->B;
     ml_adamw_config_default(&tr->adamw);
     double betas[2];
-    ML_CHECK(ml_parse_numbers(ml_opt_str(o, "betas"), "betas", betas, 2));
+    ML_CHECK(ml_list_parse_numbers(ml_opt_str(o, "betas"), "betas", betas, 2));
     tr->adamw.beta1 = betas[0];
     tr->adamw.beta2 = betas[1];
     tr->adamw.eps = ml_opt_float(o, "eps");
@@ -424,7 +424,7 @@ static int ml_open_resume(ml_trainer *tr, ml_h5 **h) {
         ml_info("train: %s exists; --resume false: starting over (it is replaced at the first checkpoint)", tr->out);
         return ML_OK;
     }
-    ML_CHECK(ml_h5_open(tr->comm, tr->out, ML_CKPT_FORMAT, 1, 1, h));
+    ML_CHECK(ml_h5_open(tr->comm, tr->out, ML_CHECKPOINT_FORMAT, 1, 1, h));
     int64_t complete = 1;
     int rc = ml_h5_get_attr_int(*h, "/", "complete", &complete);
     if (rc == ML_ERR_NOTFOUND) {
@@ -471,7 +471,7 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     ML_AGREE_GOTO(comm, ml_setup_shape(tr), done);
     ML_AGREE_GOTO(comm, ml_setup_stores(tr), done);
     ML_AGREE_GOTO(comm, ml_open_resume(tr, &resume_h), done);
-    if (!resume_h && tr->parent[0]) ML_AGREE_GOTO(comm, ml_h5_open(comm, tr->parent, ML_CKPT_FORMAT, 1, 1, &parent_h), done);
+    if (!resume_h && tr->parent[0]) ML_AGREE_GOTO(comm, ml_h5_open(comm, tr->parent, ML_CHECKPOINT_FORMAT, 1, 1, &parent_h), done);
     ML_AGREE_GOTO(comm, ml_setup_model_config(tr, resume_h, parent_h), done);
     if (!tr->tokenizer[0] && parent_h) {
         char *t = NULL;

@@ -13,7 +13,6 @@
 #include "mergelens/io.h"
 #include "mergelens/train.h"
 
-#define ML_CKPT_FORMAT "mergelens.checkpoint"
 
 /* Run a call whose failure may be local to some ranks, then agree on the
  * outcome (collective: every rank of comm must get here). Needs `int rc`. */
@@ -35,8 +34,6 @@ int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info);
 
 /* Split "a,b,c" into ml_malloc'd strings (blanks around items dropped; empty
  * items are an error naming key). Free with ml_h5_free_names. */
-/* Parse exactly n comma-separated numbers of option key. */
-int ml_parse_numbers(const char *text, const char *key, double *out, int n);
 /* JSON array of n strings (ml_malloc'd text). */
 
 /* Training metrics, one row per optimizer step / per (evaluation, domain);
