@@ -117,5 +117,8 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
 int ml_cmd_compare(MPI_Comm comm, int argc, char **argv);
 /* mergelens track --edges "base:lua,..." --saes name=SAE.h5,... --acts name=ACTS.h5,... --out tracking/summary.h5 */
 int ml_cmd_track(MPI_Comm comm, int argc, char **argv);
+/* mergelens track-sweep sweeps/NAME.h5 --sae saes/FT.h5 --acts acts/FT.h5 --out tracking/FT_sweep.h5: per sweep
+ * point, the fine-tuned SAE's features on the merged model vs on their own model (format mergelens.feature_sweep) */
+int ml_cmd_track_sweep(MPI_Comm comm, int argc, char **argv);
 
 #endif
