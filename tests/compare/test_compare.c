@@ -315,7 +315,28 @@ static void test_track_lineage(void **state) {
     }
     assert_int_equal(full, 18);
     free(tr);
+    float sw[2 * F], ss[2 * F];
+    read_f32(h, "/edges/ft__merge/parent_score", sw, F);
+    read_f32(h, "/edges/ft__merge/child_score", sw + F, F);
     ML_ASSERT_OK(ml_h5_close(&h));
+    /* the same command on rank 0 alone gives the same scores (1, 2 and 4 ranks vs 1) */
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) {
+        char out_self[1200];
+        snprintf(out_self, sizeof out_self, "%s/tracking/summary_self.h5", g_dir_path);
+        args[8] = out_self;
+        ML_ASSERT_OK(run_cmd(ml_cmd_track, MPI_COMM_SELF, args));
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, out_self, "mergelens.tracking", 1, 1, &h));
+        read_f32(h, "/edges/ft__merge/parent_score", ss, F);
+        read_f32(h, "/edges/ft__merge/child_score", ss + F, F);
+        int64_t c2[3 * 6];
+        ML_ASSERT_OK(ml_h5_read_tensor(h, "/summary/counts", ML_I64, 2, dc, c2));
+        for (int k = 0; k < 18; k++) assert_int_equal(c2[k], want[k]);
+        ML_ASSERT_OK(ml_h5_close(&h));
+        for (int i = 0; i < 2 * F; i++) assert_true(fabsf(sw[i] - ss[i]) <= 1e-6f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
 }
 
 /* ---- logit-weight cosine through the models' unembeddings ---------------- */
@@ -427,6 +448,25 @@ static void test_compare_logit(void **state) {
     assert_string_equal(mb, pm[1]);
     ml_free(mb);
     ML_ASSERT_OK(ml_h5_close(&h));
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) { /* rank 0 alone: the same logit scores and partners */
+        char out_self[1200];
+        float s1[F];
+        int32_t p1[F];
+        snprintf(out_self, sizeof out_self, "%s/tracking/logit_self.h5", g_dir_path);
+        args[10] = out_self;
+        ML_ASSERT_OK(run_cmd(ml_cmd_compare, MPI_COMM_SELF, args));
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, out_self, "mergelens.tracking", 1, 1, &h));
+        read_f32(h, "/edges/a__b/logit_cos/a_score", s1, F);
+        read_i32(h, "/edges/a__b/logit_cos/a_partner", p1, F);
+        ML_ASSERT_OK(ml_h5_close(&h));
+        for (int i = 0; i < F; i++) {
+            assert_int_equal(p1[i], ap[i]);
+            assert_true(fabsf(s1[i] - as[i]) <= 1e-6f);
+        }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
     /* --model-b overrides the SAE's recorded model: both sides through model 0 */
     snprintf(out2, sizeof out2, "%s/tracking/logit2.h5", g_dir_path);
     const char *a2[] = {"compare", "--a", ps[0], "--acts-a", p_acts[0], "--b", ps[1], "--acts-b", p_acts[1],
