@@ -35,6 +35,23 @@ for n in 1 2 4; do
   [ $rc -eq 0 ] || tail -5 "$tmp/ts$n.log"
 done
 grep "present" "$tmp/ts1.log" | sed 's/^.*track-sweep: /  /'
+# the job-file stage given in docs/modules/compare.md, appended to a copy of jobs/tiny.yaml
+cp "$src/jobs/tiny.yaml" "$tmp/job.yaml"
+cat >> "$tmp/job.yaml" <<'EOF'
+  track_sweep_lua:
+    command: track-sweep
+    needs: [sweep, sae_lua, capture_lua]
+    args: ["${run_dir}/sweeps/slerp.h5"]
+    options: {sae: "${run_dir}/saes/lua.h5", acts: "${run_dir}/acts/lua.h5",
+              out: "${run_dir}/tracking/lua_sweep.h5", tau: 0.8}
+    outputs: [tracking/lua_sweep.h5]
+EOF
+mpi 2 "$bin" run "$tmp/job.yaml" --out "$run" --stage track_sweep_lua > "$tmp/stage.log" 2>&1; rc=$?
+check "the track_sweep_lua job stage runs" test $rc -eq 0 -a -f "$run/tracking/lua_sweep.h5"
+[ $rc -eq 0 ] || tail -5 "$tmp/stage.log"
+check "the stage's output equals the direct run" h5diff -q "$tmp/sweep_np1.h5" "$run/tracking/lua_sweep.h5" /r /r
+mpi 2 "$bin" run "$tmp/job.yaml" --out "$run" --stage track_sweep_lua > "$tmp/stage2.log" 2>&1
+check "a rerun skips the complete stage" grep -q "complete, skipped" "$tmp/stage2.log"
 for n in 2 4; do
   for d in /grid /r /present /n_present /mean_r /dead /merged_dead /weight_distance; do
     check "np$n $d identical to np1" h5diff -q "$tmp/sweep_np1.h5" "$tmp/sweep_np$n.h5" $d $d

@@ -423,9 +423,12 @@ static int sweep_match(void) {
         init = 1;
     }
     float G[D * D], cost[FA * FB];
-    ml_best b = {0}, b2 = {0};
+    ml_best b = {0}, b2 = {0}, b3 = {0};
     ml_track_edge e = {0};
     ml_flow *f = NULL;
+    float U1[5 * D], U2[5 * D];
+    for (int k = 0; k < 5 * D; k++) U1[k] = (float)(k % 7) - 3.0f, U2[k] = (float)(k % 5) - 2.0f;
+    ml_logit_map m1 = {U1, NULL, NULL, 5, D}, m2 = {U2, NULL, NULL, 5, D};
     int32_t ap[FA], bp[FB], r2c[FA], *tr = NULL;
     float sup[FA];
     int64_t ntr;
@@ -435,6 +438,7 @@ static int sweep_match(void) {
     ML_CHECK_GOTO(ml_assign_dense(cost, FA, FB, r2c, NULL), done);
     ML_CHECK_GOTO(ml_logit_gram(WA, FA, D, NULL, NULL, D, 1, G), done);
     ML_CHECK_GOTO(ml_cosine_best(MPI_COMM_SELF, WA, FA, WB, FB, D, G, &b), done);
+    ML_CHECK_GOTO(ml_logit_cosine_best(MPI_COMM_SELF, WA, FA, D, &m1, WB, FB, D, &m2, 1, &b3), done);
     ML_CHECK_GOTO(ml_assign_pairs(FA, FB, pairs, 3, 0.5, 0, ap, bp), done);
     ML_CHECK_GOTO(ml_best_from_assignment(&b, pairs, 3, ap, bp, &b2), done);
     ML_CHECK_GOTO(ml_track_classify(&b2, 0.75, &e), done);
@@ -448,6 +452,7 @@ static int sweep_match(void) {
 done:
     ml_best_free(&b);
     ml_best_free(&b2);
+    ml_best_free(&b3);
     ml_track_edge_free(&e);
     ml_flow_destroy(&f);
     ml_free(tr);
