@@ -19,6 +19,7 @@
 
 #include "mergelens/core.h"
 #include "mergelens/features.h"
+#include "mergelens/model.h"
 #include "mergelens/sae.h"
 
 /* ---- codes of one SAE on one activations file --------------------------- */
@@ -62,6 +63,8 @@ typedef struct {
     int64_t flow_window;   /* rows per flow sample (64) */
     double flow_mad;       /* 0 = 0.05 */
     double flow_consistency; /* 0 = 0.8 */
+    int logit;             /* logit-weight cosine (each SAE through its own model's unembedding) */
+    int logit_center;      /* centre the logit vectors over the vocabulary */
 } ml_compare_opts;
 void ml_compare_opts_default(ml_compare_opts *o);
 
@@ -69,15 +72,39 @@ typedef struct {
     const char *name;      /* model name (lineage node) */
     const char *sae_path;  /* saes/<name>.h5 */
     const char *acts_path; /* acts/<name>.h5 */
+    const char *model_path; /* model checkpoint for the logit cosine; NULL or "" = the SAE's `model` attribute */
 } ml_compare_model;
 
 typedef struct {
     ml_track_edge track;   /* classification (activation max matching) */
     int64_t n_tokens;
     double dec_mean_max_a, dec_mean_max_b; /* decoder cosine mean-max (NAN if not computed) */
+    double logit_mean_max_a, logit_mean_max_b; /* logit-weight cosine mean-max (NAN if not computed) */
     int32_t *flow_partner; /* (n_parent) flow map parent -> child or -1 (opts.flow), ml_malloc'd */
 } ml_compare_edge_result;
 void ml_compare_edge_result_free(ml_compare_edge_result *r);
+
+/* ---- logit map of one side (logit-weight cosine) ------------------------------ */
+typedef struct {
+    int ok;              /* 1: map and dec are usable */
+    char path[1024];     /* the model checkpoint */
+    ml_model *model;     /* loaded checkpoint (shared with the other side when the paths agree) */
+    int owns_model;
+    ml_logit_map map;    /* lm_head, model.norm.weight, down_proj (mlp.hook_post only) */
+    const float *dec;    /* (F, d) the SAE's decoder rows */
+    int64_t d;
+} ml_logit_side;
+/* Collective. The model is model_path, else the SAE's recorded `model`.
+ * blocks.<L>.mlp.hook_post goes through layer L's down_proj (d_in must be
+ * intermediate_size); residual-stream hooks (hook_resid_*, hook_attn_out,
+ * hook_mlp_out) map directly (d_in must be hidden_size). Other hooks, an SAE
+ * without a recorded model, or a recorded model that no longer exists leave
+ * out->ok = 0 with a warning; a given model_path that fails to load, or
+ * mismatched widths, are errors. share (may be NULL): the other side,
+ * whose model is reused when the paths agree. */
+int ml_logit_side_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, const char *model_path,
+                       const char *hook, const ml_logit_side *share, ml_logit_side *out);
+void ml_logit_side_free(ml_logit_side *s);
 
 /* Collective: compare parent (A) and child (B) and write /edges/<edge>
  * (docs/modules/features.md layout; + /edges/<edge>/flow with opts.flow)
@@ -90,5 +117,8 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
 int ml_cmd_compare(MPI_Comm comm, int argc, char **argv);
 /* mergelens track --edges "base:lua,..." --saes name=SAE.h5,... --acts name=ACTS.h5,... --out tracking/summary.h5 */
 int ml_cmd_track(MPI_Comm comm, int argc, char **argv);
+/* mergelens track-sweep sweeps/NAME.h5 --sae saes/FT.h5 --acts acts/FT.h5 --out tracking/FT_sweep.h5: per sweep
+ * point, the fine-tuned SAE's features on the merged model vs on their own model (format mergelens.feature_sweep) */
+int ml_cmd_track_sweep(MPI_Comm comm, int argc, char **argv);
 
 #endif

@@ -142,6 +142,29 @@ int ml_cosine_best(MPI_Comm comm, const float *WA, int64_t n_a, const float *WB,
 int ml_logit_gram(const float *lm_head, int64_t V, int64_t D, const float *norm_w, const float *down, int64_t d,
                   int center, float *G);
 
+/* Logit-weight cosine across two models (each SAE with its own model's
+ * unembedding). A decoder row a (d) maps to the logits
+ *   l(a) = lm_head (V, D) . diag(norm_w) (D) . down (D, d) . a   (V)
+ * (the final RMSNorm's 1/rms scale is a positive scalar per token and does
+ * not change a cosine, so it is left out); without down_proj (residual-stream
+ * hooks) d == D. */
+typedef struct {
+    const float *lm_head; /* (V, D) */
+    const float *norm_w;  /* (D) final RMSNorm weight; NULL = ones */
+    const float *down;    /* (D, d) mlp.down_proj; NULL = identity */
+    int64_t V, D;
+} ml_logit_map;
+/* Collective. WA (n_a, d_a), WB (n_b, d_b) decoder rows, replicated. The
+ * similarity of (i, j) is cos(l_A(a_i), l_B(b_j)) (centred over the
+ * vocabulary with center != 0), computed without forming the V-wide logit
+ * vectors: with u = diag(norm_w) down a (D), cos = u_a^T K_AB u_b /
+ * sqrt(u_a^T K_AA u_a  u_b^T K_BB u_b), K_XY = lm_head_X^T lm_head_Y (the
+ * Gram matrices, V D^2 flops each, on every rank), then sgemm tiles of the
+ * (n_a, n_b) matrix on the ml_corr grid. Best partners both ways; rows whose
+ * logit vector is zero are dead. Both models need the same V. */
+int ml_logit_cosine_best(MPI_Comm comm, const float *WA, int64_t n_a, int64_t d_a, const ml_logit_map *ma,
+                         const float *WB, int64_t n_b, int64_t d_b, const ml_logit_map *mb, int center, ml_best *out);
+
 /* ---- one-to-one matching ---------------------------------------------------- */
 /* Dense rectangular assignment minimising the total cost (n, m) row-major:
  * every row is assigned when n <= m (else every column). Shortest
@@ -277,6 +300,12 @@ typedef struct {
     const float *dec_a, *dec_b; /* decoder rows (n_a, d_in), (n_b, d_in), replicated; NULL = skip */
     int64_t d_in;
     const float *gram;        /* (d_in, d_in) logit Gram matrix (ml_logit_gram); NULL = skip */
+    /* logit cosine across two models (ml_logit_cosine_best); used instead of
+     * gram when both are set. Decoders logit_dec_a (n_a, logit_d_a), ... */
+    const ml_logit_map *logit_a, *logit_b;
+    const float *logit_dec_a, *logit_dec_b;
+    int64_t logit_d_a, logit_d_b;
+    int logit_center;
     double match_floor;       /* one-to-one matching on pairs with r >= floor; 0 = 0.2; > 1 = skip */
     int64_t max_component;    /* see ml_assign_pairs; 0 = 8192 */
     ml_h5 *matrix_file;       /* non-NULL: write the full r matrix there ... */

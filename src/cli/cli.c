@@ -149,6 +149,7 @@ static const ml_command ml_commands[] = {
     {"tokenize", ml_cmd_tokenize, "tokenize domains into <out_dir>/<domain>.h5 token stores"},
     {"tokenizer", ml_cmd_tokenizer, "train, export or import a byte-level BPE tokenizer"},
     {"track", ml_cmd_track, "classify features along a lineage graph (base -> fine-tunes -> merge) with flow traces"},
+    {"track-sweep", ml_cmd_track_sweep, "per merge-sweep point: which fine-tuned SAE features are still present in the merge"},
     {"train", ml_cmd_train, "train or fine-tune a model, data-parallel, resumable"},
     {"version", ml_cmd_version, "print the version"},
 };

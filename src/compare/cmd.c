@@ -34,7 +34,10 @@ static const char ml_track_usage[] =
         {"full_matrix", ML_OPT_BOOL, "false", 0, -1, NULL, "also write the full F_A x F_B correlation matrix"},        \
         {"token_profile", ML_OPT_BOOL, "true", 0, -1, NULL, "token-profile correlation (mean activation per token id)"}, \
         {"decoder", ML_OPT_BOOL, "true", 0, -1, NULL, "decoder-direction cosine"},                                     \
-        {"match_floor", ML_OPT_FLOAT, "0.2", -1, 2, NULL, "one-to-one matching on pairs with r >= floor (> 1: skip)"}
+        {"match_floor", ML_OPT_FLOAT, "0.2", -1, 2, NULL, "one-to-one matching on pairs with r >= floor (> 1: skip)"}, \
+        {"logit", ML_OPT_BOOL, "true", 0, -1, NULL,                                                                    \
+         "logit-weight cosine (decoder rows through each model's down_proj, final norm weight and lm_head)"},          \
+        {"logit_center", ML_OPT_BOOL, "false", 0, -1, NULL, "logit cosine: centre the logit vectors over the vocabulary"}
 
 static const ml_option_spec ml_compare_opts_spec[] = {
     {"a", ML_OPT_STRING, NULL, 0, -1, NULL, "SAE file of model A (parent)"},
@@ -45,6 +48,8 @@ static const ml_option_spec ml_compare_opts_spec[] = {
     {"name_a", ML_OPT_STRING, "", 0, -1, NULL, "name of model A (default: SAE file name without .h5)"},
     {"name_b", ML_OPT_STRING, "", 0, -1, NULL, "name of model B"},
     {"edge", ML_OPT_STRING, "", 0, -1, NULL, "edge group name (default: <name_a>__<name_b>)"},
+    {"model_a", ML_OPT_STRING, "", 0, -1, NULL, "model checkpoint of A for the logit cosine (default: SAE A's `model`)"},
+    {"model_b", ML_OPT_STRING, "", 0, -1, NULL, "model checkpoint of B (default: SAE B's `model`)"},
     ML_COMPARE_ENGINE_OPTS,
     ML_OPT_END,
 };
@@ -53,6 +58,7 @@ static const ml_option_spec ml_track_opts_spec[] = {
     {"edges", ML_OPT_STRING, NULL, 0, -1, NULL, "lineage edges parent:child, comma-separated"},
     {"saes", ML_OPT_STRING, NULL, 0, -1, NULL, "SAE file per model: name=path,..."},
     {"acts", ML_OPT_STRING, NULL, 0, -1, NULL, "activations file per model: name=path,..."},
+    {"models", ML_OPT_STRING, "", 0, -1, NULL, "model checkpoints for the logit cosine: name=path,... (default: each SAE's `model`)"},
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "tracking file to write (tracking/summary.h5)"},
     {"flow", ML_OPT_BOOL, "true", 0, -1, NULL, "feature-flow maps per edge and traces along chains"},
     {"flow_window", ML_OPT_INT, "64", 1, 1 << 20, NULL, "token rows per flow sample"},
@@ -74,6 +80,8 @@ static void ml_engine_opts(const ml_options *o, ml_compare_opts *c) {
     c->token_profile = ml_opt_bool(o, "token_profile");
     c->decoder = ml_opt_bool(o, "decoder");
     c->match_floor = ml_opt_float(o, "match_floor");
+    c->logit = ml_opt_bool(o, "logit");
+    c->logit_center = ml_opt_bool(o, "logit_center");
 }
 
 /* "saes/base.h5" -> "base" */
@@ -106,7 +114,8 @@ int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
     else ml_stem(pb, nb, sizeof nb);
     if (ml_opt_str(o, "edge")[0]) snprintf(edge, sizeof edge, "%s", ml_opt_str(o, "edge"));
     else snprintf(edge, sizeof edge, "%s__%s", na, nb);
-    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a")}, mb = {nb, pb, ml_opt_str(o, "acts_b")};
+    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a"), ml_opt_str(o, "model_a")},
+                     mb = {nb, pb, ml_opt_str(o, "acts_b"), ml_opt_str(o, "model_b")};
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
@@ -219,7 +228,7 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ml_options *o = NULL;
     ml_h5 *h = NULL;
     char *json = NULL;
-    ml_kv_list edges = {0}, saes = {0}, acts = {0};
+    ml_kv_list edges = {0}, saes = {0}, acts = {0}, models = {0};
     ml_lineage g;
     memset(&g, 0, sizeof g);
     ml_compare_edge_result *res = NULL;
@@ -238,6 +247,7 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_kv_parse("edges", ml_opt_str(o, "edges"), ':', &edges), done);
     ML_CHECK_GOTO(ml_kv_parse("saes", ml_opt_str(o, "saes"), '=', &saes), done);
     ML_CHECK_GOTO(ml_kv_parse("acts", ml_opt_str(o, "acts"), '=', &acts), done);
+    if (ml_opt_str(o, "models")[0]) ML_CHECK_GOTO(ml_kv_parse("models", ml_opt_str(o, "models"), '=', &models), done);
     g.n_edges = edges.n;
     for (int e = 0; e < edges.n; e++) {
         for (int s = 0; s < 2; s++) {
@@ -264,8 +274,10 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_tracking_create(comm, out, json, c.tau, &h), done);
     for (int e = 0; e < edges.n; e++) {
-        ml_compare_model mp = {edges.key[e], ml_kv_get(&saes, edges.key[e]), ml_kv_get(&acts, edges.key[e])};
-        ml_compare_model mc = {edges.val[e], ml_kv_get(&saes, edges.val[e]), ml_kv_get(&acts, edges.val[e])};
+        ml_compare_model mp = {edges.key[e], ml_kv_get(&saes, edges.key[e]), ml_kv_get(&acts, edges.key[e]),
+                               ml_kv_get(&models, edges.key[e])};
+        ml_compare_model mc = {edges.val[e], ml_kv_get(&saes, edges.val[e]), ml_kv_get(&acts, edges.val[e]),
+                               ml_kv_get(&models, edges.val[e])};
         ML_CHECK_GOTO(ml_compare_edge(comm, &c, &mp, &mc, h, enames[e], &res[e]), done);
         g.n_feat[g.from[e]] = res[e].track.n_parent;
         g.n_feat[g.to[e]] = res[e].track.n_child;
@@ -293,6 +305,7 @@ done:
     ml_free(edges.buf);
     ml_free(saes.buf);
     ml_free(acts.buf);
+    ml_free(models.buf);
     ml_free(json);
     ml_options_destroy(&o);
     return rc;

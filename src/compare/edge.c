@@ -19,6 +19,7 @@ void ml_compare_opts_default(ml_compare_opts *o) {
     o->token_profile = 1;
     o->decoder = 1;
     o->flow_window = 64;
+    o->logit = 1;
 }
 
 void ml_compare_edge_result_free(ml_compare_edge_result *r) {
@@ -79,12 +80,16 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
                     const ml_compare_model *child, ml_h5 *h, const char *edge, ml_compare_edge_result *out) {
     memset(out, 0, sizeof *out);
     out->dec_mean_max_a = out->dec_mean_max_b = NAN;
+    out->logit_mean_max_a = out->logit_mean_max_b = NAN;
     int rc = ML_OK;
     ml_sae *sa = NULL, *sb = NULL;
     ml_sae_codes *ca = NULL, *cb = NULL;
     ml_flow *flow = NULL;
     ml_compare_result res;
     memset(&res, 0, sizeof res);
+    ml_logit_side la, lb;
+    memset(&la, 0, sizeof la);
+    memset(&lb, 0, sizeof lb);
     float *support = NULL;
     int64_t *active = NULL;
     char g[600], mname[700];
@@ -119,6 +124,24 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
     } else if (o->decoder) {
         ml_warn("compare: %s: decoder cosine skipped (d_in %d vs %d)", edge, sa->d_in, sb->d_in);
     }
+    if (o->logit) {
+        ML_CHECK_GOTO(ml_agree(comm, ml_logit_side_open(comm, sa, parent->sae_path, parent->model_path, o->hook, NULL,
+                                                        &la)),
+                      done);
+        if (la.ok)
+            ML_CHECK_GOTO(ml_agree(comm, ml_logit_side_open(comm, sb, child->sae_path, child->model_path, o->hook, &la,
+                                                            &lb)),
+                          done);
+        if (la.ok && lb.ok) {
+            cc.logit_a = &la.map;
+            cc.logit_b = &lb.map;
+            cc.logit_dec_a = la.dec;
+            cc.logit_dec_b = lb.dec;
+            cc.logit_d_a = la.d;
+            cc.logit_d_b = lb.d;
+            cc.logit_center = o->logit_center;
+        }
+    }
     if (o->full_matrix) {
         snprintf(g, sizeof g, "/edges/%s/activation", edge);
         ML_CHECK_GOTO(ml_h5_mkgroup(h, g), done);
@@ -136,6 +159,16 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "child_sae", child->sae_path), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "parent_acts", parent->acts_path), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "child_acts", child->acts_path), done);
+    if (res.has_logit) {
+        snprintf(g, sizeof g, "/edges/%s/logit_cos", edge);
+        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "model_a", la.path), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "model_b", lb.path), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_int(h, g, "center", o->logit_center), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_int(h, g, "down_proj_a", la.map.down != NULL), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_int(h, g, "down_proj_b", lb.map.down != NULL), done);
+        out->logit_mean_max_a = res.logit.a_mean;
+        out->logit_mean_max_b = res.logit.b_mean;
+    }
     out->n_tokens = res.n_tokens;
     if (res.has_decoder) {
         out->dec_mean_max_a = res.decoder.a_mean;
@@ -152,11 +185,11 @@ int ml_compare_edge(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_mo
     }
     const ml_track_edge *e = &out->track;
     ml_info("compare: %s (%s -> %s, %lld tokens): parent %lld persist / %lld disappear / %lld dead, child %lld persist "
-            "/ %lld emerge / %lld dead (tau %.2f); decoder mean-max %.3f",
+            "/ %lld emerge / %lld dead (tau %.2f); decoder mean-max %.3f, logit mean-max %.3f",
             edge, parent->name, child->name, (long long)res.n_tokens, (long long)e->counts[ML_TRACK_PARENT_PERSIST],
             (long long)e->counts[ML_TRACK_PARENT_DISAPPEAR], (long long)e->counts[ML_TRACK_PARENT_DEAD],
             (long long)e->counts[ML_TRACK_CHILD_PERSIST], (long long)e->counts[ML_TRACK_CHILD_EMERGE],
-            (long long)e->counts[ML_TRACK_CHILD_DEAD], o->tau, out->dec_mean_max_a);
+            (long long)e->counts[ML_TRACK_CHILD_DEAD], o->tau, out->dec_mean_max_a, out->logit_mean_max_a);
 done:
     if (rc != ML_OK) ml_compare_edge_result_free(out);
     ml_compare_result_free(&res);
@@ -165,6 +198,8 @@ done:
     ml_flow_destroy(&flow);
     ml_sae_codes_close(&cb);
     ml_sae_codes_close(&ca);
+    ml_logit_side_free(&lb);
+    ml_logit_side_free(&la);
     ml_sae_destroy(&sb);
     ml_sae_destroy(&sa);
     return rc;

@@ -133,7 +133,13 @@ int ml_compare_run(MPI_Comm comm, const ml_compare_config *cfg, ml_codes_stream 
                       fail);
         out->has_decoder = 1;
     }
-    if (cfg->gram) {
+    if (cfg->logit_a && cfg->logit_b) {
+        ML_CHECK_GOTO(ml_logit_cosine_best(comm, cfg->logit_dec_a, a->n_features, cfg->logit_d_a, cfg->logit_a,
+                                           cfg->logit_dec_b, b->n_features, cfg->logit_d_b, cfg->logit_b,
+                                           cfg->logit_center, &out->logit),
+                      fail);
+        out->has_logit = 1;
+    } else if (cfg->gram) {
         ML_CHECK_GOTO(ml_cosine_best(comm, cfg->dec_a, a->n_features, cfg->dec_b, b->n_features, cfg->d_in, cfg->gram,
                                      &out->logit),
                       fail);

@@ -38,54 +38,177 @@ static void ml_cos_normalise(const float *W, int64_t m, int64_t d, const float *
     }
 }
 
+/* Scan the (na, nb) similarity block An Bn^T in tiles of ML_COS_TILE rows
+ * (sgemm per tile) and offer every live pair to cand. An (na, d), Bn (nb, d)
+ * rows already normalised (and, on one side, multiplied by the metric). */
+static void ml_cos_scan(const ml_feat_grid *g, const float *An, const float *Bn, int64_t d, const uint8_t *dead_a,
+                        const uint8_t *dead_b, float *C, ml_feat_cand *cand) {
+    for (int64_t j = 0; j < g->nb; j++) cand->b_dead[g->b0 + j] = dead_b[j];
+    for (int64_t i = 0; i < g->na; i++) cand->a_dead[g->a0 + i] = dead_a[i];
+    for (int64_t t0 = 0; t0 < g->na; t0 += ML_COS_TILE) {
+        int64_t T = g->na - t0 < ML_COS_TILE ? g->na - t0 : ML_COS_TILE;
+        /* C (T, nb) = An[t0:t0+T] (T, d) . Bn^T (d, nb) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)g->nb, (int)d, 1.0f, An + t0 * d, (int)d,
+                    Bn, (int)d, 0.0f, C, (int)g->nb);
+        for (int64_t i = 0; i < T; i++)
+            if (!dead_a[t0 + i]) ml_feat_cand_scan_f(cand, C + i * g->nb, g->a0 + t0 + i, g->b0, g->nb, dead_b);
+    }
+}
+
+/* Scratch of one cosine comparison on this rank's (na, nb) block. */
+typedef struct {
+    float *An, *Bn, *C;       /* (na, da), (nb, db), (ML_COS_TILE, nb) */
+    uint8_t *dead_a, *dead_b; /* (na), (nb) */
+    ml_feat_cand cand;
+} ml_cos_work;
+
+static void ml_cos_work_free(ml_cos_work *w) {
+    ml_feat_cand_free(&w->cand);
+    ml_free(w->An);
+    ml_free(w->Bn);
+    ml_free(w->C);
+    ml_free(w->dead_a);
+    ml_free(w->dead_b);
+    memset(w, 0, sizeof *w);
+}
+
+/* Local; the caller agrees on the status. */
+static int ml_cos_work_alloc(const ml_feat_grid *g, int64_t da, int64_t db, ml_cos_work *w) {
+    memset(w, 0, sizeof *w);
+    ML_CHECK(ml_feat_cand_init(&w->cand, g->n_a, g->n_b));
+    w->An = ml_malloc(sizeof(float) * (size_t)(g->na * da));
+    w->Bn = ml_malloc(sizeof(float) * (size_t)(g->nb * db));
+    w->C = ml_malloc(sizeof(float) * (size_t)(ML_COS_TILE * g->nb));
+    w->dead_a = ml_malloc((size_t)g->na);
+    w->dead_b = ml_malloc((size_t)g->nb);
+    if (!w->An || !w->Bn || !w->C || !w->dead_a || !w->dead_b) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    return ML_OK;
+}
+
+/* Largest diagonal entry of G (d, d): the scale of the null-space test. */
+static float ml_cos_gscale(const float *G, int64_t d) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < d; k++) s = G[k * d + k] > s ? G[k * d + k] : s;
+    return s;
+}
+
 int ml_cosine_best(MPI_Comm comm, const float *WA, int64_t n_a, const float *WB, int64_t n_b, int64_t d,
                    const float *G, ml_best *out) {
     memset(out, 0, sizeof *out);
     if (d <= 0 || !WA || !WB) return ML_FAIL(ML_ERR_ARG, "ml_cosine_best: empty decoder matrices (d = %lld)", (long long)d);
     ml_feat_grid g;
     ML_CHECK(ml_feat_grid_init(comm, n_a, n_b, 0, 0, &g));
-    float *An = NULL, *Bn = NULL, *C = NULL;
-    uint8_t *dead_a = NULL, *dead_b = NULL;
-    ml_feat_cand cand;
-    memset(&cand, 0, sizeof cand);
-    int rc = ml_feat_cand_init(&cand, n_a, n_b);
-    if (rc == ML_OK) {
-        An = ml_malloc(sizeof(float) * (size_t)(g.na * d));
-        Bn = ml_malloc(sizeof(float) * (size_t)(g.nb * d));
-        C = ml_malloc(sizeof(float) * (size_t)(ML_COS_TILE * g.nb));
-        dead_a = ml_malloc((size_t)g.na);
-        dead_b = ml_malloc((size_t)g.nb);
-        if (!An || !Bn || !C || !dead_a || !dead_b) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    }
+    ml_cos_work w;
+    int rc = ml_cos_work_alloc(&g, d, d, &w);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    float gscale = 1.0f;
-    if (G) {
-        gscale = 0.0f;
-        for (int64_t k = 0; k < d; k++) gscale = G[k * d + k] > gscale ? G[k * d + k] : gscale;
-    }
+    float gscale = G ? ml_cos_gscale(G, d) : 1.0f;
     ml_prof_begin("cosine");
     /* A rows: a / |a|_G (G applied once, on the B side) */
-    ml_cos_normalise(WA + g.a0 * d, g.na, d, G, gscale, An, dead_a, 0);
-    ml_cos_normalise(WB + g.b0 * d, g.nb, d, G, gscale, Bn, dead_b, 1);
-    for (int64_t j = 0; j < g.nb; j++) cand.b_dead[g.b0 + j] = dead_b[j];
-    for (int64_t i = 0; i < g.na; i++) cand.a_dead[g.a0 + i] = dead_a[i];
-    for (int64_t t0 = 0; t0 < g.na; t0 += ML_COS_TILE) {
-        int64_t T = g.na - t0 < ML_COS_TILE ? g.na - t0 : ML_COS_TILE;
-        /* C (T, nb) = An[t0:t0+T] (T, d) . Bn^T (d, nb) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)g.nb, (int)d, 1.0f, An + t0 * d, (int)d,
-                    Bn, (int)d, 0.0f, C, (int)g.nb);
-        for (int64_t i = 0; i < T; i++)
-            if (!dead_a[t0 + i]) ml_feat_cand_scan_f(&cand, C + i * g.nb, g.a0 + t0 + i, g.b0, g.nb, dead_b);
-    }
+    ml_cos_normalise(WA + g.a0 * d, g.na, d, G, gscale, w.An, w.dead_a, 0);
+    ml_cos_normalise(WB + g.b0 * d, g.nb, d, G, gscale, w.Bn, w.dead_b, 1);
+    ml_cos_scan(&g, w.An, w.Bn, d, w.dead_a, w.dead_b, w.C, &w.cand);
     ml_prof_end("cosine", 2.0 * (double)g.na * (double)g.nb * (double)d, 4.0 * (double)(g.na + g.nb) * (double)d);
-    ML_CHECK_GOTO(ml_feat_cand_reduce(comm, &cand, out), done);
+    ML_CHECK_GOTO(ml_feat_cand_reduce(comm, &w.cand, out), done);
 done:
-    ml_feat_cand_free(&cand);
-    ml_free(An);
-    ml_free(Bn);
-    ml_free(C);
-    ml_free(dead_a);
-    ml_free(dead_b);
+    ml_cos_work_free(&w);
+    return rc;
+}
+
+/* ---- logit-weight cosine across two models ------------------------------------------------- */
+/* U (m, D) = W (m, d) . down^T (d, D), columns scaled by norm_w: the
+ * residual-stream write of each decoder row after the final RMSNorm weight.
+ * Without down_proj the rows are copied (d == D). */
+static void ml_logit_project(const ml_logit_map *mp, const float *W, int64_t m, int64_t d, float *U) {
+    int64_t D = mp->D;
+    if (mp->down)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)D, (int)d, 1.0f, W, (int)d, mp->down, (int)d,
+                    0.0f, U, (int)D);
+    else
+        memcpy(U, W, sizeof(float) * (size_t)(m * D));
+    if (mp->norm_w)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t k = 0; k < D; k++) U[i * D + k] *= mp->norm_w[k];
+}
+
+/* K (DA, DB) = HA^T HB over the vocabulary (HA (V, DA), HB (V, DB)); with
+ * center, logits centred over the vocabulary: K -= V muA muB^T. */
+static int ml_logit_cross_gram(const ml_logit_map *a, const ml_logit_map *b, int center, float *K) {
+    int64_t V = a->V, DA = a->D, DB = b->D;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)DA, (int)DB, (int)V, 1.0f, a->lm_head, (int)DA,
+                b->lm_head, (int)DB, 0.0f, K, (int)DB);
+    if (!center) return ML_OK;
+    double *mu = ml_calloc((size_t)(DA + DB), sizeof(double));
+    if (!mu) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    for (int64_t v = 0; v < V; v++) {
+        for (int64_t k = 0; k < DA; k++) mu[k] += a->lm_head[v * DA + k];
+        for (int64_t k = 0; k < DB; k++) mu[DA + k] += b->lm_head[v * DB + k];
+    }
+    for (int64_t i = 0; i < DA; i++)
+        for (int64_t j = 0; j < DB; j++) K[i * DB + j] = (float)(K[i * DB + j] - mu[i] * mu[DA + j] / (double)V);
+    ml_free(mu);
+    return ML_OK;
+}
+
+static int ml_logit_map_check(const ml_logit_map *mp, int64_t d, const char *side) {
+    if (!mp || !mp->lm_head || mp->V <= 0 || mp->D <= 0)
+        return ML_FAIL(ML_ERR_ARG, "logit cosine: model %s needs a non-empty lm_head (V, D)", side);
+    if (!mp->down && d != mp->D)
+        return ML_FAIL(ML_ERR_SHAPE, "logit cosine: model %s: without down_proj the decoder width %lld must equal "
+                       "hidden_size %lld", side, (long long)d, (long long)mp->D);
+    return ML_OK;
+}
+
+int ml_logit_cosine_best(MPI_Comm comm, const float *WA, int64_t n_a, int64_t d_a, const ml_logit_map *ma,
+                         const float *WB, int64_t n_b, int64_t d_b, const ml_logit_map *mb, int center, ml_best *out) {
+    memset(out, 0, sizeof *out);
+    int rc = ml_logit_map_check(ma, d_a, "A");
+    if (rc == ML_OK) rc = ml_logit_map_check(mb, d_b, "B");
+    if (rc == ML_OK && ma->V != mb->V)
+        rc = ML_FAIL(ML_ERR_SHAPE, "logit cosine: the models have different vocabularies (%lld vs %lld tokens)",
+                     (long long)ma->V, (long long)mb->V);
+    if (rc == ML_OK && (!WA || !WB || n_a <= 0 || n_b <= 0))
+        rc = ML_FAIL(ML_ERR_ARG, "logit cosine: empty decoder matrices");
+    ML_CHECK(rc);
+    int64_t DA = ma->D, DB = mb->D;
+    int same = ma->lm_head == mb->lm_head && DA == DB;
+    ml_feat_grid g;
+    ML_CHECK(ml_feat_grid_init(comm, n_a, n_b, 0, 0, &g));
+    float *UA = NULL, *UB = NULL, *Kab = NULL, *Kaa = NULL, *Kbb = NULL;
+    ml_cos_work w;
+    rc = ml_cos_work_alloc(&g, DA > DB ? DA : DB, DB, &w);
+    if (rc == ML_OK) {
+        UA = ml_malloc(sizeof(float) * (size_t)(g.na * DA));
+        UB = ml_malloc(sizeof(float) * (size_t)(g.nb * DB));
+        Kab = ml_malloc(sizeof(float) * (size_t)(DA * DB));
+        Kaa = same ? Kab : ml_malloc(sizeof(float) * (size_t)(DA * DA));
+        Kbb = same ? Kab : ml_malloc(sizeof(float) * (size_t)(DB * DB));
+        if (!UA || !UB || !Kab || !Kaa || !Kbb) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_prof_begin("logit_cosine");
+    /* the Gram matrices are computed on every rank (V D^2 each; identical everywhere) */
+    rc = ml_logit_cross_gram(ma, mb, center, Kab);
+    if (rc == ML_OK && !same) rc = ml_logit_cross_gram(ma, ma, center, Kaa);
+    if (rc == ML_OK && !same) rc = ml_logit_cross_gram(mb, mb, center, Kbb);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ml_logit_project(ma, WA + g.a0 * d_a, g.na, d_a, UA);
+    ml_logit_project(mb, WB + g.b0 * d_b, g.nb, d_b, UB);
+    /* A: u_a / |u_a|_Kaa, then (DA) . Kab -> (DB); B: u_b / |u_b|_Kbb */
+    ml_cos_normalise(UA, g.na, DA, Kaa, ml_cos_gscale(Kaa, DA), w.An, w.dead_a, 0);
+    memcpy(UA, w.An, sizeof(float) * (size_t)(g.na * DA));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.na, (int)DB, (int)DA, 1.0f, UA, (int)DA, Kab,
+                (int)DB, 0.0f, w.An, (int)DB);
+    ml_cos_normalise(UB, g.nb, DB, Kbb, ml_cos_gscale(Kbb, DB), w.Bn, w.dead_b, 0);
+    ml_cos_scan(&g, w.An, w.Bn, DB, w.dead_a, w.dead_b, w.C, &w.cand);
+    ml_prof_end("logit_cosine", 2.0 * (double)g.na * (double)g.nb * DB, 0);
+    ML_CHECK_GOTO(ml_feat_cand_reduce(comm, &w.cand, out), done);
+done:
+    ml_cos_work_free(&w);
+    if (Kaa != Kab) ml_free(Kaa);
+    if (Kbb != Kab) ml_free(Kbb);
+    ml_free(Kab);
+    ml_free(UA);
+    ml_free(UB);
     return rc;
 }
 

@@ -315,7 +315,185 @@ static void test_track_lineage(void **state) {
     }
     assert_int_equal(full, 18);
     free(tr);
+    float sw[2 * F], ss[2 * F];
+    read_f32(h, "/edges/ft__merge/parent_score", sw, F);
+    read_f32(h, "/edges/ft__merge/child_score", sw + F, F);
     ML_ASSERT_OK(ml_h5_close(&h));
+    /* the same command on rank 0 alone gives the same scores (1, 2 and 4 ranks vs 1) */
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) {
+        char out_self[1200];
+        snprintf(out_self, sizeof out_self, "%s/tracking/summary_self.h5", g_dir_path);
+        args[8] = out_self;
+        ML_ASSERT_OK(run_cmd(ml_cmd_track, MPI_COMM_SELF, args));
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, out_self, "mergelens.tracking", 1, 1, &h));
+        read_f32(h, "/edges/ft__merge/parent_score", ss, F);
+        read_f32(h, "/edges/ft__merge/child_score", ss + F, F);
+        int64_t c2[3 * 6];
+        ML_ASSERT_OK(ml_h5_read_tensor(h, "/summary/counts", ML_I64, 2, dc, c2));
+        for (int k = 0; k < 18; k++) assert_int_equal(c2[k], want[k]);
+        ML_ASSERT_OK(ml_h5_close(&h));
+        for (int i = 0; i < 2 * F; i++) assert_true(fabsf(sw[i] - ss[i]) <= 1e-6f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* ---- logit-weight cosine through the models' unembeddings ---------------- */
+static void write_model(const char *path, uint64_t seed, ml_model **out) {
+    ml_model_config c;
+    ml_model_config_default(&c);
+    c.d_model = 8;
+    c.d_mlp = D;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 4;
+    c.vocab_size = 40;
+    c.max_context = 16;
+    ML_ASSERT_OK(ml_model_create(&c, out));
+    ML_ASSERT_OK(ml_model_init(*out, seed));
+    const ml_tensor *nw;
+    ML_ASSERT_OK(ml_model_lookup(*out, "model.norm.weight", &nw));
+    for (size_t k = 0; k < nw->numel; k++) (*out)->params[nw->offset + k] = 0.5f + 0.1f * (float)k; /* not ones */
+    ml_h5 *h = NULL;
+    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.checkpoint", 1, &h));
+    ML_ASSERT_OK(ml_model_config_save(h, &c));
+    ML_ASSERT_OK(ml_model_save_params(h, *out));
+    ML_ASSERT_OK(ml_h5_close(&h));
+}
+
+/* Logit vectors (F, V) of the planted SAE decoder rows (unit basis directions dir[i]) through model m, naively. */
+static void naive_logits(const ml_model *m, const int *dir, double *L) {
+    const ml_tensor *lm, *nw, *dn;
+    ML_ASSERT_OK(ml_model_lookup(m, "lm_head.weight", &lm));
+    ML_ASSERT_OK(ml_model_lookup(m, "model.norm.weight", &nw));
+    ML_ASSERT_OK(ml_model_lookup(m, "model.layers.0.mlp.down_proj.weight", &dn));
+    const int V = m->cfg.vocab_size, Dm = m->cfg.d_model;
+    const float *U = m->params + lm->offset, *w = m->params + nw->offset, *P = m->params + dn->offset;
+    for (int i = 0; i < F; i++) {
+        double u[8];
+        for (int e = 0; e < Dm; e++) u[e] = (double)P[e * D + dir[i]] * w[e]; /* down . unit vector = a column */
+        for (int v = 0; v < V; v++) {
+            double s = 0;
+            for (int e = 0; e < Dm; e++) s += (double)U[v * Dm + e] * u[e];
+            L[i * V + v] = s;
+        }
+    }
+}
+
+static void test_compare_logit(void **state) {
+    (void)state;
+    char pm[2][1200], ps[2][1200], out[1200], out2[1200], name[256];
+    ml_model *m[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        snprintf(pm[k], sizeof pm[k], "%s/model_%d.h5", g_dir_path, k);
+        snprintf(ps[k], sizeof ps[k], "%s/sae_logit_%d.h5", g_dir_path, k);
+        write_model(pm[k], 100 + (uint64_t)k, &m[k]);
+        ml_sae *s = NULL; /* the base / ft planted SAEs, recording their model */
+        ML_ASSERT_OK(ml_sae_create(ML_SAE_STANDARD, D, F, 0, &s));
+        memset(s->params, 0, sizeof(float) * s->n_params);
+        for (int i = 0; i < F; i++) s->W_enc_t[(size_t)i * D + g_dir[k][i]] = s->W_dec[(size_t)i * D + g_dir[k][i]] = 1.0f;
+        snprintf(s->hook_name, sizeof s->hook_name, "%s", HOOK);
+        snprintf(s->model, sizeof s->model, "%s", pm[k]);
+        ML_ASSERT_OK(ml_sae_write(MPI_COMM_WORLD, ps[k], s, NULL, NULL, NULL));
+        ml_sae_destroy(&s);
+    }
+    snprintf(out, sizeof out, "%s/tracking/logit.h5", g_dir_path);
+    const char *args[] = {"compare", "--a", ps[0], "--acts-a", p_acts[0], "--b", ps[1], "--acts-b", p_acts[1],
+                          "--out", out, "--chunk-rows", "500", "--name-a", "a", "--name-b", "b", NULL};
+    ML_ASSERT_OK(run_cmd(ml_cmd_compare, MPI_COMM_WORLD, args));
+    /* naive: explicit V-wide logit vectors, cosine, best partner both ways */
+    const int V = m[0]->cfg.vocab_size;
+    double *LA = malloc(sizeof(double) * F * V), *LB = malloc(sizeof(double) * F * V);
+    naive_logits(m[0], g_dir[0], LA);
+    naive_logits(m[1], g_dir[1], LB);
+    double cosm[F][F];
+    for (int i = 0; i < F; i++)
+        for (int j = 0; j < F; j++) {
+            double ab = 0, aa = 0, bb = 0;
+            for (int v = 0; v < V; v++) {
+                ab += LA[i * V + v] * LB[j * V + v];
+                aa += LA[i * V + v] * LA[i * V + v];
+                bb += LB[j * V + v] * LB[j * V + v];
+            }
+            cosm[i][j] = ab / sqrt(aa * bb);
+        }
+    ml_h5 *h = NULL;
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, out, "mergelens.tracking", 1, 1, &h));
+    float as[F], bs[F];
+    int32_t ap[F], bp[F];
+    read_f32(h, "/edges/a__b/logit_cos/a_score", as, F);
+    read_f32(h, "/edges/a__b/logit_cos/b_score", bs, F);
+    read_i32(h, "/edges/a__b/logit_cos/a_partner", ap, F);
+    read_i32(h, "/edges/a__b/logit_cos/b_partner", bp, F);
+    double amean = 0, maxd = 0;
+    for (int i = 0; i < F; i++) {
+        int bi = 0, bj = 0;
+        for (int j = 1; j < F; j++) {
+            if (cosm[i][j] > cosm[i][bi]) bi = j;
+            if (cosm[j][i] > cosm[bj][i]) bj = j;
+        }
+        assert_int_equal(ap[i], bi);
+        assert_int_equal(bp[i], bj);
+        maxd = fmax(maxd, fmax(fabs(as[i] - cosm[i][bi]), fabs(bs[i] - cosm[bj][i])));
+        amean += cosm[i][bi] / F;
+    }
+    print_message("logit cosine vs explicit logit vectors: max |diff| %.2e, mean-max %.4f\n", maxd, amean);
+    assert_true(maxd < 1e-5);
+    double am = 0;
+    char *mb = NULL;
+    ML_ASSERT_OK(ml_h5_get_attr_double(h, "/edges/a__b/logit_cos", "a_mean", &am));
+    ML_ASSERT_CLOSE(am, amean, 1e-5);
+    ML_ASSERT_OK(ml_h5_get_attr_str(h, "/edges/a__b/logit_cos", "model_b", &mb));
+    assert_string_equal(mb, pm[1]);
+    ml_free(mb);
+    ML_ASSERT_OK(ml_h5_close(&h));
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) { /* rank 0 alone: the same logit scores and partners */
+        char out_self[1200];
+        float s1[F];
+        int32_t p1[F];
+        snprintf(out_self, sizeof out_self, "%s/tracking/logit_self.h5", g_dir_path);
+        args[10] = out_self;
+        ML_ASSERT_OK(run_cmd(ml_cmd_compare, MPI_COMM_SELF, args));
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, out_self, "mergelens.tracking", 1, 1, &h));
+        read_f32(h, "/edges/a__b/logit_cos/a_score", s1, F);
+        read_i32(h, "/edges/a__b/logit_cos/a_partner", p1, F);
+        ML_ASSERT_OK(ml_h5_close(&h));
+        for (int i = 0; i < F; i++) {
+            assert_int_equal(p1[i], ap[i]);
+            assert_true(fabsf(s1[i] - as[i]) <= 1e-6f);
+        }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    /* --model-b overrides the SAE's recorded model: both sides through model 0 */
+    snprintf(out2, sizeof out2, "%s/tracking/logit2.h5", g_dir_path);
+    const char *a2[] = {"compare", "--a", ps[0], "--acts-a", p_acts[0], "--b", ps[1], "--acts-b", p_acts[1],
+                        "--out", out2, "--model-b", pm[0], "--name-a", "a", "--name-b", "b", NULL};
+    ML_ASSERT_OK(run_cmd(ml_cmd_compare, MPI_COMM_WORLD, a2));
+    naive_logits(m[0], g_dir[1], LB);
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, out2, "mergelens.tracking", 1, 1, &h));
+    read_f32(h, "/edges/a__b/logit_cos/a_score", as, F);
+    read_i32(h, "/edges/a__b/logit_cos/a_partner", ap, F);
+    for (int i = 0; i < F; i++) { /* same model, same direction: cosine 1 with the planted partner */
+        int j = -1;
+        for (int k = 0; k < F; k++)
+            if (g_dir[1][k] == g_dir[0][i]) j = k;
+        if (j >= 0) {
+            ML_ASSERT_CLOSE(as[i], 1.0, 1e-5);
+            assert_int_equal(ap[i], j);
+        }
+    }
+    snprintf(name, sizeof name, "/edges/a__b/logit_cos");
+    ML_ASSERT_OK(ml_h5_get_attr_str(h, name, "model_b", &mb));
+    assert_string_equal(mb, pm[0]);
+    ml_free(mb);
+    ML_ASSERT_OK(ml_h5_close(&h));
+    free(LA);
+    free(LB);
+    ml_model_destroy(&m[0]);
+    ml_model_destroy(&m[1]);
 }
 
 /* a failure on every rank with the text in the message */
@@ -365,6 +543,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_compare_planted, setup),
         cmocka_unit_test(test_track_lineage),
+        cmocka_unit_test(test_compare_logit),
         cmocka_unit_test(test_bad_inputs),
     };
     return ml_test_run(argc, argv, "compare", tests, sizeof tests / sizeof tests[0]);

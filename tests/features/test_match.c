@@ -236,6 +236,89 @@ static void test_cosine_and_logit(void **state) {
     ML_ASSERT_FAILS(ml_logit_gram(U, V, D, w, NULL, d, 0, G), ML_ERR_SHAPE, "decoder width 16 must equal D = 12");
 }
 
+/* Explicit logits L (F, V) of decoder rows W (F, d) through lm_head U (V, D),
+ * norm weight w (D) and down P (D, d) (P NULL: d == D), in double. */
+static void naive_logits(const float *W, int64_t F, int64_t d, const float *U, int64_t V, int64_t D, const float *w,
+                         const float *P, int center, double *L) {
+    for (int64_t i = 0; i < F; i++) {
+        double u[16];
+        for (int64_t e = 0; e < D; e++) {
+            double s = 0;
+            if (P)
+                for (int64_t q = 0; q < d; q++) s += (double)P[e * d + q] * W[i * d + q];
+            else
+                s = W[i * d + e];
+            u[e] = s * w[e];
+        }
+        double mu = 0;
+        for (int64_t v = 0; v < V; v++) {
+            double s = 0;
+            for (int64_t e = 0; e < D; e++) s += (double)U[v * D + e] * u[e];
+            L[i * V + v] = s;
+            mu += s / V;
+        }
+        if (center)
+            for (int64_t v = 0; v < V; v++) L[i * V + v] -= mu;
+    }
+}
+
+/* Logit-weight cosine across two models (own lm_head, norm, down_proj each)
+ * against explicit V-wide logit vectors. */
+static void test_logit_cross_model(void **state) {
+    (void)state;
+    enum { FA = 21, FB = 17, d = 16, V = 48, D = 12 };
+    ml_rng rng;
+    ml_rng_seed(&rng, 31, 0);
+    float WA[FA * d], WB[FB * d], WBr[FB * D], UA[V * D], UB[V * D], wA[D], wB[D], PA[D * d], PB[D * d];
+    for (int k = 0; k < FA * d; k++) WA[k] = ml_rng_normal(&rng);
+    for (int k = 0; k < FB * d; k++) WB[k] = ml_rng_normal(&rng);
+    for (int k = 0; k < FB * D; k++) WBr[k] = ml_rng_normal(&rng);
+    for (int k = 0; k < V * D; k++) UA[k] = ml_rng_normal(&rng) + 0.3f;
+    for (int k = 0; k < V * D; k++) UB[k] = UA[k] + 0.3f * ml_rng_normal(&rng); /* a fine-tuned copy */
+    for (int k = 0; k < D; k++) wA[k] = 0.5f + (float)ml_rng_uniform(&rng);
+    for (int k = 0; k < D; k++) wB[k] = wA[k] * (0.9f + 0.2f * (float)ml_rng_uniform(&rng));
+    for (int k = 0; k < D * d; k++) PA[k] = ml_rng_normal(&rng);
+    for (int k = 0; k < D * d; k++) PB[k] = PA[k] + 0.2f * ml_rng_normal(&rng);
+    for (int q = 0; q < d; q++) {
+        WA[4 * d + q] = 0.0f;             /* dead decoder row */
+        WB[9 * d + q] = 3.0f * WA[2 * d + q]; /* the same direction in the other dictionary */
+    }
+    ml_logit_map ma = {UA, wA, PA, V, D}, mb = {UB, wB, PB, V, D}, mbr = {UB, wB, NULL, V, D};
+    static double LA[FA * V], LB[FB * V];
+    ml_best b;
+    for (int center = 0; center <= 1; center++) {
+        /* both through down_proj (mlp.hook_post SAEs) */
+        naive_logits(WA, FA, d, UA, V, D, wA, PA, center, LA);
+        naive_logits(WB, FB, d, UB, V, D, wB, PB, center, LB);
+        ML_ASSERT_OK(ml_logit_cosine_best(MPI_COMM_WORLD, WA, FA, d, &ma, WB, FB, d, &mb, center, &b));
+        check_cos(&b, LA, FA, LB, FB, V);
+        assert_true(b.a_dead[4]);
+        ml_best_free(&b);
+        /* B on a residual-stream hook: no down_proj, d_b = D */
+        naive_logits(WBr, FB, D, UB, V, D, wB, NULL, center, LB);
+        ML_ASSERT_OK(ml_logit_cosine_best(MPI_COMM_WORLD, WA, FA, d, &ma, WBr, FB, D, &mbr, center, &b));
+        check_cos(&b, LA, FA, LB, FB, V);
+        ml_best_free(&b);
+        /* the same model on both sides equals the single-Gram path */
+        float G[d * d];
+        ML_ASSERT_OK(ml_logit_gram(UA, V, D, wA, PA, d, center, G));
+        ml_best g1;
+        ML_ASSERT_OK(ml_cosine_best(MPI_COMM_WORLD, WA, FA, WB, FB, d, G, &g1));
+        ML_ASSERT_OK(ml_logit_cosine_best(MPI_COMM_WORLD, WA, FA, d, &ma, WB, FB, d, &ma, center, &b));
+        for (int i = 0; i < FA; i++) {
+            assert_int_equal(b.a_partner[i], g1.a_partner[i]);
+            ML_ASSERT_CLOSE(b.a_score[i], g1.a_score[i], 2e-5);
+        }
+        ml_best_free(&g1);
+        ml_best_free(&b);
+    }
+    ml_logit_map bad = {UB, wB, PB, V - 1, D};
+    ML_ASSERT_FAILS(ml_logit_cosine_best(MPI_COMM_WORLD, WA, FA, d, &ma, WB, FB, d, &bad, 0, &b), ML_ERR_SHAPE,
+                    "different vocabularies (48 vs 47 tokens)");
+    ML_ASSERT_FAILS(ml_logit_cosine_best(MPI_COMM_WORLD, WA, FA, d, &ma, WB, FB, d, &mbr, 0, &b), ML_ERR_SHAPE,
+                    "decoder width 16 must equal hidden_size 12");
+}
+
 static void test_classify(void **state) {
     (void)state;
     ml_best b;
@@ -340,9 +423,12 @@ static int sweep_match(void) {
         init = 1;
     }
     float G[D * D], cost[FA * FB];
-    ml_best b = {0}, b2 = {0};
+    ml_best b = {0}, b2 = {0}, b3 = {0};
     ml_track_edge e = {0};
     ml_flow *f = NULL;
+    float U1[5 * D], U2[5 * D];
+    for (int k = 0; k < 5 * D; k++) U1[k] = (float)(k % 7) - 3.0f, U2[k] = (float)(k % 5) - 2.0f;
+    ml_logit_map m1 = {U1, NULL, NULL, 5, D}, m2 = {U2, NULL, NULL, 5, D};
     int32_t ap[FA], bp[FB], r2c[FA], *tr = NULL;
     float sup[FA];
     int64_t ntr;
@@ -352,6 +438,7 @@ static int sweep_match(void) {
     ML_CHECK_GOTO(ml_assign_dense(cost, FA, FB, r2c, NULL), done);
     ML_CHECK_GOTO(ml_logit_gram(WA, FA, D, NULL, NULL, D, 1, G), done);
     ML_CHECK_GOTO(ml_cosine_best(MPI_COMM_SELF, WA, FA, WB, FB, D, G, &b), done);
+    ML_CHECK_GOTO(ml_logit_cosine_best(MPI_COMM_SELF, WA, FA, D, &m1, WB, FB, D, &m2, 1, &b3), done);
     ML_CHECK_GOTO(ml_assign_pairs(FA, FB, pairs, 3, 0.5, 0, ap, bp), done);
     ML_CHECK_GOTO(ml_best_from_assignment(&b, pairs, 3, ap, bp, &b2), done);
     ML_CHECK_GOTO(ml_track_classify(&b2, 0.75, &e), done);
@@ -365,6 +452,7 @@ static int sweep_match(void) {
 done:
     ml_best_free(&b);
     ml_best_free(&b2);
+    ml_best_free(&b3);
     ml_track_edge_free(&e);
     ml_flow_destroy(&f);
     ml_free(tr);
@@ -379,7 +467,8 @@ static void test_alloc_failures(void **state) {
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hungarian_brute_force), cmocka_unit_test(test_assign_pairs_brute_force),
-        cmocka_unit_test(test_cosine_and_logit),      cmocka_unit_test(test_classify),
+        cmocka_unit_test(test_cosine_and_logit),      cmocka_unit_test(test_logit_cross_model),
+        cmocka_unit_test(test_classify),
         cmocka_unit_test(test_flow),                  cmocka_unit_test(test_alloc_failures),
     };
     return ml_test_run(argc, argv, "features_match", tests, sizeof tests / sizeof tests[0]);
