@@ -142,7 +142,7 @@ static const ml_command ml_commands[] = {
     {"inspect", ml_cmd_inspect, "print the tree of an HDF5 file (groups, shapes, dtypes, attributes)"},
     {"region", ml_cmd_region, "weight-space regions: task-vector geometry, clustering, interpolation, centroids"},
     {"run", ml_cmd_run, "run a job file's stages in dependency order (resumes; see jobs/)"},
-    {"sae", ml_cmd_sae, "train sparse autoencoders on captured activations (standard, anthropic, topk)"},
+    {"sae", ml_cmd_sae, "train sparse autoencoders on captured activations or a model's forward pass (standard, anthropic, topk)"},
     {"sae-eval", ml_cmd_sae_eval, "CE loss recovered of an SAE spliced into its model"},
     {"sweep", ml_cmd_sweep, "merge-ratio sweep: merge and evaluate K points on every domain"},
     {"sweep-combine", ml_cmd_sweep_combine, "assemble the partial files of a job-array sweep"},
