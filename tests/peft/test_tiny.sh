@@ -8,19 +8,8 @@
 # starts at the bare host, the report section, and that a rerun skips all.
 set -u
 bin=${ML_BIN:?}; src=${ML_SRC:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
-tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/peft_tiny.XXXXXX")
-run=$tmp/run
 . "$src/tests/common/ml_check.sh"
-mpi=("$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2)
-
-if ! ML_BIN=$bin "$src/scripts/make_demo_corpora.sh" "$run/corpora" --mb 0.3 --debs "${ML_TEST_TMP:-/tmp}/debs" > "$tmp/corpora.log" 2>&1; then
-  echo "cannot build the demo corpora:"; tail -5 "$tmp/corpora.log"; exit 1
-fi
-t0=$(date +%s)
-"${mpi[@]}" "$bin" run "$src/jobs/peft_tiny.yaml" --out "$run" > "$tmp/run.log" 2>&1; rc=$?
-t1=$(date +%s)
-check "peft_tiny job succeeds on 2 ranks ($((t1-t0)) s)" test $rc -eq 0
-[ $rc -eq 0 ] || tail -20 "$tmp/run.log"
+ml_run_tiny_job peft_tiny "$src/jobs/peft_tiny.yaml"
 for f in models/base_a.h5 models/base_b.h5 models/ft_lua.h5 adapters/lora_a.h5 adapters/ia3_a.h5 peft/port.h5 experiment.h5; do
   check "output $f exists" test -f "$run/$f"
 done

@@ -6,19 +6,8 @@
 # and experiment.h5's links.
 set -u
 bin=${ML_BIN:?}; src=${ML_SRC:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
-tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/tiny.XXXXXX")
-run=$tmp/run
 . "${ML_SRC:?}/tests/common/ml_check.sh"
-mpi=("$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2)
-
-if ! ML_BIN=$bin "$src/scripts/make_demo_corpora.sh" "$run/corpora" --mb 0.3 --debs "${ML_TEST_TMP:-/tmp}/debs" > "$tmp/corpora.log" 2>&1; then
-  echo "cannot build the demo corpora:"; tail -5 "$tmp/corpora.log"; exit 1
-fi
-t0=$(date +%s)
-"${mpi[@]}" "$bin" run "$src/jobs/tiny.yaml" --out "$run" > "$tmp/run.log" 2>&1; rc=$?
-t1=$(date +%s)
-check "tiny pipeline succeeds on 2 ranks ($((t1-t0)) s)" test $rc -eq 0
-[ $rc -eq 0 ] || tail -20 "$tmp/run.log"
+ml_run_tiny_job tiny "$src/jobs/tiny.yaml"
 for f in sweeps/slerp.h5 tracking/summary.h5 data/tokenizer.h5 data/stories.h5 data/lua.h5 models/base.h5 models/stories.h5 models/lua.h5 models/merge.h5 \
          acts/base.h5 acts/merge.h5 saes/base.h5 saes/stories.h5 saes/lua.h5 saes/merge.h5 experiment.h5; do
   check "output $f exists" test -f "$run/$f"

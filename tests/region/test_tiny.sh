@@ -9,20 +9,8 @@
 # that a rerun skips every stage.
 set -u
 bin=${ML_BIN:?}; src=${ML_SRC:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
-tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/regions.XXXXXX")
-run=$tmp/run
 . "$src/tests/common/ml_check.sh"
-mpi=("$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2)
-
-if ! ML_BIN=$bin "$src/scripts/make_demo_corpora.sh" "$run/corpora" --mb 0.3 --debs "${ML_TEST_TMP:-/tmp}/debs" > "$tmp/corpora.log" 2>&1; then
-  echo "cannot build the demo corpora:"; tail -5 "$tmp/corpora.log"; exit 1
-fi
-t0=$(date +%s)
-"${mpi[@]}" "$bin" run "$src/jobs/regions_tiny.yaml" --out "$run" > "$tmp/run.log" 2>&1; rc=$?
-t1=$(date +%s)
-check "regions_tiny succeeds on 2 ranks ($((t1-t0)) s)" test $rc -eq 0
-[ $rc -eq 0 ] || tail -20 "$tmp/run.log"
-check "regions_tiny takes under 120 s ($((t1-t0)) s)" test $((t1-t0)) -lt 120
+ml_run_tiny_job regions_tiny "$src/jobs/regions_tiny.yaml"
 for f in region/regions.h5 region/centroid.h5 models/centroid.h5 models/centroid_no_lua.h5 models/ftc_lua.h5 experiment.h5; do
   check "output $f exists" test -f "$run/$f"
 done
