@@ -35,17 +35,8 @@ for n in 1 2 4; do
   [ $rc -eq 0 ] || tail -5 "$tmp/ts$n.log"
 done
 grep "present" "$tmp/ts1.log" | sed 's/^.*track-sweep: /  /'
-# the job-file stage given in docs/modules/compare.md, appended to a copy of jobs/tiny.yaml
+# the job-file stage of jobs/tiny.yaml (the text given in docs/modules/compare.md)
 cp "$src/jobs/tiny.yaml" "$tmp/job.yaml"
-cat >> "$tmp/job.yaml" <<'EOF'
-  track_sweep_lua:
-    command: track-sweep
-    needs: [sweep, sae_lua, capture_lua]
-    args: ["${run_dir}/sweeps/slerp.h5"]
-    options: {sae: "${run_dir}/saes/lua.h5", acts: "${run_dir}/acts/lua.h5",
-              out: "${run_dir}/tracking/lua_sweep.h5", tau: 0.8}
-    outputs: [tracking/lua_sweep.h5]
-EOF
 mpi 2 "$bin" run "$tmp/job.yaml" --out "$run" --stage track_sweep_lua > "$tmp/stage.log" 2>&1; rc=$?
 check "the track_sweep_lua job stage runs" test $rc -eq 0 -a -f "$run/tracking/lua_sweep.h5"
 [ $rc -eq 0 ] || tail -5 "$tmp/stage.log"
