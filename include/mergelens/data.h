@@ -224,6 +224,12 @@ typedef struct {
     int T;                    /* context; each window is T+1 tokens */
     uint64_t seed;
     int sequential;           /* 1: walk the split once in order (evaluation), no shuffling */
+    /* Data subsets: draw only from slice subset_index of subset_count disjoint
+     * contiguous slices of windows of each domain's split (slice i holds
+     * windows [floor(i W / n), floor((i+1) W / n)) of the W windows). 0 / 0 or
+     * 0 / 1 = the whole split (a zero-initialised config is unchanged). */
+    int subset_index;
+    int subset_count;
 } ml_loader_config;
 
 typedef struct ml_loader ml_loader;
@@ -235,8 +241,11 @@ int ml_loader_next(ml_loader *l, int32_t *tokens, int *nrows, int32_t *domain_id
 int ml_loader_seek(ml_loader *l, int64_t step);
 int64_t ml_loader_step(const ml_loader *l);
 int64_t ml_loader_windows_per_epoch(const ml_loader *l);
-/* Windows of one domain's split. */
+/* Windows of one domain's split (of its subset when subset_count > 1). */
 int64_t ml_loader_domain_windows(const ml_loader *l, int domain);
+/* First window of one domain's subset (0 without subsets): the loader's
+ * windows of that domain are [first, first + ml_loader_domain_windows). */
+int64_t ml_loader_domain_first_window(const ml_loader *l, int domain);
 void ml_loader_destroy(ml_loader **l);
 
 /* ======================================================================

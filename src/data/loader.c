@@ -11,17 +11,27 @@
  * union over ranks does not depend on P. Sequential mode walks every window
  * of every domain once, in order.
  *
+ * Subsets (subset_count n > 1): a domain's W split windows are cut into n
+ * contiguous slices, slice i = windows [floor(i W / n), floor((i+1) W / n));
+ * the loader then behaves as above over the W_i windows of slice i (the
+ * permutations are over slice positions, offset by the slice's first window).
+ * Slices hold disjoint windows, so their targets are disjoint token ranges;
+ * adjacent slices share one token (the last target of one slice is the first
+ * input of the next). n = 1 is the whole split, bit for bit.
+ *
  * Dimension letters: G global batch, B rows per rank, T context, D domains. */
 #include "internal.h"
 
 #include "mergelens/io.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct {
     ml_h5 *h;
     ml_dtype type;
-    int64_t n_tokens, n_windows;
+    int64_t n_tokens, n_windows; /* n_windows: of the subset */
+    int64_t first;               /* first window of the subset in the split */
     double weight;
     int64_t *perm;     /* (W) permutation of the cached epoch */
     int64_t perm_epoch;/* -1 = none */
@@ -69,6 +79,10 @@ int ml_loader_create(MPI_Comm comm, const ml_loader_config *cfg, ml_loader **out
     l->T = cfg->T;
     l->seed = cfg->seed;
     l->sequential = cfg->sequential;
+    const int sub_n = cfg->subset_count > 1 ? cfg->subset_count : 1, sub_i = cfg->subset_index;
+    if (cfg->subset_count < 0 || sub_i < 0 || sub_i >= sub_n)
+        ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: subset %d/%d must satisfy 0 <= index < count", sub_i,
+                     cfg->subset_count);
     if (l->D < 1) ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: no domains given");
     if (l->T < 1) ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: context T = %d must be >= 1", l->T);
     if (l->G < 1 || l->G % l->nranks)
@@ -101,10 +115,12 @@ int ml_loader_create(MPI_Comm comm, const ml_loader_config *cfg, ml_loader **out
             ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: vocab_size %lld differs from %s (%d): different tokenizers?",
                          cfg->paths[d], (long long)V, cfg->paths[0], l->vocab_size);
         x->n_tokens = (int64_t)dims[0];
-        x->n_windows = x->n_tokens > l->T ? (x->n_tokens - 1) / l->T : 0;
+        const int64_t W = x->n_tokens > l->T ? (x->n_tokens - 1) / l->T : 0; /* windows of the split */
+        x->first = W * sub_i / sub_n;
+        x->n_windows = W * (sub_i + 1) / sub_n - x->first;
         x->weight = cfg->weights ? cfg->weights[d] : (double)x->n_windows;
         if (!(x->weight >= 0)) ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: weight of %s is %g (must be >= 0)", cfg->paths[d], x->weight);
-        if (!l->sequential && x->weight > 0 && x->n_windows == 0)
+        if (!l->sequential && x->weight > 0 && W == 0)
             ML_FAIL_GOTO(fail, ML_ERR_ARG, "%s: split '%s' has %lld tokens, fewer than one window of T+1 = %d",
                          cfg->paths[d], split, (long long)x->n_tokens, l->T + 1);
         if (l->sequential || x->weight > 0) l->total_windows += x->n_windows;
@@ -112,6 +128,16 @@ int ml_loader_create(MPI_Comm comm, const ml_loader_config *cfg, ml_loader **out
     }
     if (!l->sequential && !(wsum > 0)) ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: all mixture weights are zero");
     for (int d = 0; d < l->D; d++) l->dom[d].weight = wsum > 0 ? l->dom[d].weight / wsum : 0;
+    for (int d = 0; sub_n > 1 && !l->sequential && d < l->D; d++) {
+        /* a slice must hold the domain's share of one global batch */
+        const int64_t need = (int64_t)ceil(l->dom[d].weight * l->G - 1e-9);
+        if (l->dom[d].n_windows < need)
+            ML_FAIL_GOTO(fail, ML_ERR_ARG,
+                         "%s: subset %d/%d of split '%s' holds %lld windows of T+1 = %d tokens, fewer than the %lld "
+                         "of its share of one global batch of %d (use fewer subsets or a smaller global_batch)",
+                         cfg->paths[d], sub_i, sub_n, split, (long long)l->dom[d].n_windows, l->T + 1,
+                         (long long)need, l->G);
+    }
     if (l->sequential && l->total_windows == 0)
         ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: split '%s' has no window of T+1 = %d tokens in any domain", split,
                      l->T + 1);
@@ -126,6 +152,9 @@ int64_t ml_loader_step(const ml_loader *l) { return l->step; }
 int64_t ml_loader_windows_per_epoch(const ml_loader *l) { return l->total_windows; }
 int64_t ml_loader_domain_windows(const ml_loader *l, int d) {
     return d >= 0 && d < l->D ? l->dom[d].n_windows : 0;
+}
+int64_t ml_loader_domain_first_window(const ml_loader *l, int d) {
+    return d >= 0 && d < l->D ? l->dom[d].first : 0;
 }
 
 /* Smooth weighted round robin: the domain of the next global slot. */
@@ -168,7 +197,7 @@ static int epoch_perm(ml_loader *l, int d, int64_t epoch) {
     return ML_OK;
 }
 
-/* Read window w of domain d into row (T+1) as int32. */
+/* Read window w of domain d's split into row (T+1) as int32. */
 static int read_window(ml_loader *l, int d, int64_t w, int32_t *row) {
     ldomain *x = &l->dom[d];
     hsize_t n = (hsize_t)l->T + 1;
@@ -202,7 +231,7 @@ int ml_loader_next(ml_loader *l, int32_t *tokens, int *nrows, int32_t *domain_id
             if (g >= l->total_windows) break;
             int d = 0;
             while (g >= l->dom[d].n_windows) g -= l->dom[d++].n_windows;
-            ML_CHECK_GOTO(read_window(l, d, g, tokens + (size_t)j * (size_t)T1), done);
+            ML_CHECK_GOTO(read_window(l, d, l->dom[d].first + g, tokens + (size_t)j * (size_t)T1), done);
             if (domain_ids) domain_ids[j] = d;
             (*nrows)++;
         }
@@ -214,7 +243,7 @@ int ml_loader_next(ml_loader *l, int32_t *tokens, int *nrows, int32_t *domain_id
             if (row < 0 || row >= l->B) continue;
             ldomain *x = &l->dom[d];
             ML_CHECK_GOTO(epoch_perm(l, d, k / x->n_windows), done);
-            ML_CHECK_GOTO(read_window(l, d, x->perm[k % x->n_windows], tokens + (size_t)row * (size_t)T1), done);
+            ML_CHECK_GOTO(read_window(l, d, x->first + x->perm[k % x->n_windows], tokens + (size_t)row * (size_t)T1), done);
             if (domain_ids) domain_ids[row] = d;
         }
         *nrows = l->B;

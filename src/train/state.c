@@ -87,7 +87,7 @@ static int ml_write_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, const
 }
 
 static int ml_save_body(ml_trainer *tr, ml_h5 *h, int complete, const char *names_json, const char *paths_json,
-                        double *weights) {
+                        double *weights, int64_t *windows /* (2, K) first window, windows */) {
     const int64_t tokens_per_step = (int64_t)tr->G * tr->T;
     ML_CHECK(ml_h5_set_attr_str(h, "/", "config", tr->config_json));
     ML_CHECK(ml_h5_set_attr_str(h, "/", "parent", tr->parent));
@@ -123,6 +123,10 @@ static int ml_save_body(ml_trainer *tr, ml_h5 *h, int complete, const char *name
     ML_CHECK(ml_h5_set_attr_str(h, "/data", "domains", names_json));
     ML_CHECK(ml_write_col(h, "/data/weights", ML_F64, tr->K, weights));
     ML_CHECK(ml_write_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    ML_CHECK(ml_h5_set_attr_int(h, "/data", "subset_index", tr->subset_index));
+    ML_CHECK(ml_h5_set_attr_int(h, "/data", "subset_count", tr->subset_count));
+    ML_CHECK(ml_write_col(h, "/data/subset_first_window", ML_I64, tr->K, windows));
+    ML_CHECK(ml_write_col(h, "/data/subset_windows", ML_I64, tr->K, windows + tr->K));
     if (complete) ML_CHECK(ml_h5_write_profile(h, "/profile")); /* rank 0's events */
     return ML_OK;
 }
@@ -133,15 +137,19 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
     char *names_json = NULL, *paths_json = NULL;
     const char **names = NULL;
     double *weights = NULL;
+    int64_t *windows = NULL; /* (2, K) */
     ml_prof_begin("train.checkpoint");
     double t0 = ml_wtime();
     names = ml_malloc(sizeof *names * (size_t)tr->K);
     weights = ml_malloc(sizeof *weights * (size_t)tr->K);
-    rc = names && weights ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
+    windows = ml_malloc(sizeof *windows * 2 * (size_t)tr->K);
+    rc = names && weights && windows ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
     double wsum = 0;
     for (int d = 0; rc == ML_OK && d < tr->K; d++) {
         names[d] = tr->info[d].name;
-        weights[d] = tr->weights ? tr->weights[d] : (double)ml_loader_domain_windows(tr->loader, d);
+        windows[d] = ml_loader_domain_first_window(tr->loader, d);
+        windows[tr->K + d] = ml_loader_domain_windows(tr->loader, d);
+        weights[d] = tr->weights ? tr->weights[d] : (double)windows[tr->K + d];
         wsum += weights[d];
     }
     for (int d = 0; rc == ML_OK && d < tr->K; d++) weights[d] = wsum > 0 ? weights[d] / wsum : 0;
@@ -152,7 +160,7 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
      * a serial handle (no collective operation per dataset and attribute). */
     if (tr->rank == 0) {
         rc = ml_h5_create(MPI_COMM_SELF, tr->out, ML_CHECKPOINT_FORMAT, 1, &h);
-        if (rc == ML_OK) rc = ml_save_body(tr, h, complete, names_json, paths_json, weights);
+        if (rc == ML_OK) rc = ml_save_body(tr, h, complete, names_json, paths_json, weights, windows);
         if (rc == ML_OK) rc = ml_h5_close(&h);
         if (rc != ML_OK) ml_error_trace(rc, __FILE__, __LINE__, __func__);
         if (h) ml_h5_discard(&h);
@@ -163,6 +171,7 @@ int ml_trainer_save(ml_trainer *tr, int complete) {
 done:
     ml_free(names);
     ml_free(weights);
+    ml_free(windows);
     ml_free(names_json);
     ml_free(paths_json);
     ml_prof_end("train.checkpoint", 0, 16.0 * (double)tr->model->n_params);
@@ -267,6 +276,19 @@ int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
     for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
         if (*cols[i].rows > 0) ML_CHECK(ml_read_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
     ML_CHECK(ml_read_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
+    /* the data subset (the option is checked above; older checkpoints have no attributes: 0/1) */
+    int64_t si = 0, sn = 1;
+    rc = ml_h5_get_attr_int(h, "/data", "subset_count", &sn);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        sn = 1;
+    } else {
+        ML_CHECK(rc);
+        ML_CHECK(ml_h5_get_attr_int(h, "/data", "subset_index", &si));
+    }
+    if (si != tr->subset_index || sn != tr->subset_count)
+        return ML_FAIL(ML_ERR_FORMAT, "%s: cannot resume: /data records subset %lld/%lld, this run has subset %d/%d",
+                       path, (long long)si, (long long)sn, tr->subset_index, tr->subset_count);
     tr->step = step;
     tr->resumed_from = step;
     return ML_OK;

@@ -25,6 +25,9 @@ static const ml_option_spec ml_train_opts[] = {
     {"domains", ML_OPT_STRING, NULL, 0, -1, NULL, "comma-separated token stores data/<domain>.h5"},
     {"weights", ML_OPT_STRING, "", 0, -1, NULL,
      "comma-separated mixture weights, one per domain (default: proportional to the domains' windows)"},
+    {"subset", ML_OPT_STRING, "0/1", 0, -1, NULL,
+     "I/N: train only on slice I (0-based) of N disjoint contiguous slices of each domain's train split "
+     "(epochs count passes over the slice; evaluation uses the whole val split)"},
     {"init_from", ML_OPT_STRING, "", 0, -1, NULL,
      "checkpoint to fine-tune: its shape and parameters, a fresh optimizer; recorded as `parent`"},
     {"d_model", ML_OPT_INT, "512", 1, 1 << 16, NULL, "hidden size D (with init_from: the parent's unless given)"},
@@ -118,9 +121,26 @@ static void ml_trainer_free(ml_trainer *tr) {
     ml_free(tr->config_json);
 }
 
-/* Domains, weights and what the stores say about themselves. */
+/* "I/N" with 0 <= I < N: the data subset of option `subset`. */
+static int ml_parse_subset(const char *text, int *index, int *count) {
+    char *end = NULL;
+    const char *p = text ? text : "";
+    long long i = -1, n = -1;
+    if (*p >= '0' && *p <= '9') i = strtoll(p, &end, 10);
+    if (end && *end == '/' && end[1] >= '0' && end[1] <= '9') n = strtoll(end + 1, &end, 10);
+    if (i < 0 || n < 0 || !end || *end)
+        return ML_FAIL(ML_ERR_CONFIG, "option 'subset': '%s' is not I/N (slice I of N, e.g. 1/4)", p);
+    if (n < 1 || n > INT_MAX || i >= n)
+        return ML_FAIL(ML_ERR_CONFIG, "option 'subset': '%s' needs 0 <= I < N (slices are numbered from 0)", p);
+    *index = (int)i;
+    *count = (int)n;
+    return ML_OK;
+}
+
+/* Domains, weights, subset and what the stores say about themselves. */
 static int ml_setup_data(ml_trainer *tr) {
     const ml_options *o = tr->opt;
+    ML_CHECK(ml_parse_subset(ml_opt_str(o, "subset"), &tr->subset_index, &tr->subset_count));
     ML_CHECK(ml_list_split(ml_opt_str(o, "domains"), "domains", &tr->paths, &tr->K));
     tr->info = ml_calloc((size_t)tr->K, sizeof *tr->info);
     tr->dom_tokens = ml_calloc((size_t)tr->K, sizeof *tr->dom_tokens);
@@ -490,7 +510,8 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
                      INT_MAX);
     ML_AGREE_GOTO(comm, rc, done);
     ml_loader_config lc = {.n_domains = tr->K, .paths = (const char *const *)tr->paths, .weights = tr->weights,
-                           .split = "train", .global_batch = tr->G, .T = tr->T, .seed = tr->seed, .sequential = 0};
+                           .split = "train", .global_batch = tr->G, .T = tr->T, .seed = tr->seed, .sequential = 0,
+                           .subset_index = tr->subset_index, .subset_count = tr->subset_count};
     ML_AGREE_GOTO(comm, ml_loader_create(comm, &lc, &tr->loader), done);
     int64_t stored_eval_rows = 0;
     if (resume_h) ML_AGREE_GOTO(comm, ml_trainer_stored_eval_rows(resume_h, &stored_eval_rows), done);
@@ -514,11 +535,15 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
                              .max_batches = ml_opt_int(tr->opt, "eval_batches")};
         ML_AGREE_GOTO(comm, ml_evaluator_create(comm, &tr->mc, &ec, tr->ws, &tr->eval), done);
     }
+    char subset_note[64] = "";
+    if (tr->subset_count > 1)
+        snprintf(subset_note, sizeof subset_note, "; data subset %d/%d (%lld train windows)", tr->subset_index,
+                 tr->subset_count, (long long)ml_loader_windows_per_epoch(tr->loader));
     ml_info("train: %zu parameters (D %d, F %d, H %d/%d, L %d, V %d); %d domain%s; %d x %d tokens per step "
-            "(%d rows per rank, micro-batch %d); %lld steps%s",
+            "(%d rows per rank, micro-batch %d); %lld steps%s%s",
             tr->model->n_params, tr->mc.d_model, tr->mc.d_mlp, tr->mc.n_heads, tr->mc.n_kv_heads, tr->mc.n_layers,
             tr->mc.vocab_size, tr->K, tr->K > 1 ? "s" : "", tr->G, tr->T, tr->B, tr->M, (long long)tr->total_steps,
-            tr->parent[0] ? ", fine-tuning" : "");
+            tr->parent[0] ? ", fine-tuning" : "", subset_note);
     if (tr->resumed_from >= 0) ml_info("train: resuming %s at step %lld", tr->out, (long long)tr->resumed_from);
 
     ml_signals_install(&saved);

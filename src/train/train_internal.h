@@ -60,6 +60,7 @@ typedef struct {
     char **paths;        /* (K) */
     double *weights;     /* (K) normalised, or NULL = proportional to windows */
     ml_store_info *info; /* (K) */
+    int subset_index, subset_count; /* option `subset` I/N (0/1 = the whole train split) */
     /* shape of the run */
     ml_model_config mc;
     int T, G, B, M;      /* context, global batch, rows per rank, micro-batch rows */

@@ -198,6 +198,108 @@ static void test_sequential(void **state) {
     ml_loader_destroy(&l);
 }
 
+static ml_loader *make_subset(MPI_Comm comm, uint64_t seed, int index, int count) {
+    const char *p[2] = {paths[0], paths[1]};
+    ml_loader_config cfg = {.n_domains = 2, .paths = p, .split = "train", .global_batch = GB, .T = CTX, .seed = seed,
+                            .subset_index = index, .subset_count = count};
+    ml_loader *l = NULL;
+    ML_ASSERT_OK(ml_loader_create(comm, &cfg, &l));
+    return l;
+}
+
+/* Subsets 0/2 and 1/2: each draws only the windows of its contiguous slice
+ * [floor(i W / 2), floor((i+1) W / 2)) of each domain, covering it once per
+ * epoch; the two slices are disjoint and lie inside the split; the rows are
+ * deterministic for a seed and the same for any rank count; 0/1 is the whole
+ * split, bit for bit. */
+static void test_subsets(void **state) {
+    (void)state;
+    const int steps = 40; /* 320 windows: > 2 epochs of either slice (62 + 93, 62 + 94 windows) */
+    const int64_t W[2] = {(ntok[0] - 1) / CTX, (ntok[1] - 1) / CTX};
+    int32_t rows[GB * (CTX + 1)], doms[GB], rrows[GB * (CTX + 1)], rdoms[GB];
+    char *owner = calloc(2000000, 1); /* 1 + subset of each window seen */
+    for (int sub = 0; sub < 2; sub++) {
+        ml_loader *l = make_subset(MPI_COMM_WORLD, 7, sub, 2), *ref = NULL, *again = NULL;
+        if (rank == 0) {
+            ref = make_subset(MPI_COMM_SELF, 7, sub, 2);
+            again = make_subset(MPI_COMM_SELF, 7, sub, 2);
+        }
+        int64_t lo[2], n[2], count[2] = {0, 0};
+        for (int d = 0; d < 2; d++) {
+            lo[d] = W[d] * sub / 2;
+            n[d] = W[d] * (sub + 1) / 2 - lo[d];
+            assert_int_equal(ml_loader_domain_first_window(l, d), lo[d]);
+            assert_int_equal(ml_loader_domain_windows(l, d), n[d]);
+        }
+        assert_int_equal(ml_loader_windows_per_epoch(l), n[0] + n[1]);
+        char *seen = calloc(2000000, 1);
+        for (int s = 0; s < steps; s++) {
+            step_all(l, rows, doms, NULL);
+            if (rank != 0) continue;
+            int nr;
+            ML_ASSERT_OK(ml_loader_next(ref, rrows, &nr, rdoms)); /* 1 rank == P ranks */
+            assert_memory_equal(rows, rrows, sizeof rows);
+            assert_memory_equal(doms, rdoms, sizeof doms);
+            ML_ASSERT_OK(ml_loader_next(again, rrows, &nr, rdoms)); /* deterministic for the seed */
+            assert_memory_equal(rows, rrows, sizeof rows);
+            for (int j = 0; j < GB; j++) {
+                int d = doms[j];
+                int64_t k = row_key(rows + j * (CTX + 1), d), w = k - d * 1000000;
+                /* inside the slice, hence inside the split: tokens [w CTX, w CTX + CTX] < ntok */
+                assert_in_range(w, lo[d], lo[d] + n[d] - 1);
+                assert_true(w * CTX + CTX < ntok[d]);
+                /* never drawn by the other subset */
+                assert_true(owner[k] == 0 || owner[k] == 1 + sub);
+                owner[k] = (char)(1 + sub);
+                if (count[d] < n[d]) { /* one epoch of the slice: each window once */
+                    assert_int_equal(seen[k], 0);
+                    seen[k] = 1;
+                }
+                count[d]++;
+            }
+        }
+        if (rank == 0)
+            for (int d = 0; d < 2; d++) {
+                assert_true(count[d] >= n[d]);
+                for (int64_t w = lo[d]; w < lo[d] + n[d]; w++) assert_int_equal(seen[d * 1000000 + w], 1);
+            }
+        free(seen);
+        ml_loader_destroy(&again);
+        ml_loader_destroy(&ref);
+        ml_loader_destroy(&l);
+    }
+    if (rank == 0) { /* the two subsets together: every window of the split, each in one subset */
+        for (int d = 0; d < 2; d++)
+            for (int64_t w = 0; w < W[d]; w++) assert_true(owner[d * 1000000 + w] != 0);
+    }
+    free(owner);
+    /* subset 0/1 is the default loader, bit for bit */
+    ml_loader *a = make_subset(MPI_COMM_WORLD, 3, 0, 1), *b = make(MPI_COMM_WORLD, NULL, "train", 3, 0);
+    int B = GB / nranks, na, nb;
+    int32_t *x = malloc((size_t)B * (CTX + 1) * 4), *y = malloc((size_t)B * (CTX + 1) * 4);
+    for (int s = 0; s < 30; s++) {
+        ML_ASSERT_OK(ml_loader_next(a, x, &na, NULL));
+        ML_ASSERT_OK(ml_loader_next(b, y, &nb, NULL));
+        assert_int_equal(na, nb);
+        assert_memory_equal(x, y, (size_t)B * (CTX + 1) * 4);
+    }
+    free(x);
+    free(y);
+    ml_loader_destroy(&a);
+    ml_loader_destroy(&b);
+    /* seek inside a subset resumes exactly */
+    ml_loader *c = make_subset(MPI_COMM_WORLD, 9, 1, 3), *e = make_subset(MPI_COMM_WORLD, 9, 1, 3);
+    int32_t *h = malloc((size_t)25 * B * (CTX + 1) * 4), *z = malloc((size_t)B * (CTX + 1) * 4);
+    for (int s = 0; s < 25; s++) ML_ASSERT_OK(ml_loader_next(c, h + (size_t)s * B * (CTX + 1), &na, NULL));
+    ML_ASSERT_OK(ml_loader_seek(e, 17));
+    ML_ASSERT_OK(ml_loader_next(e, z, &na, NULL));
+    assert_memory_equal(z, h + (size_t)17 * B * (CTX + 1), (size_t)B * (CTX + 1) * 4);
+    free(h);
+    free(z);
+    ml_loader_destroy(&c);
+    ml_loader_destroy(&e);
+}
+
 static void test_loader_errors(void **state) {
     (void)state;
     const char *p[2] = {paths[0], paths[1]};
@@ -217,6 +319,23 @@ static void test_loader_errors(void **state) {
     ML_ASSERT_OK(ml_loader_create(MPI_COMM_WORLD, &cfg, &l));
     ml_loader_destroy(&l);
     assert_null(l);
+    /* subsets: index out of range; a slice smaller than its share of one batch */
+    cfg.weights = half;
+    cfg.T = CTX; /* val: 12 and 5 windows */
+    cfg.subset_index = 2;
+    cfg.subset_count = 2;
+    ML_ASSERT_FAILS(ml_loader_create(MPI_COMM_WORLD, &cfg, &l), ML_ERR_ARG, "subset 2/2 must satisfy");
+    cfg.subset_index = 0;
+    cfg.subset_count = -1;
+    ML_ASSERT_FAILS(ml_loader_create(MPI_COMM_WORLD, &cfg, &l), ML_ERR_ARG, "subset 0/-1 must satisfy");
+    cfg.subset_index = 1;
+    cfg.subset_count = 2; /* d0: windows [6, 12) = 6 >= 4; d1: windows [2, 5) = 3 < 4 of the 8-window batch */
+    ML_ASSERT_FAILS(ml_loader_create(MPI_COMM_WORLD, &cfg, &l), ML_ERR_ARG,
+                    "d1.h5: subset 1/2 of split 'val' holds 3 windows of T+1 = 9 tokens, fewer than the 4");
+    cfg.subset_index = 3;
+    cfg.subset_count = 4; /* d0: windows [9, 12) = 3 < 4, reported first */
+    ML_ASSERT_FAILS(ml_loader_create(MPI_COMM_WORLD, &cfg, &l), ML_ERR_ARG, "d0.h5: subset 3/4");
+    assert_null(l);
 }
 
 int main(int argc, char **argv) {
@@ -224,6 +343,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_mixture_epoch_ranks, setup),
         cmocka_unit_test(test_seek_and_seed),
         cmocka_unit_test(test_sequential),
+        cmocka_unit_test(test_subsets),
         cmocka_unit_test(test_loader_errors),
     };
     return ml_test_run(argc, argv, "data_loader", tests, sizeof tests / sizeof tests[0]);

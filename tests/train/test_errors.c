@@ -69,6 +69,19 @@ static void test_train_errors(void **state) {
                 "b64.h5");  /* --out names a token store: not a checkpoint to resume */
     EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s --init_from %s", a64, base, base),
                 "would overwrite its parent");
+    static const char *const bad_subsets[][2] = {{"2/2", "option 'subset': '2/2' needs 0 <= I < N"},
+                                                 {"0/0", "option 'subset': '0/0' needs 0 <= I < N"},
+                                                 {"1-2", "option 'subset': '1-2' is not I/N"},
+                                                 {"-1/2", "option 'subset': '-1/2' is not I/N"},
+                                                 {"1/2x", "option 'subset': '1/2x' is not I/N"}};
+    for (int i = 0; i < 5; i++)
+        EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s " TF_SHAPE " --subset %s", a64, out,
+                             bad_subsets[i][0]),
+                    bad_subsets[i][1]);
+    /* 2000 tokens = 124 windows of 17: 1 window per slice of 100, fewer than a batch of 2 */
+    EXPECT_FAIL(tf_train(MPI_COMM_WORLD, "--domains %s --out %s " TF_SHAPE " --global_batch 2 --subset 98/100", a64,
+                         out),
+                "a64.h5: subset 98/100 of split 'train' holds 1 windows");
     char yaml[1200];
     snprintf(yaml, sizeof yaml, "%s/job.yaml", dir);
     if (rank == 0) {

@@ -3,7 +3,10 @@
  * all ranks agree, checkpoint, ML_ERR_INTERRUPTED) and then rerun gives
  * parameters, optimizer moments and loss log BITWISE identical to an
  * uninterrupted run; the interrupted file is marked complete = 0 and holds
- * the right step; a rerun with a changed option is refused. */
+ * the right step; a rerun with a changed option is refused. The same with
+ * a data subset (--subset 1/2): recorded under /data, a rerun with another
+ * subset is refused, the resumed run is bitwise the uninterrupted one, and
+ * on 2 ranks the subset run matches a 1-rank run's loss curve. */
 #include "ml_test.h"
 
 #include <math.h>
@@ -116,10 +119,64 @@ static void test_signal_and_resume(void **state) {
     assert_same_run(full, out);
 }
 
+static void test_subset_resume(void **state) {
+    (void)state;
+    char sub_full[1200], out[1200], sub_common[4200];
+    snprintf(sub_common, sizeof sub_common, "%s --subset 1/2", common);
+    snprintf(sub_full, sizeof sub_full, "%s/subset_full.h5", dir);
+    snprintf(out, sizeof out, "%s/subset_stopped.h5", dir);
+    ML_ASSERT_OK(tf_train(MPI_COMM_WORLD, "%s --out %s", sub_common, sub_full));
+    /* provenance: alpha 5000 tokens = 312 windows of 17, beta 2000 = 124: slice 1 of 2 is the second half */
+    assert_int_equal(tf_attr_int(sub_full, "/data", "subset_index"), 1);
+    assert_int_equal(tf_attr_int(sub_full, "/data", "subset_count"), 2);
+    int64_t first[2], nwin[2];
+    assert_int_equal(tf_read_col(sub_full, "/data/subset_first_window", ML_I64, first, 2), 2);
+    assert_int_equal(tf_read_col(sub_full, "/data/subset_windows", ML_I64, nwin, 2), 2);
+    assert_int_equal(first[0], 156);
+    assert_int_equal(nwin[0], 156);
+    assert_int_equal(first[1], 62);
+    assert_int_equal(nwin[1], 62);
+    assert_int_equal(tf_attr_int(full, "/data", "subset_count"), 1);
+    char *cfg = tf_attr_str(sub_full, "/", "config");
+    assert_non_null(cfg);
+    assert_non_null(strstr(cfg, "\"subset\":\"1/2\""));
+    ml_free(cfg);
+    /* another subset trains on other windows: another model */
+    ml_model *a = tf_model(full), *b = tf_model(sub_full);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(tf_max_diff(a, b) > 1e-3);
+    ml_model_destroy(&a);
+    ml_model_destroy(&b);
+    /* stop, a rerun with another subset is refused, resume */
+    ML_ASSERT_FAILS(tf_train(MPI_COMM_WORLD, "%s --out %s --stop_after 15", sub_common, out), ML_ERR_INTERRUPTED,
+                    "stopped after step 15");
+    assert_int_equal(tf_attr_int(out, "/train", "step"), 12);
+    ML_ASSERT_FAILS(tf_train(MPI_COMM_WORLD, "%s --out %s --subset 0/2", common, out), ML_ERR_CONFIG,
+                    "cannot resume: it was trained with subset = \"1/2\", this run has subset = \"0/2\"");
+    ML_ASSERT_OK(tf_train(MPI_COMM_WORLD, "%s --out %s", sub_common, out));
+    assert_same_run(sub_full, out);
+    if (nranks == 2) { /* the same subset run on 1 rank (each rank alone) */
+        char one[1200];
+        double l1[STEPS], l2[STEPS];
+        snprintf(one, sizeof one, "%s/subset_one_rank%d.h5", dir, rank);
+        ML_ASSERT_OK(tf_train(MPI_COMM_SELF, "%s --out %s", sub_common, one));
+        assert_int_equal(tf_read_col(one, "/train/log/loss", ML_F64, l1, STEPS), STEPS);
+        assert_int_equal(tf_read_col(sub_full, "/train/log/loss", ML_F64, l2, STEPS), STEPS);
+        double worst = 0;
+        for (int s = 0; s < STEPS; s++) {
+            ML_ASSERT_CLOSE(l1[s], l2[s], 1e-4);
+            worst = fmax(worst, fabs(l1[s] - l2[s]) / l2[s]);
+        }
+        if (rank == 0) printf("  subset 1/2: 1 vs 2 ranks, max relative loss difference %.2e\n", worst);
+    }
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_stop_and_resume, setup),
         cmocka_unit_test(test_signal_and_resume),
+        cmocka_unit_test(test_subset_resume),
     };
     return ml_test_run(argc, argv, "train_resume", tests, sizeof tests / sizeof tests[0]);
 }
