@@ -194,7 +194,8 @@ int ml_window_plan_create(MPI_Comm comm, const ml_window_spec *s, int64_t n_wind
             ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: vocab_size %lld differs from %lld of %s (another tokenizer?)",
                          x->path, (long long)V, (long long)V0, s->paths[0]);
         /* a sequential loader over this rank alone: seek(k) + next reads window k */
-        ml_loader_config lc = {1, (const char *const *)&x->path, NULL, split, 1, s->T, 0, 1};
+        ml_loader_config lc = {.n_domains = 1, .paths = (const char *const *)&x->path, .weights = NULL, .split = split,
+                               .global_batch = 1, .T = s->T, .seed = 0, .sequential = 1};
         rc = ml_agree(comm, ml_loader_create(MPI_COMM_SELF, &lc, &x->loader));
         if (rc != ML_OK) goto fail;
         x->available = ml_loader_windows_per_epoch(x->loader);

@@ -11,6 +11,7 @@ set -u
 bin=${ML_BIN:?}; src=${ML_SRC:?}; mpiexec=${ML_MPIEXEC:-mpiexec}
 . "$src/tests/common/ml_check.sh"
 ml_run_tiny_job regions_tiny "$src/jobs/regions_tiny.yaml"
+for m in stories_1:0 stories_2:1; do check "models/${m%%:*}.h5 trained on subset ${m##*:}/2" has "$("$bin" inspect "$run/models/${m%%:*}.h5" 2>/dev/null)" "@subset_index = ${m##*:}"; done
 for f in region/regions.h5 region/centroid.h5 models/centroid.h5 models/centroid_no_lua.h5 models/ftc_lua.h5 experiment.h5; do
   check "output $f exists" test -f "$run/$f"
 done
