@@ -430,6 +430,9 @@ static int ml_h5_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_sta
         return ML_FAIL(ML_ERR_SHAPE, "%s: dataset '%s': rows [%llu, %llu) outside its %llu rows", h->path, name,
                        (unsigned long long)row_start, (unsigned long long)(row_start + row_count),
                        (unsigned long long)dims[0]);
+    hsize_t elements = 1;
+    for (int i = 0; i < rank; i++) elements *= dims[i];
+    if (elements == 0) return ML_OK; /* an empty dataset: nothing to move (every rank sees the same shape) */
     hid_t ds = H5Dopen2(h->file, name, H5P_DEFAULT);
     hid_t fsp = H5Dget_space(ds);
     hsize_t start[ML_H5_MAX_RANK] = {0}, count[ML_H5_MAX_RANK];

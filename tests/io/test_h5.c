@@ -80,6 +80,27 @@ static void test_rows_collective_roundtrip(void **state) {
     ml_free(buf);
 }
 
+/* Empty tensors ([0, n], as a tracking file's traces with no chain) write and read back on every rank. */
+static void test_empty_tensor(void **state) {
+    (void)state;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/empty.h5", ml_test_dir("io_empty"));
+    ml_h5 *h = NULL;
+    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.test", 1, &h));
+    hsize_t dims[2] = {0, 3};
+    ML_ASSERT_OK(ml_h5_write_tensor(h, "traces/features", ML_I32, 2, dims, NULL));
+    ML_ASSERT_OK(ml_h5_close(&h));
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, path, "mergelens.test", 1, 1, &h));
+    int rank = 0;
+    hsize_t got[ML_H5_MAX_RANK];
+    ML_ASSERT_OK(ml_h5_shape(h, "traces/features", &rank, got, NULL));
+    assert_int_equal(rank, 2);
+    assert_int_equal(got[0], 0);
+    assert_int_equal(got[1], 3);
+    ML_ASSERT_OK(ml_h5_read_tensor(h, "traces/features", ML_I32, 2, dims, NULL));
+    ML_ASSERT_OK(ml_h5_close(&h));
+}
+
 static void test_open_validation(void **state) {
     (void)state;
     const char *dir = ml_test_dir("io_validate");
@@ -177,6 +198,7 @@ static void test_alloc_failures_free_everything(void **state) {
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_rows_collective_roundtrip, setup),
+        cmocka_unit_test_setup(test_empty_tensor, setup),
         cmocka_unit_test_setup(test_open_validation, setup),
         cmocka_unit_test_setup(test_discard_leaves_nothing, setup),
         cmocka_unit_test_setup(test_alloc_failures_free_everything, setup),
