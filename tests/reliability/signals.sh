@@ -5,8 +5,9 @@
 #    checkpoint, non-zero exit within seconds with "interrupted by SIGUSR1:
 #    checkpoint at step S ...", rerun resumes, output bitwise equal to an
 #    uninterrupted 2-rank run;
-#  - sae: SIGTERM to every rank (what Slurm does); sweep: SIGUSR1 to mpiexec.
-#    Neither checkpoints (docs/RELIABILITY.md): the job ends within seconds
+#  - sae, capture: SIGTERM to every rank (what Slurm does); sweep: SIGUSR1 to
+#    mpiexec.
+#    None of them checkpoints (docs/RELIABILITY.md): the job ends within seconds
 #    with a non-zero status, nothing is left under the output name, and a
 #    rerun redoes the work and gives the uninterrupted run's output bit for bit.
 set -u
@@ -20,8 +21,10 @@ CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval
 SIG[sae]=TERM
 CMD[sweep]="sweep $F/rec.yaml --param t --count 41 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --out out.h5"
 SIG[sweep]=USR1
+CMD[capture]="capture $F/base.h5 --domains $F/a.h5,$F/b.h5 --tokens 65536 --context 16 --out out.h5"
+SIG[capture]=TERM
 
-for stage in finetune sae sweep; do
+for stage in finetune sae sweep capture; do
   cmd=${CMD[$stage]} sig=${SIG[$stage]}
   ref=$T/$stage/ref; dir=$T/$stage/sig; mkdir -p "$ref" "$dir"
   t0=$(now_ms)
