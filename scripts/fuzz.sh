@@ -25,9 +25,10 @@ cc=$(command -v clang || command -v clang-14 || true)
 [ -n "$cc" ] || { echo "fuzz.sh: clang not found (scripts/install-deps.sh clang llvm)"; exit 2; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 if [ ! -f "$build/CMakeCache.txt" ]; then
+  mkdir -p "$build"
   CC=$cc cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DML_FUZZ=ON -DML_SANITIZE=ON \
-    -DML_NATIVE=OFF -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" > "$build.configure.log" 2>&1 ||
-    { tail -20 "$build.configure.log"; exit 1; }
+    -DML_NATIVE=OFF -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link" > "$build/configure.log" 2>&1 ||
+    { tail -20 "$build/configure.log"; exit 1; }
 fi
 targets=(); for h in "${harnesses[@]}"; do targets+=(--target "fuzz_$h"); done
 cmake --build "$build" -j "$(nproc)" "${targets[@]}" > "$build/fuzz-build.log" 2>&1 ||
