@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kill -9 at seeded random moments during a base training, a fine-tune, an SAE
-# training and a merge sweep (several trials each), then rerun the same
+# training and a merge sweep (several trials each, on 1 rank; the fine-tune
+# and the SAE also on 2 ranks, all processes killed), then rerun the same
 # command. Checks, per trial:
 #  - an output file present after the kill is either a mid-run checkpoint
 #    (complete = 0, train only) or equal to the uninterrupted run's: a half
@@ -32,7 +33,7 @@ run_stage() {
 
 for np in 1 2; do
 for stage in base finetune sae sweep; do
-  [ "$np" = 2 ] && [ "$stage" != finetune ] && continue
+  [ "$np" = 2 ] && [ "$stage" != finetune ] && [ "$stage" != sae ] && continue
   cmd=${CMD[$stage]}
   ref=$T/$stage.np$np/ref
   t0=$(now_ms)
