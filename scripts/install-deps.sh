@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libopenblas-dev libyaml-dev libjansson-dev libcmocka-dev zlib1g-dev
-      python3 python3-h5py python3-numpy python3-matplotlib)
+      python3 python3-h5py python3-numpy python3-matplotlib
+      clang llvm)  # clang + llvm: libFuzzer harnesses (scripts/fuzz.sh) and llvm-symbolizer
 pkgs+=("$@")
 missing=()
 for p in "${pkgs[@]}"; do

@@ -271,7 +271,10 @@ int ml_tokenizer_load_hf_json(const char *path, ml_tokenizer **out) {
                          "%s: vocab entry '%s' has a character outside GPT-2's byte map (not byte-level BPE?)", path,
                          key);
         }
-        ml_free(vb.tok[id]);
+        if (vb.tok[id]) { /* two strings for one id: decode could not invert encode */
+            ml_free(raw);
+            ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: vocab entry '%s' reuses id %d (ids must be unique)", path, key, id);
+        }
         vb.tok[id] = raw;
         vb.len[id] = n;
         vb.flags[id] = fb ? ML_TOK_BYTEFB : 0;

@@ -258,6 +258,14 @@ int ml_h5_close(ml_h5 **ph) {
             char hb[256];
             rc = ML_FAIL(ML_ERR_HDF5, "%s: flush failed (%s)", h->path, ml_h5_err(hb));
         }
+        if (h->creating) rc = ml_agree(h->comm, rc);
+        if (rc != ML_OK) {
+            /* e.g. the disk is full: the file will be deleted, so free its
+             * space first and let the close below succeed (see ml_h5_discard) */
+            MPI_Barrier(h->comm);
+            if (h->rank == 0) (void)truncate(h->tmp_path, 0);
+            MPI_Barrier(h->comm);
+        }
         if (H5Fclose(h->file) < 0 && rc == ML_OK) {
             char hb[256];
             rc = ML_FAIL(ML_ERR_HDF5, "%s: close failed (%s)", h->path, ml_h5_err(hb));
@@ -282,7 +290,18 @@ int ml_h5_close(ml_h5 **ph) {
 void ml_h5_discard(ml_h5 **ph) {
     if (!ph || !*ph) return;
     ml_h5 *h = *ph;
-    if (h->file >= 0) H5Fclose(h->file);
+    if (h->file >= 0) {
+        if (h->creating) {
+            /* The file is thrown away: free its space first, so that closing it
+             * (which flushes) cannot fail for lack of room after a write failed
+             * with ENOSPC; a failed H5Fclose leaves HDF5 1.10 in a state that
+             * crashes at MPI_Finalize. */
+            MPI_Barrier(h->comm);
+            if (h->rank == 0 && h->tmp_path) (void)truncate(h->tmp_path, 0);
+            MPI_Barrier(h->comm);
+        }
+        H5Fclose(h->file);
+    }
     h->file = H5I_INVALID_HID;
     MPI_Barrier(h->comm);
     if (h->creating && h->rank == 0 && h->tmp_path) unlink(h->tmp_path);

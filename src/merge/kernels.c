@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "mergelens/interop.h"
 #include "mergelens/merge.h"
 
 #define ML_BLOCK 512 /* B: elements per cache block (double tmp = 4 KB) */
@@ -218,7 +219,11 @@ void ml_round_bf16(float *x, size_t N) {
 }
 
 void ml_round_f16(float *x, size_t N) {
+#ifdef __FLT16_MAX__
     for (size_t j = 0; j < N; j++) x[j] = (float)(_Float16)x[j];
+#else /* compilers without _Float16 on this target (clang 14 on x86-64) */
+    for (size_t j = 0; j < N; j++) x[j] = ml_f16_to_f32(ml_f32_to_f16(x[j]));
+#endif
 }
 
 uint64_t ml_merge_stream_id(const char *tensor_name) {

@@ -272,6 +272,12 @@ static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, f
                 ml_prof_end("merge.read", 0, 0);
                 return ml_error_trace(rc, __FILE__, __LINE__, __func__);
             }
+            for (size_t k = 0; k < nr * row_elems; k++)
+                if (!isfinite(dst[k])) {
+                    ml_prof_end("merge.read", 0, 0);
+                    return ML_FAIL(ML_ERR_NUMERIC, "%s: tensor %s holds a non-finite value (%g at flat index %zu)",
+                                   ml_h5_path(pl->in[i]), t->path, (double)dst[k], (size_t)r0 * row_elems + k);
+                }
             ml_round_to(ml_merge_recipe_dtype(r), dst, nr * row_elems);
         }
         ml_prof_end("merge.read", 0, (double)pl->M * nr * row_elems * sizeof(float));

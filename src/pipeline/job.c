@@ -206,8 +206,8 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
             if (f->kind != ML_NODE_SCALAR)
                 return ml_node_error(f, "stage '%s': file '%s' must be given as text", sn->key, f->key);
             ML_CHECK(ml_resolve_path(j, f, f->key, &s->file_paths[s->n_files]));
-            ML_CHECK(ml_subst(j, f, f->value, &s->file_texts[s->n_files]));
-            s->n_files++;
+            s->n_files++; /* counted now, so a failure below frees the path */
+            ML_CHECK(ml_subst(j, f, f->value, &s->file_texts[s->n_files - 1]));
         }
     }
     s->slurm = ml_node_get(sn, "slurm");

@@ -123,7 +123,7 @@ int ml_sweeper_create(MPI_Comm comm, const ml_merge_recipe *r, const char *param
         }
     }
     ml_prof_end("sweep.load", 0, (double)M * (s->M ? s->in[0]->n_params : 0) * sizeof(float));
-    ML_CHECK_GOTO(rc, fail);
+    ML_CHECK_GOTO(ml_agree(comm, rc), fail); /* e.g. a NaN in a model: every rank ends cleanly */
     const ml_model *m0 = s->in[0];
     for (int i = 1; i < M; i++) /* the merge check compared the configs; the table must follow */
         if (memcmp(&s->in[i]->cfg, &m0->cfg, sizeof m0->cfg))

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# kill -9 at seeded random moments during a base training, a fine-tune, an SAE
+# training and a merge sweep (several trials each, on 1 rank; the fine-tune
+# and the SAE also on 2 ranks, all processes killed), then rerun the same
+# command. Checks, per trial:
+#  - an output file present after the kill is either a mid-run checkpoint
+#    (complete = 0, train only) or equal to the uninterrupted run's: a half
+#    written file is never left under the output name (atomic create);
+#  - the rerun succeeds and its output equals the uninterrupted run's bit for
+#    bit (h5diff of every dataset and attribute except the timing profile).
+# train resumes from its last checkpoint; sae and sweep have no checkpoints
+# and redo the work (docs/RELIABILITY.md). Seed: ML_FAULT_SEED (default 12),
+# trials per stage: ML_FAULT_TRIALS (default 3).
+set -u
+. "${ML_SRC:?}/tests/common/ml_check.sh"
+. "$ML_SRC/tests/reliability/lib.sh"
+rel_begin kill_resume
+trials=${ML_FAULT_TRIALS:-3}
+killed=0; survived=0
+
+declare -A CMD
+CMD[base]="train --domains $F/a.h5 --out out.h5 $MODEL_ARGS --steps 100 --checkpoint_every 10 --seed 7"
+CMD[finetune]="train --init_from $F/base.h5 --domains $F/b.h5 --out out.h5 --steps 150 --global_batch 8 --context 16 --eval_batches 2 --checkpoint_every 10 --lr 1e-3"
+CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval_rows 1024 --tokens 16384 --seed 3"
+CMD[sweep]="sweep $F/rec.yaml --param t --count 21 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --out out.h5"
+
+# run_stage NP DIR CMD...: in DIR, on NP ranks (1: the binary alone)
+run_stage() {
+  local np=$1 dir=$2; shift 2
+  mkdir -p "$dir"
+  if [ "$np" = 1 ]; then (cd "$dir" && exec "$bin" "$@"); else (cd "$dir" && mpirun_n "$np" "$bin" "$@"); fi
+}
+
+for np in 1 2; do
+for stage in base finetune sae sweep; do
+  [ "$np" = 2 ] && [ "$stage" != finetune ] && [ "$stage" != sae ] && continue
+  cmd=${CMD[$stage]}
+  ref=$T/$stage.np$np/ref
+  t0=$(now_ms)
+  run_stage "$np" "$ref" $cmd > "$T/ref.log" 2>&1 || { check "$stage np$np: uninterrupted run" false; tail -5 "$T/ref.log"; continue; }
+  dur=$(( $(now_ms) - t0 ))
+  for i in $(seq 1 "$trials"); do
+    dir=$T/$stage.np$np/trial$i
+    delay=$(( RANDOM % dur ))
+    mkdir -p "$dir"
+    # own process group, so kill -9 takes mpiexec and every rank at once
+    setsid bash -c "cd '$dir' && if [ $np = 1 ]; then exec '$bin' $cmd; else exec '$mpiexec' --allow-run-as-root --oversubscribe --bind-to none -n $np '$bin' $cmd; fi" \
+      > "$dir/log" 2>&1 &
+    pid=$!
+    sleep "$(awk -v d="$delay" 'BEGIN { printf "%.3f", d / 1000 }')"
+    kill -KILL -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rc=$?
+    what="$stage np$np trial $i (kill at ${delay} of ${dur} ms, rc $rc)"
+    [ $rc -ne 0 ] && killed=$((killed + 1))
+    if [ -e "$dir/out.h5" ]; then
+      c=$(attr "$dir/out.h5" complete)
+      if [ "$c" = 0 ]; then
+        check "$what: output left is a checkpoint at step $(h5dump -a /train/step "$dir/out.h5" 2>/dev/null | sed -n 's/^ *(0): *//p')" test "$stage" = base -o "$stage" = finetune
+      else
+        check "$what: output left is complete and equals the uninterrupted run's" same_h5 "$ref/out.h5" "$dir/out.h5"
+      fi
+    else
+      check "$what: no output file (only $(ls "$dir" | grep -c '\.tmp\.') temporary)" true
+    fi
+    run_stage "$np" "$dir" $cmd > "$dir/log2" 2>&1; rc=$?
+    check "$what: rerun succeeds" test $rc -eq 0 || tail -5 "$dir/log2"
+    if [ $rc -eq 0 ] && same_h5 "$ref/out.h5" "$dir/out.h5"; then
+      survived=$((survived + 1)); check "$what: rerun output bitwise equal" true
+    else
+      check "$what: rerun output bitwise equal" false
+    fi
+  done
+done
+done
+echo "kill -9 trials: $killed killed mid-run, $survived reruns bitwise identical"
+ml_check_summary kill_resume && rm -rf "$T"
