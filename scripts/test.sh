@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds, runs every test with
-# ctest (unit, MPI with 1/2/4 ranks, CLI, pipeline), then the core and io
-# tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# ctest (unit, MPI with 1/2/4 ranks, CLI, pipeline, reliability, fuzz replays), then the
+# tests labelled `sanitize` again under AddressSanitizer + UndefinedBehaviorSanitizer.
 # Usage: scripts/test.sh [ctest args...]   (e.g. -R io_ to run a subset)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +12,7 @@ start=$(date +%s)
 status=0
 (cd "$root/build" && ctest --output-on-failure -j "$(nproc)" "$@") || status=$?
 if [ "${ML_SKIP_SANITIZE:-0}" != 1 ] && [ $# -eq 0 ]; then
-  echo "== sanitizer pass (ASan+UBSan): labels core, io =="
+  echo "== sanitizer pass (ASan+UBSan): tests labelled sanitize =="
   "$root/scripts/build.sh" "$root/build-asan" -DML_SANITIZE=ON -DML_NATIVE=OFF
   # Open MPI's own allocations are reported as leaks; our tests check leaks
   # themselves through ml_alloc_live().
