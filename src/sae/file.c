@@ -298,9 +298,22 @@ struct ml_acts_source {
     char *source_json; /* the `source` attribute of SAEs trained on it */
 };
 
+/* The first non-finite value of rows [row0, row0 + count) as a one-line error naming the file. */
+static int ml_acts_check_finite(const ml_acts_source *a, int64_t row0, int64_t count, const float *x /* [count, d] */) {
+    const size_t n = (size_t)count * (size_t)a->src.d;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return ML_FAIL(ML_ERR_NUMERIC, "%s: dataset '%s' row %lld holds a non-finite value (%g)", ml_h5_path(a->h),
+                           a->ds, (long long)(row0 + (int64_t)(i / (size_t)a->src.d)), (double)x[i]);
+    return ML_OK;
+}
+
 static int ml_acts_read(void *ctx, int64_t row0, int64_t count, float *out) {
     ml_acts_source *a = ctx;
-    if (!a->f16) return ml_h5_read_rows(a->h, a->ds, ML_F32, (hsize_t)row0, (hsize_t)count, out);
+    if (!a->f16) {
+        ML_CHECK(ml_h5_read_rows(a->h, a->ds, ML_F32, (hsize_t)row0, (hsize_t)count, out));
+        return ml_acts_check_finite(a, row0, count, out);
+    }
     if (count > a->stage_rows) {
         ml_free(a->stage);
         a->stage = ml_malloc(sizeof(uint16_t) * (size_t)(count * a->src.d));
@@ -312,7 +325,7 @@ static int ml_acts_read(void *ctx, int64_t row0, int64_t count, float *out) {
     }
     ML_CHECK(ml_h5_read_rows(a->h, a->ds, ML_F16, (hsize_t)row0, (hsize_t)count, a->stage ? (void *)a->stage : (void *)out));
     if (count > 0) ml_f16_to_f32_array(out, a->stage, (size_t)(count * a->src.d));
-    return ML_OK;
+    return ml_acts_check_finite(a, row0, count, out);
 }
 
 static int ml_acts_read_meta(void *ctx, int64_t row0, int64_t count, int32_t *tokens, int64_t *doc_ids,

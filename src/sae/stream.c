@@ -167,6 +167,7 @@ static int ml_stream_fill(ml_sae_stream *s) {
     int64_t R = s->blk_off[G];
     /* collective block reads: round q, rank r reads block slot q*P + r */
     ml_prof_begin("sae.read");
+    int read_rc = ML_OK;
     for (int q = 0; q * s->P < G; q++) {
         int t = q * s->P + s->rank;
         int64_t row0 = 0, cnt = 0;
@@ -174,8 +175,10 @@ static int ml_stream_fill(ml_sae_stream *s) {
             row0 = s->block_perm[s->next_block + t] * s->block_rows;
             cnt = s->blk_off[t + 1] - s->blk_off[t];
         }
-        ML_CHECK(s->src.read(s->src.ctx, row0, cnt, s->readbuf + (size_t)q * s->block_rows * D));
+        int e = s->src.read(s->src.ctx, row0, cnt, s->readbuf + (size_t)q * s->block_rows * D);
+        if (e && !read_rc) read_rc = e; /* keep joining the collective reads; agree below */
     }
+    ML_CHECK(ml_agree(s->comm, read_rc));
     ml_prof_end("sae.read", 0, (double)R * D * 4 / s->P);
     /* the buffer's row permutation */
     {

@@ -63,7 +63,7 @@ cases=(
 "NaN in weights (capture)|nan.h5: tensor /params/model.layers.0.mlp.up_proj.weight holds a non-finite value (nan at flat index 5)|capture nan.h5 --domains a.h5 --tokens 256 --context 16 --out o.h5"
 "Inf in weights (merge)|inf.h5: tensor /params/lm_head.weight holds a non-finite value (inf at flat index 7)|merge rec_inf.yaml --out o.h5"
 "Inf in weights (sweep)|inf.h5: tensor /params/lm_head.weight holds a non-finite value (inf at flat index 7)|sweep rec_inf.yaml --param weight[0] --count 3 --domains a.h5 --out o.h5"
-"Inf in activations (sae)|SAE loss is not finite|sae inf_acts.h5 --out o.h5 --batch 256"
+"Inf in activations (sae)|inf_acts.h5: dataset '/hooks/blocks.0.mlp.hook_post/acts' row|sae inf_acts.h5 --out o.h5 --batch 256"
 "config value of the wrong type|cfg_type.yaml:2: key 'steps': expected an integer, got 'ten'|train --config cfg_type.yaml --domains a.h5 --out o.h5"
 "config list for a scalar|cfg_list.yaml:2: key 'steps': expected a single value, got a list|train --config cfg_list.yaml --domains a.h5 --out o.h5"
 "job file: seed not an integer|job_seed.yaml:2: key 'seed': expected an integer, got 'abc'|run job_seed.yaml"
