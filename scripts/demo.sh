@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README main job: install what is missing, build, make the demo corpora
 # from Debian packages, and run jobs/demo.yaml end to end on 2 local MPI ranks
-# (about 15-30 minutes on 2 cores). Usage: scripts/demo.sh [RUN_DIR] [JOB]
+# (about 10 minutes on an idle 2-core machine, 35-50 under heavy load). Usage: scripts/demo.sh [RUN_DIR] [JOB]
 # (defaults: runs/demo, jobs/demo.yaml; `scripts/demo.sh runs/tiny jobs/tiny.yaml`
 # runs the 1-minute version). Rerunning resumes: finished stages are skipped.
 set -euo pipefail
