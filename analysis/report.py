@@ -346,6 +346,36 @@ def sec_sweeps(R, models):
                                                                               table(hdr, body)))
 
 
+def sec_track_sweeps(R):
+    """track-sweep files (format mergelens.feature_sweep): per merge point, the share of a fine-tuned
+    SAE's live features still present in the merged model (r >= tau) and their mean r."""
+    files = [p for p in h5files(R.run, "tracking") if fmt_of(p) == "mergelens.feature_sweep"]
+    if not files:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    rows = []
+    for k, p in enumerate(files):
+        with h5py.File(p, "r") as f:
+            grid = np.asarray(f["grid"][()], dtype=float)
+            present = np.asarray(f["present"][()], dtype=float)
+            mean_r = np.asarray(f["mean_r"][()], dtype=float)
+            param, tau = attr(f, "param", "t"), attr(f, "tau", float("nan"))
+            sae, live = attr(f, "sae", "?"), attr(f, "n_live", 0)
+        name = os.path.basename(p)
+        ax[0].plot(grid, present, "o-", color="C%d" % k, label=name)
+        ax[1].plot(grid, mean_r, "o-", color="C%d" % k, label=name)
+        rows.append([esc(name), esc(os.path.basename(str(sae))), live, num(tau)] +
+                    [num(present[i]) for i in (0, len(grid) // 2, len(grid) - 1)])
+    ax[0].set_title("share of fine-tuned features present (r >= tau)")
+    ax[1].set_title("mean r over live features")
+    for a in ax:
+        a.set_xlabel(param)
+    ax[0].legend(fontsize=7)
+    R.figure("sweeps", fig, "fine-tuned SAE features still present along the merge sweep (track-sweep)")
+    R.add("sweeps", table(["file", "SAE", "live features", "tau", "present at first point",
+                           "at middle point", "at last point"], rows))
+
+
 # ---------------------------------------------------------------- tracking
 def load_tracking(R):
     out = []
@@ -882,6 +912,7 @@ def build(run, out, args):
     guard("training", sec_training, R, models)
     guard("evaluation", sec_evaluation, R, models)
     guard("sweeps", sec_sweeps, R, models)
+    guard("sweeps", sec_track_sweeps, R)
     tracks = guard("flow", load_tracking, R) or []
     guard("flow", sec_flow, R, tracks)
     guard("correlations", sec_correlations, R, tracks)

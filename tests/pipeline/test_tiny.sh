@@ -38,6 +38,7 @@ if [ -n "$py" ]; then
   "$py" "$src/analysis/report.py" "$run" > "$tmp/report.log" 2>&1; rc=$?
   check "report builds from the tiny run" test $rc -eq 0 -a -f "$run/report/index.html"
   check "report has training curves and SAE metrics" bash -c "grep -q 'Training and fine-tuning curves' '$run/report/index.html' && ls '$run'/report/*.png >/dev/null"
+  check "report has the track-sweep figure" grep -q "still present along the merge sweep (track-sweep)" "$run/report/index.html"
   # the h5py snippet of docs/FORMAT.md runs as written (paths pointed at this run)
   awk '/^## Reading the files from Python/{f=1} f&&/^```python/{p=1;next} p&&/^```/{exit} p' "$src/docs/FORMAT.md" \
     | sed "s#runs/tiny#$run#g" > "$tmp/snippet.py"
