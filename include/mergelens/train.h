@@ -25,6 +25,7 @@
 
 #include <stdint.h>
 
+#include "mergelens/config.h"
 #include "mergelens/core.h"
 #include "mergelens/model.h"
 
@@ -69,6 +70,8 @@ int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out);
 
 /* ---- commands (registered in the CLI table by the lead) ------------------------- */
 /* `mergelens train --domains a.h5,b.h5 --out models/x.h5 [options]` */
+/* AdamW settings from a command's options `betas` ("b1,b2"), `eps`, `weight_decay`. */
+int ml_adamw_config_from_options(const ml_options *o, ml_adamw_config *c);
 int ml_cmd_train(MPI_Comm comm, int argc, char **argv);
 /* `mergelens eval MODEL.h5 --domains a.h5,b.h5 [--out results.h5]` */
 int ml_cmd_eval(MPI_Comm comm, int argc, char **argv);

@@ -97,13 +97,7 @@ static int ml_peft_setup_read(const ml_options *o, const ml_model_config *host, 
     c->sched.lr = ml_opt_float(o, "lr");
     c->sched.warmup = ml_opt_int(o, "warmup");
     c->sched.total = c->steps;
-    ml_adamw_config_default(&c->adamw);
-    double betas[2];
-    ML_CHECK(ml_list_parse_numbers(ml_opt_str(o, "betas"), "betas", betas, 2));
-    c->adamw.beta1 = betas[0];
-    c->adamw.beta2 = betas[1];
-    c->adamw.eps = ml_opt_float(o, "eps");
-    c->adamw.weight_decay = ml_opt_float(o, "weight_decay");
+    ML_CHECK(ml_adamw_config_from_options(o, &c->adamw));
     c->clip = ml_opt_float(o, "clip");
     int eb = (int)ml_opt_int(o, "eval_batch");
     s->ec = (ml_eval_config){.n_domains = s->n_eval, .paths = (const char *const *)s->eval, .split = "val", .T = c->T,

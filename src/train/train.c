@@ -235,13 +235,7 @@ static int ml_setup_shape(ml_trainer *tr) {
     tr->B = tr->G / tr->nranks;
     int M = (int)ml_opt_int(o, "micro_batch");
     tr->M = M > 0 && M < tr->B ? M : tr->B;
-    ml_adamw_config_default(&tr->adamw);
-    double betas[2];
-    ML_CHECK(ml_list_parse_numbers(ml_opt_str(o, "betas"), "betas", betas, 2));
-    tr->adamw.beta1 = betas[0];
-    tr->adamw.beta2 = betas[1];
-    tr->adamw.eps = ml_opt_float(o, "eps");
-    tr->adamw.weight_decay = ml_opt_float(o, "weight_decay");
+    ML_CHECK(ml_adamw_config_from_options(o, &tr->adamw));
     tr->clip = ml_opt_float(o, "clip");
     tr->seed = (uint64_t)ml_opt_int(o, "seed");
     ML_CHECK(ml_lr_kind_parse(ml_opt_str(o, "schedule"), &tr->sched.kind));

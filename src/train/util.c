@@ -52,3 +52,13 @@ int ml_store_info_read(MPI_Comm comm, const char *path, ml_store_info *info) {
     return ML_OK;
 }
 
+int ml_adamw_config_from_options(const ml_options *o, ml_adamw_config *c) {
+    ml_adamw_config_default(c);
+    double betas[2];
+    ML_CHECK(ml_list_parse_numbers(ml_opt_str(o, "betas"), "betas", betas, 2));
+    c->beta1 = betas[0];
+    c->beta2 = betas[1];
+    c->eps = ml_opt_float(o, "eps");
+    c->weight_decay = ml_opt_float(o, "weight_decay");
+    return ML_OK;
+}
