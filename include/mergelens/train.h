@@ -67,6 +67,18 @@ int ml_eval_model(MPI_Comm comm, const ml_model *m, const ml_eval_config *cfg, m
 /* Collective: read the model of any mergelens.checkpoint v1 file (written by
  * train, import or merge): root `model_config` and /params. */
 int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out);
+/* Option specs of commands that evaluate many merged points per domain, each point on one rank
+ * (sweep, region): split, context, batch, micro_batch, eval_windows. */
+#define ML_EVAL_POINT_OPTIONS                                                                                \
+    {"split", ML_OPT_CHOICE, "val", 0, -1, "val|train", "split of each store to evaluate on"},              \
+        {"context", ML_OPT_INT, "0", 0, 1 << 20, NULL,                                                      \
+         "window length T (0 = the first model's training context, else min(max_position_embeddings, 256))"}, \
+        {"batch", ML_OPT_INT, "8", 1, 1 << 20, NULL, "windows per evaluation step (one rank)"},             \
+        {"micro_batch", ML_OPT_INT, "0", 0, 1 << 20, NULL, "rows per forward pass (0 = batch)"},            \
+        {"eval_windows", ML_OPT_INT, "0", 0, 1e15, NULL,                                                    \
+         "at most this many windows per domain, rounded up to a multiple of batch (0 = the whole split)"}
+/* The `context` an open checkpoint was trained with (its `config` attribute), or 0 (no error). */
+int ml_checkpoint_train_context(ml_h5 *h);
 
 /* ---- commands (registered in the CLI table by the lead) ------------------------- */
 /* `mergelens train --domains a.h5,b.h5 --out models/x.h5 [options]` */

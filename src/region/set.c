@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mergelens/merge.h"
+#include "mergelens/train.h"
 #include "region_internal.h"
 
 int ml_region_set_parse(ml_region_set *s, const char *models, const char *exclude) {
@@ -171,13 +172,7 @@ static int ml_region_open_local(ml_region_set *s) {
                          ref[k], numel, s->t[k]->numel);
         if (numel > s->max_numel) s->max_numel = numel;
     }
-    /* the training context of the first model (for evaluation windows) */
-    if (ml_h5_get_attr_str(s->h[0], "/", "config", &c) == ML_OK) {
-        json_t *j = json_loads(c, 0, NULL), *v = j ? json_object_get(j, "context") : NULL;
-        if (json_is_integer(v)) s->context = (int)json_integer_value(v);
-        json_decref(j);
-    }
-    ml_error_clear();
+    s->context = ml_checkpoint_train_context(s->h[0]); /* for evaluation windows */
 done:
     ml_free(c);
     ml_free(cref);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "mergelens/model.h"
+#include "mergelens/train.h"
 #include "sweep_internal.h"
 
 static const ml_option_spec ml_sweep_opts[] = {
@@ -18,13 +19,7 @@ static const ml_option_spec ml_sweep_opts[] = {
     {"count", ML_OPT_INT, "11", -1e9, 1e9, NULL, "number of points K (>= 1), evenly spaced from..to"},
     {"domains", ML_OPT_STRING, NULL, 0, -1, NULL, "comma-separated token stores data/<domain>.h5"},
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "output file sweeps/<name>.h5 (a partial file with --tasks > 1)"},
-    {"split", ML_OPT_CHOICE, "val", 0, -1, "val|train", "split of each store to evaluate on"},
-    {"context", ML_OPT_INT, "0", 0, 1 << 20, NULL,
-     "window length T (0 = the first model's training context, else min(max_position_embeddings, 256))"},
-    {"batch", ML_OPT_INT, "8", 1, 1 << 20, NULL, "windows per evaluation step (one rank)"},
-    {"micro_batch", ML_OPT_INT, "0", 0, 1 << 20, NULL, "rows per forward pass (0 = batch)"},
-    {"eval_windows", ML_OPT_INT, "0", 0, 1e15, NULL,
-     "at most this many windows per domain, rounded up to a multiple of batch (0 = the whole split)"},
+    ML_EVAL_POINT_OPTIONS,
     {"keep", ML_OPT_STRING, "", 0, -1, NULL, "comma-separated grid values whose merged checkpoints are kept"},
     {"keep_dir", ML_OPT_STRING, "models", 0, -1, NULL, "directory of kept checkpoints <keep_dir>/<name>_<param><value>.h5"},
     {"reference", ML_OPT_STRING, "", 0, -1, NULL, "also evaluate this checkpoint (rows /reference/...)"},
@@ -37,16 +32,8 @@ static const ml_option_spec ml_sweep_opts[] = {
 /* The `context` a checkpoint was trained with (its `config` attribute), or 0. */
 static int ml_sweep_train_context(MPI_Comm comm, const char *path) {
     ml_h5 *h = NULL;
-    char *cfg = NULL;
-    int T = 0;
-    if (ml_h5_open(comm, path, NULL, 1, 1, &h) == ML_OK && ml_h5_get_attr_str(h, "/", "config", &cfg) == ML_OK) {
-        json_t *j = json_loads(cfg, 0, NULL);
-        json_t *c = j ? json_object_get(j, "context") : NULL;
-        if (json_is_integer(c)) T = (int)json_integer_value(c);
-        json_decref(j);
-    }
+    int T = ml_h5_open(comm, path, NULL, 1, 1, &h) == ML_OK ? ml_checkpoint_train_context(h) : 0;
     ml_error_clear();
-    ml_free(cfg);
     ml_h5_close(&h);
     return T;
 }

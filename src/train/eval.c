@@ -198,8 +198,7 @@ int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out) {
     return rc ? ml_error_trace(rc, __FILE__, __LINE__, __func__) : ML_OK;
 }
 
-/* The `context` the checkpoint was trained with (its `config` attribute), or 0. */
-static int ml_ckpt_train_context(ml_h5 *h) {
+int ml_checkpoint_train_context(ml_h5 *h) {
     char *cfg = NULL;
     int T = 0;
     if (ml_h5_get_attr_str(h, "/", "config", &cfg) != ML_OK) {
@@ -297,7 +296,7 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
     ML_AGREE_GOTO(comm, ml_h5_open(comm, pos[0], ML_CHECKPOINT_FORMAT, 1, 1, &h), done);
     ML_AGREE_GOTO(comm, ml_ckpt_model(h, &m), done);
     int T = (int)ml_opt_int(o, "context");
-    if (T == 0) T = ml_ckpt_train_context(h);
+    if (T == 0) T = ml_checkpoint_train_context(h);
     if (T == 0) {
         T = m->cfg.max_context < 256 ? m->cfg.max_context : 256;
         ml_info("eval: %s does not record its training context; windows of T = %d (set --context)", pos[0], T);
