@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <mpi.h>
+#include <signal.h>
 
 #define ML_VERSION_STRING "0.1.0"
 
@@ -167,6 +168,24 @@ int ml_prof_gather(MPI_Comm comm, ml_prof_stat **stats, int *count);
 /* Collective: prints the gathered table on rank 0 (GFLOP/s and GB/s use the
  * max time across ranks). */
 int ml_prof_summary(MPI_Comm comm, FILE *out);
+
+/* ---- preemption signals (Slurm --signal, scancel, time limit) ------------ */
+/* Long commands catch SIGTERM and SIGUSR1 with a flag-setting handler, poll
+ * the flag at their step boundaries with ml_signal_agree (collective), write a
+ * checkpoint and return ML_ERR_INTERRUPTED; a rerun resumes. */
+typedef struct {
+    struct sigaction term, usr1; /* the handlers before ml_signals_install */
+    int installed;
+} ml_signal_guard;
+void ml_signals_install(ml_signal_guard *guard);  /* clears the pending flag */
+void ml_signals_restore(ml_signal_guard *guard);  /* tolerates a guard never installed */
+int ml_signal_pending(void);                      /* 0, SIGTERM or SIGUSR1 caught on this rank */
+/* Collective: *agreed_signal = SIGTERM if any rank caught SIGTERM, else SIGUSR1
+ * if any caught SIGUSR1, else 0. Fails only if MPI fails. */
+int ml_signal_agree(MPI_Comm comm, int *agreed_signal);
+const char *ml_signal_name(int sig); /* "SIGTERM", "SIGUSR1", "signal N" */
+/* Testing: the last rank raises SIGUSR1 when `step` == `raise_at` (> 0). */
+void ml_signal_raise_at(MPI_Comm comm, int64_t step, int64_t raise_at);
 
 /* ---- small utilities ------------------------------------------------------ */
 /* Deterministic counter-based RNG (splitmix64/xoshiro-style). */

@@ -72,34 +72,6 @@ static const char ml_train_usage[] =
     "ranks. Rerunning an interrupted command continues from its checkpoint; SIGTERM / SIGUSR1 make every rank\n"
     "write a checkpoint at the next step and stop.";
 
-/* ---- signals ----------------------------------------------------------------------- */
-static volatile sig_atomic_t ml_train_signal = 0;
-static void ml_train_on_signal(int sig) { ml_train_signal = sig; }
-
-typedef struct {
-    struct sigaction term, usr1;
-} ml_saved_signals;
-
-static void ml_signals_install(ml_saved_signals *saved) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = ml_train_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    ml_train_signal = 0;
-    sigaction(SIGTERM, &sa, &saved->term);
-    sigaction(SIGUSR1, &sa, &saved->usr1);
-}
-
-static void ml_signals_restore(const ml_saved_signals *saved) {
-    sigaction(SIGTERM, &saved->term, NULL);
-    sigaction(SIGUSR1, &saved->usr1, NULL);
-}
-
-/* Each rank contributes its signal to a SUM: SIGTERM 1, SIGUSR1 65536. */
-#define ML_SIG_TERM_UNIT 1.0
-#define ML_SIG_USR1_UNIT 65536.0
-
 /* ---- setup --------------------------------------------------------------------------- */
 static void ml_trainer_free(ml_trainer *tr) {
     ml_evaluator_destroy(&tr->eval);
@@ -319,12 +291,8 @@ static int ml_run_eval(ml_trainer *tr) {
     return ML_OK;
 }
 
-static const char *ml_sig_name(double sigsum) {
-    return fmod(sigsum, ML_SIG_USR1_UNIT) > 0 ? "SIGTERM" : "SIGUSR1";
-}
-
 static int ml_train_loop(ml_trainer *tr) {
-    const int P = tr->nranks, K = tr->K;
+    const int K = tr->K;
     const int64_t S = tr->total_steps, raise_at = ml_opt_int(tr->opt, "raise_at"),
                   stop_after = ml_opt_int(tr->opt, "stop_after"), ckpt_every = ml_opt_int(tr->opt, "checkpoint_every"),
                   eval_every = ml_opt_int(tr->opt, "eval_every");
@@ -337,7 +305,7 @@ static int ml_train_loop(ml_trainer *tr) {
     ml_progress_begin(&prog, "train", (double)(S - tr->step));
     const int64_t first = tr->step;
     while (tr->step < S) {
-        if (raise_at > 0 && tr->step + 1 == raise_at && tr->rank == P - 1) raise(SIGUSR1);
+        ml_signal_raise_at(tr->comm, tr->step + 1, raise_at);
         double t0 = ml_wtime(), loss_sum = 0;
         ml_prof_begin("train.step");
         rc = ml_local_step(tr, &loss_sum);
@@ -345,7 +313,8 @@ static int ml_train_loop(ml_trainer *tr) {
         double *red = tr->red;
         red[0] = loss_sum;
         red[1] = rc != ML_OK;
-        red[2] = ml_train_signal == SIGTERM ? ML_SIG_TERM_UNIT : ml_train_signal == SIGUSR1 ? ML_SIG_USR1_UNIT : 0;
+        /* signals ride on this reduction: 1 per SIGTERM, 65536 per SIGUSR1 (any SIGTERM wins) */
+        red[2] = ml_signal_pending() == SIGTERM ? 1.0 : ml_signal_pending() == SIGUSR1 ? 65536.0 : 0;
         for (int d = 0; d < K; d++) red[3 + d] = 0;
         for (int r = 0; rc == ML_OK && r < tr->B; r++) red[3 + tr->dom_ids[r]] += tr->T;
         if (MPI_Allreduce(MPI_IN_PLACE, red, 3 + K, MPI_DOUBLE, MPI_SUM, tr->comm) != MPI_SUCCESS)
@@ -403,7 +372,7 @@ static int ml_train_loop(ml_trainer *tr) {
             return ml_agree(tr->comm, ML_FAIL(ML_ERR_INTERRUPTED,
                                               "interrupted by %s: checkpoint at step %lld of %lld written to %s; "
                                               "rerun the same command to resume",
-                                              ml_sig_name(red[2]), (long long)tr->step, (long long)S, tr->out));
+                                              ml_signal_name(fmod(red[2], 65536.0) > 0 ? SIGTERM : SIGUSR1), (long long)tr->step, (long long)S, tr->out));
         }
         if (stop_after > 0 && tr->step == stop_after) {
             ml_progress_end(&prog, extra);
@@ -465,8 +434,7 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     MPI_Comm_rank(comm, &tr->rank);
     MPI_Comm_size(comm, &tr->nranks);
     ml_h5 *resume_h = NULL, *parent_h = NULL;
-    ml_saved_signals saved;
-    int signals_on = 0;
+    ml_signal_guard saved = {0};
     ML_AGREE_GOTO(comm, ml_options_parse_command(comm, "train", ml_train_usage, ml_train_opts, argc, argv, &tr->opt,
                                                  NULL, NULL, &help),
                   done);
@@ -541,7 +509,6 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     if (tr->resumed_from >= 0) ml_info("train: resuming %s at step %lld", tr->out, (long long)tr->resumed_from);
 
     ml_signals_install(&saved);
-    signals_on = 1;
     ML_CHECK_GOTO(ml_train_loop(tr), done);
     ML_AGREE_GOTO(comm, ml_run_eval(tr), done);
     ML_AGREE_GOTO(comm, ml_trainer_save(tr, 1), done);
@@ -549,7 +516,7 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     ml_info("train: %lld steps done (final loss %.4f) in %.1f s; wrote %s", (long long)tr->total_steps,
             l->n > 0 ? l->loss[l->n - 1] : NAN, ml_wtime() - t_start, tr->out);
 done:
-    if (signals_on) ml_signals_restore(&saved);
+    ml_signals_restore(&saved);
     if (resume_h) ml_h5_close(&resume_h);
     if (parent_h) ml_h5_close(&parent_h);
     ml_trainer_free(tr);
