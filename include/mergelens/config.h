@@ -94,6 +94,12 @@ int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usa
                              int argc, char **argv, ml_options **out, int *npos, char ***pos, int *help);
 /* Effective configuration as a JSON object (caller ml_free()s). */
 int ml_options_to_json(const ml_options *o, char **json);
+/* Resuming a checkpoint: the options stored in it (stored_json, a JSON object
+ * as written by ml_options_to_json) must equal this run's (current_json) for
+ * every key except free_keys (NULL-terminated; bookkeeping such as "out").
+ * Fails with ML_ERR_CONFIG naming path, the first differing key and both values. */
+int ml_options_check_resume(const char *path, const char *stored_json, const char *current_json,
+                            const char *const *free_keys);
 /* Comma-separated option value -> *n trimmed, non-empty items (each ml_malloc'd; release with
  * ml_list_free). key names the option in the error for an empty item. */
 int ml_list_split(const char *text, const char *key, char ***items, int *n);

@@ -487,3 +487,40 @@ done:
     ml_list_free(items, count);
     return rc;
 }
+
+static int ml_key_in(const char *key, const char *const *keys) {
+    for (int i = 0; keys && keys[i]; i++)
+        if (!strcmp(key, keys[i])) return 1;
+    return 0;
+}
+
+int ml_options_check_resume(const char *path, const char *stored_json, const char *current_json,
+                            const char *const *free_keys) {
+    json_error_t err;
+    int rc = ML_OK;
+    json_t *stored = json_loads(stored_json ? stored_json : "", 0, &err);
+    json_t *cur = json_loads(current_json ? current_json : "", 0, NULL);
+    if (!stored || !json_is_object(stored))
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: attribute config is not a JSON object (%s)", path,
+                     stored ? "not an object" : err.text);
+    if (!cur || !json_is_object(cur)) ML_FAIL_GOTO(done, ML_ERR_INTERNAL, "%s: this run's options are not a JSON object", path);
+    const char *key;
+    json_t *v;
+    json_object_foreach(cur, key, v) {
+        if (ml_key_in(key, free_keys)) continue;
+        json_t *s = json_object_get(stored, key);
+        if (s && json_equal(s, v)) continue;
+        char *a = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL, *b = json_dumps(v, JSON_ENCODE_ANY);
+        rc = ML_FAIL(ML_ERR_CONFIG,
+                     "%s: cannot resume: it was started with %s = %s, this run has %s = %s (rerun with the original "
+                     "options, or --resume false to start over)",
+                     path, key, a ? a : "(unset)", key, b ? b : "?");
+        free(a);
+        free(b);
+        goto done;
+    }
+done:
+    json_decref(stored);
+    json_decref(cur);
+    return rc;
+}

@@ -179,43 +179,6 @@ done:
 }
 
 /* ---- restore ------------------------------------------------------------------------- */
-static int ml_resume_free(const char *key) {
-    for (int i = 0; ml_resume_free_keys[i]; i++)
-        if (!strcmp(key, ml_resume_free_keys[i])) return 1;
-    return 0;
-}
-
-/* The stored options must equal this run's, except the keys above. */
-static int ml_check_resume_config(ml_trainer *tr, const char *stored_text) {
-    const char *path = tr->out;
-    json_error_t err;
-    int rc = ML_OK;
-    json_t *stored = json_loads(stored_text, 0, &err), *cur = json_loads(tr->config_json, 0, NULL);
-    if (!stored || !json_is_object(stored))
-        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: attribute config is not a JSON object (%s)", path,
-                     stored ? "not an object" : err.text);
-    if (!cur) ML_FAIL_GOTO(done, ML_ERR_INTERNAL, "train: effective options are not valid JSON");
-    const char *key;
-    json_t *v;
-    json_object_foreach(cur, key, v) {
-        if (ml_resume_free(key)) continue;
-        json_t *s = json_object_get(stored, key);
-        if (s && json_equal(s, v)) continue;
-        char *a = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL, *b = json_dumps(v, JSON_ENCODE_ANY);
-        rc = ML_FAIL(ML_ERR_CONFIG,
-                     "%s: cannot resume: it was trained with %s = %s, this run has %s = %s (rerun with the original "
-                     "options, or --resume false to start over)",
-                     path, key, a ? a : "(unset)", key, b ? b : "?");
-        free(a);
-        free(b);
-        goto done;
-    }
-done:
-    json_decref(stored);
-    json_decref(cur);
-    return rc;
-}
-
 static int ml_read_col(ml_h5 *h, const char *path, ml_dtype t, int64_t n, void *data) {
     hsize_t dims[1] = {(hsize_t)n};
     ML_CHECK(ml_h5_read_tensor(h, path, t, 1, dims, data));
@@ -246,7 +209,7 @@ int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
     char *stored = NULL;
     int rc = ML_OK;
     ML_CHECK(ml_h5_get_attr_str(h, "/", "config", &stored));
-    rc = ml_check_resume_config(tr, stored);
+    rc = ml_options_check_resume(tr->out, stored, tr->config_json, ml_resume_free_keys);
     ml_free(stored);
     if (rc != ML_OK) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
     ML_CHECK(ml_model_load_params(h, tr->model));

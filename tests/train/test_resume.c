@@ -94,7 +94,7 @@ static void test_stop_and_resume(void **state) {
     assert_int_equal(tf_attr_int(out, "/train", "step"), k / EVERY * EVERY);
     /* a changed option is refused, the checkpoint stays */
     ML_ASSERT_FAILS(tf_train(MPI_COMM_WORLD, "%s --out %s --lr 2e-2", common, out), ML_ERR_CONFIG,
-                    "cannot resume: it was trained with lr = 0.01, this run has lr = 0.02");
+                    "cannot resume: it was started with lr = 0.01, this run has lr = 0.02");
     assert_int_equal(tf_attr_int(out, "/train", "step"), k / EVERY * EVERY);
     /* resume */
     ML_ASSERT_OK(tf_train(MPI_COMM_WORLD, "%s --out %s", common, out));
@@ -153,7 +153,7 @@ static void test_subset_resume(void **state) {
                     "stopped after step 15");
     assert_int_equal(tf_attr_int(out, "/train", "step"), 12);
     ML_ASSERT_FAILS(tf_train(MPI_COMM_WORLD, "%s --out %s --subset 0/2", common, out), ML_ERR_CONFIG,
-                    "cannot resume: it was trained with subset = \"1/2\", this run has subset = \"0/2\"");
+                    "cannot resume: it was started with subset = \"1/2\", this run has subset = \"0/2\"");
     ML_ASSERT_OK(tf_train(MPI_COMM_WORLD, "%s --out %s", sub_common, out));
     assert_same_run(sub_full, out);
     if (nranks == 2) { /* the same subset run on 1 rank (each rank alone) */
