@@ -52,6 +52,33 @@ int ml_h5_close(ml_h5 **h);
  * Tolerates NULL. Never fails (errors are logged at debug level). */
 void ml_h5_discard(ml_h5 **h);
 
+/* Raw transfers (default on; ML_H5_RAW=0 turns them off): row ranges of
+ * contiguous datasets whose file type is the memory type are read from files
+ * opened read-only, and written by independent (or serial-handle) writes to
+ * files being created, with pread/pwrite at the dataset's offset rather than
+ * through MPI-IO. Same bytes either way; testing switch: */
+void ml_h5_set_raw_io(int on);
+int64_t ml_h5_raw_transfer_count(void); /* raw transfers made by this process so far */
+/* Zero-copy reads of a file opened with ml_h5_open (local, not collective):
+ * *data points at contiguous dataset `name` (*bytes long) inside a read-only
+ * mapping of the file, valid until ml_h5_close. Returns ML_ERR_UNSUPPORTED,
+ * without setting an error message, when the dataset cannot be mapped
+ * (chunked, not of `type`, raw transfers off, opened read-write): read it
+ * with ml_h5_read_rows then. A dataset past the end of the file is an error. */
+int ml_h5_map_dataset(ml_h5 *h, const char *name, ml_dtype type, const void **data, int64_t *bytes);
+/* Raw writes from any thread. Resolve the target on the thread that makes the
+ * HDF5 calls (local; ML_ERR_UNSUPPORTED, without a message, when the dataset
+ * of a file being created cannot take raw writes); ml_h5_raw_pwrite then
+ * writes the dataset's t->bytes from data with pwrite and no HDF5 call
+ * (thread-safe; returns 0 or an errno value and sets no error state).
+ * start_writeback starts the kernel's write-back of that range. */
+typedef struct {
+    int fd;              /* the file's raw descriptor (owned by the ml_h5) */
+    int64_t offset, bytes;
+} ml_h5_raw_target;
+int ml_h5_raw_target_get(ml_h5 *h, const char *name, ml_dtype type, ml_h5_raw_target *t);
+int ml_h5_raw_pwrite(const ml_h5_raw_target *t, const void *data, int start_writeback);
+
 hid_t ml_h5_id(const ml_h5 *h);              /* the HDF5 file id */
 const char *ml_h5_path(const ml_h5 *h);      /* final path */
 MPI_Comm ml_h5_comm(const ml_h5 *h);

@@ -4,16 +4,19 @@
  * reads only the tensors it merges, one tensor at a time. Tensors are dealt
  * to ranks largest first to the least loaded rank (deterministic), so the
  * output does not depend on the number of ranks: each tensor is computed
- * by the same code on one rank. The output is written collectively: in round
- * r every rank merges its r-th tensor, then for each rank q all ranks join
- * the collective write of q's tensor (q writes its rows, the others an empty
- * selection).
+ * by the same code on one rank. Inputs are read in place from read-only
+ * mappings of the checkpoints where io can map them (zero copy from the page
+ * cache); the output's datasets are created collectively, then every rank
+ * writes its tensors independently, on a writer thread that overlaps the
+ * write of tensor j with the merge of tensor j + 1 (raw pwrite, no HDF5 call
+ * off the main thread).
  *
  * Legend: N elements of a tensor, M input checkpoints (base included),
  * T tensors, P ranks.
  */
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -249,38 +252,71 @@ static void ml_round_to(const char *dtype, float *x, size_t n) {
     else if (!strcmp(dtype, "float16")) ml_round_f16(x, n);
 }
 
-/* Merge this rank's tensor t into out; bufs hold M inputs. The inputs are
- * read in chunks of 4 MB per model, and the statistics pass runs on
- * each chunk right after it is read, while it is in cache. */
+/* Index of the first NaN / Inf in x (N), or N. The common all-finite case is
+ * one branch-free (vectorised) pass over the exponent bits. */
+static size_t ml_first_nonfinite(const float *x, size_t N) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < N; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!bad) return N;
+    for (size_t i = 0; i < N; i++)
+        if (!isfinite(x[i])) return i;
+    return N;
+}
+
+/* Merge this rank's tensor t into out. Inputs are used in place from a
+ * read-only mapping of each checkpoint (zero copy from the page cache) when
+ * io can map them, else read into bufs (M x N). Either way the tensor is
+ * walked in chunks of `chunk` elements: the finiteness check and the
+ * statistics pass run on each chunk while it is in cache. */
 static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, float **bufs, ml_merge_stats *st,
                         ml_merge_work *w, float *out, size_t chunk) {
     ml_merge_inputs in = {.name = t->name, .rows = t->rows, .cols = t->cols};
+    const float *mapped[ML_MERGE_MAX_MODELS + 1] = {0}; /* M x (N) in the page cache, or NULL */
+    const float *src[ML_MERGE_MAX_MODELS + 1];          /* M x (N): what the merge reads */
+    const char *dtype = ml_merge_recipe_dtype(r);
+    const int rounding = strcmp(dtype, "bfloat16") == 0 || strcmp(dtype, "float16") == 0;
+    for (int i = 0; i < pl->M; i++) {
+        const void *p = NULL;
+        int64_t bytes = 0;
+        int mrc = ml_h5_map_dataset(pl->in[i], t->path, ML_F32, &p, &bytes);
+        if (mrc != ML_OK && mrc != ML_ERR_UNSUPPORTED) return ml_error_trace(mrc, __FILE__, __LINE__, __func__);
+        mapped[i] = mrc == ML_OK ? p : NULL;
+        src[i] = mapped[i] && !rounding ? mapped[i] : bufs[i];
+    }
     int first = t->params.has_base ? 1 : 0;
-    in.base = first ? bufs[0] : NULL;
-    for (int i = 0; i < t->params.K; i++) in.x[i] = bufs[first + i];
+    in.base = first ? src[0] : NULL;
+    for (int i = 0; i < t->params.K; i++) in.x[i] = src[first + i];
     ML_CHECK(ml_merge_stats_begin(&t->params, &in, st));
     hsize_t h5rows = t->dims[0];
     size_t row_elems = t->n / (h5rows ? h5rows : 1);
     hsize_t step = t->rank == 1 ? h5rows : (hsize_t)(chunk / row_elems > 0 ? chunk / row_elems : 1);
     for (hsize_t r0 = 0; r0 < h5rows; r0 += step) {
         hsize_t nr = h5rows - r0 < step ? h5rows - r0 : step;
+        const size_t e0 = (size_t)r0 * row_elems, ne = (size_t)nr * row_elems;
         ml_prof_begin("merge.read");
         for (int i = 0; i < pl->M; i++) {
-            float *dst = bufs[i] + r0 * row_elems;
-            int rc = ml_h5_read_rows(pl->in[i], t->path, ML_F32, r0, nr, dst);
-            if (rc) {
-                ml_prof_end("merge.read", 0, 0);
-                return ml_error_trace(rc, __FILE__, __LINE__, __func__);
-            }
-            for (size_t k = 0; k < nr * row_elems; k++)
-                if (!isfinite(dst[k])) {
+            if (src[i] == bufs[i]) { /* bring the chunk into the buffer: copy from the mapping, or read */
+                int rc = ML_OK;
+                if (mapped[i]) memcpy(bufs[i] + e0, mapped[i] + e0, ne * sizeof(float));
+                else rc = ml_h5_read_rows(pl->in[i], t->path, ML_F32, r0, nr, bufs[i] + e0);
+                if (rc) {
                     ml_prof_end("merge.read", 0, 0);
-                    return ML_FAIL(ML_ERR_NUMERIC, "%s: tensor %s holds a non-finite value (%g at flat index %zu)",
-                                   ml_h5_path(pl->in[i]), t->path, (double)dst[k], (size_t)r0 * row_elems + k);
+                    return ml_error_trace(rc, __FILE__, __LINE__, __func__);
                 }
-            ml_round_to(ml_merge_recipe_dtype(r), dst, nr * row_elems);
+            }
+            size_t bad = ml_first_nonfinite(src[i] + e0, ne);
+            if (bad < ne) {
+                ml_prof_end("merge.read", 0, 0);
+                return ML_FAIL(ML_ERR_NUMERIC, "%s: tensor %s holds a non-finite value (%g at flat index %zu)",
+                               ml_h5_path(pl->in[i]), t->path, (double)src[i][e0 + bad], e0 + bad);
+            }
+            if (src[i] == bufs[i]) ml_round_to(dtype, bufs[i] + e0, ne);
         }
-        ml_prof_end("merge.read", 0, (double)pl->M * nr * row_elems * sizeof(float));
+        ml_prof_end("merge.read", 0, (double)pl->M * ne * sizeof(float));
         ml_prof_begin("merge.stats");
         int rc = t->rank == 1 ? ml_merge_stats_rows(&t->params, &in, 0, in.rows, st)
                               : ml_merge_stats_rows(&t->params, &in, r0, nr, st);
@@ -296,6 +332,109 @@ static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, f
     return ML_OK;
 }
 
+/* ---- the writer thread ----------------------------------------------------------------
+ * Writing a merged tensor (a copy into the page cache, then the disk) runs on
+ * a second thread while the next tensor is merged: one job at a time, the
+ * main thread alternates two output buffers. The thread makes no HDF5 call
+ * (ml_h5_raw_pwrite only); targets are resolved on the main thread. */
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int running, stop, busy;
+    ml_h5_raw_target target; /* the job: write data to target */
+    const float *data;
+    int tensor;
+    int err, err_tensor; /* errno of the first failed write and its tensor */
+} ml_writer;
+
+static void *ml_writer_main(void *arg) {
+    ml_writer *wr = arg;
+    pthread_mutex_lock(&wr->mu);
+    for (;;) {
+        while (!wr->busy && !wr->stop) pthread_cond_wait(&wr->cv, &wr->mu);
+        if (!wr->busy) break; /* stop and no job left */
+        ml_h5_raw_target target = wr->target;
+        const float *data = wr->data;
+        int k = wr->tensor, skip = wr->err != 0;
+        pthread_mutex_unlock(&wr->mu);
+        int e = skip ? 0 : ml_h5_raw_pwrite(&target, data, 1);
+        pthread_mutex_lock(&wr->mu);
+        if (e && !wr->err) {
+            wr->err = e;
+            wr->err_tensor = k;
+        }
+        wr->busy = 0;
+        pthread_cond_broadcast(&wr->cv);
+    }
+    pthread_mutex_unlock(&wr->mu);
+    return NULL;
+}
+
+static int ml_writer_start(ml_writer *wr) {
+    memset(wr, 0, sizeof *wr);
+    if (pthread_mutex_init(&wr->mu, NULL) != 0) return ML_FAIL(ML_ERR_INTERNAL, "merge: pthread_mutex_init failed");
+    if (pthread_cond_init(&wr->cv, NULL) != 0) {
+        pthread_mutex_destroy(&wr->mu);
+        return ML_FAIL(ML_ERR_INTERNAL, "merge: pthread_cond_init failed");
+    }
+    if (pthread_create(&wr->thread, NULL, ml_writer_main, wr) != 0) {
+        pthread_cond_destroy(&wr->cv);
+        pthread_mutex_destroy(&wr->mu);
+        return ML_FAIL(ML_ERR_INTERNAL, "merge: cannot start the writer thread");
+    }
+    wr->running = 1;
+    return ML_OK;
+}
+
+static void ml_writer_wait_idle(ml_writer *wr) {
+    pthread_mutex_lock(&wr->mu);
+    while (wr->busy) pthread_cond_wait(&wr->cv, &wr->mu);
+    pthread_mutex_unlock(&wr->mu);
+}
+
+/* Hand data (target->bytes) to the thread once its previous job is written. */
+static void ml_writer_submit(ml_writer *wr, const ml_h5_raw_target *target, const float *data, int tensor) {
+    pthread_mutex_lock(&wr->mu);
+    while (wr->busy) pthread_cond_wait(&wr->cv, &wr->mu);
+    wr->target = *target;
+    wr->data = data;
+    wr->tensor = tensor;
+    wr->busy = 1;
+    pthread_cond_broadcast(&wr->cv);
+    pthread_mutex_unlock(&wr->mu);
+}
+
+/* Finish the queued job and end the thread; tolerates a writer never started. */
+static void ml_writer_stop(ml_writer *wr) {
+    if (!wr->running) return;
+    pthread_mutex_lock(&wr->mu);
+    wr->stop = 1;
+    pthread_cond_broadcast(&wr->cv);
+    pthread_mutex_unlock(&wr->mu);
+    pthread_join(wr->thread, NULL);
+    pthread_cond_destroy(&wr->cv);
+    pthread_mutex_destroy(&wr->mu);
+    wr->running = 0;
+}
+
+/* Write tensor k from data: raw through the writer thread when io allows,
+ * else an independent HDF5 write on this thread (after the thread is idle). */
+static int ml_write_tensor(ml_h5 *out, ml_mplan *pl, int k, const float *data, ml_writer *wr) {
+    ml_mtensor *t = &pl->t[k];
+    ml_h5_raw_target target;
+    int rc = ml_h5_raw_target_get(out, t->path, ML_F32, &target);
+    if (rc == ML_OK && wr->running) {
+        ml_writer_submit(wr, &target, data, k);
+        return ML_OK;
+    }
+    if (rc != ML_OK && rc != ML_ERR_UNSUPPORTED) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    if (wr->running) ml_writer_wait_idle(wr);
+    ML_CHECK(ml_h5_write_rows_independent(out, t->path, ML_F32, 0, t->dims[0], data));
+    ml_h5_start_writeback(out);
+    return ML_OK;
+}
+
 int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *out_path, const char *config_json,
                          size_t read_chunk) {
     int rank, P, rc = ML_OK;
@@ -303,9 +442,10 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     MPI_Comm_size(comm, &P);
     ml_mplan pl = {0};
     ml_h5 *out = NULL;
-    float *bufs[ML_MERGE_MAX_MODELS + 1] = {0}, *obuf = NULL;
+    float *bufs[ML_MERGE_MAX_MODELS + 1] = {0}, *obuf[2] = {0}; /* M x (max N), 2 x (max N) */
     ml_merge_work *w = NULL;
     ml_merge_stats st = {0};
+    ml_writer wr = {0};
     int *mine = NULL, nmine = 0;
     char *recipe_json = NULL;
     double t0 = ml_wtime();
@@ -337,10 +477,11 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
         }
         mine[b + 1] = v;
     }
+    /* input buffers are touched only for inputs io cannot map (or rounding to a dtype) */
     for (int i = 0; rc == ML_OK && i < pl.M; i++)
         if (!(bufs[i] = ml_tensor_buffer(max_n))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    if (rc == ML_OK && !(obuf = ml_tensor_buffer(max_n)))
-        rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    for (int j = 0; rc == ML_OK && j < 2; j++)
+        if (!(obuf[j] = ml_tensor_buffer(max_n))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     if (rc == ML_OK) rc = ml_merge_work_create(pl.t[0].params.K, max_rows, &w);
     if (rc == ML_OK) rc = ml_merge_recipe_to_json(r, &recipe_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), fail);
@@ -361,53 +502,29 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     ml_prof_end("merge.datasets", 0, 0);
     ML_CHECK_GOTO(rc, fail);
 
-    /* 3. rounds: merge locally, then one collective write per rank's tensor */
-    int rounds = nmine;
-    int mrc = MPI_Allreduce(MPI_IN_PLACE, &rounds, 1, MPI_INT, MPI_MAX, comm);
-    if (mrc != MPI_SUCCESS) ML_CHECK_GOTO(ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__), fail);
-    int *round_tensor = ml_malloc(sizeof(int) * (size_t)P);
-    if (!round_tensor) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    ML_CHECK_GOTO(ml_agree(comm, rc), fail);
+    /* 3. every rank merges its tensors and writes each one independently (the
+     * datasets are allocated): no rank waits for another until the end */
+    ML_CHECK_GOTO(ml_agree(comm, ml_writer_start(&wr)), fail);
     ml_progress prog;
     double total_bytes = 0;
     for (int k = 0; k < pl.T; k++) total_bytes += (double)pl.t[k].n * sizeof(float) * (pl.M + 1);
-    ml_progress_begin(&prog, "merge", (double)pl.T);
-    int done_tensors = 0;
-    for (int rd = 0; rd < rounds; rd++) {
-        int k = rd < nmine ? mine[rd] : -1;
-        rc = k >= 0 ? ml_merge_one(r, &pl, &pl.t[k], bufs, &st, w, obuf, read_chunk ? read_chunk : (size_t)1 << 20)
-                    : ML_OK;
-        rc = ml_agree(comm, rc);
+    ml_progress_begin(&prog, "merge", (double)nmine);
+    for (int j = 0; rc == ML_OK && j < nmine; j++) {
+        float *o = obuf[j % 2]; /* the writer may still be writing the other one */
+        rc = ml_merge_one(r, &pl, &pl.t[mine[j]], bufs, &st, w, o, read_chunk ? read_chunk : (size_t)1 << 20);
         if (rc == ML_OK) {
-            int mpirc = MPI_Allgather(&k, 1, MPI_INT, round_tensor, 1, MPI_INT, comm);
-            if (mpirc != MPI_SUCCESS) rc = ml_mpi_error(mpirc, "MPI_Allgather", __FILE__, __LINE__, __func__);
+            ml_prof_begin("merge.write");
+            rc = ml_write_tensor(out, &pl, mine[j], o, &wr);
+            ml_prof_end("merge.write", 0, (double)pl.t[mine[j]].n * sizeof(float));
         }
-        if (rc) {
-            ml_free(round_tensor);
-            goto fail;
-        }
-        ml_prof_begin("merge.write");
-        double wbytes = 0;
-        for (int q = 0; q < P; q++) { /* every rank joins every write, even after a local failure */
-            int kq = round_tensor[q];
-            if (kq < 0) continue;
-            ml_mtensor *t = &pl.t[kq];
-            int own = q == rank;
-            int wrc = ml_h5_write_rows(out, t->path, ML_F32, 0, own ? t->dims[0] : 0, obuf);
-            if (wrc && !rc) rc = wrc;
-            if (own) wbytes += (double)t->n * sizeof(float);
-            done_tensors++;
-        }
-        ml_h5_start_writeback(out); /* the disk flush overlaps the next rounds */
-        ml_prof_end("merge.write", 0, wbytes);
-        rc = ml_agree(comm, rc);
-        if (rc) {
-            ml_free(round_tensor);
-            goto fail;
-        }
-        ml_progress_update(&prog, done_tensors, NULL);
+        ml_progress_update(&prog, j + 1, NULL);
     }
-    ml_free(round_tensor);
+    ml_prof_begin("merge.write");
+    ml_writer_stop(&wr);
+    ml_prof_end("merge.write", 0, 0);
+    if (rc == ML_OK && wr.err)
+        rc = ML_FAIL(ML_ERR_IO, "%s: cannot write tensor %s: %s", out_path, pl.t[wr.err_tensor].name, strerror(wr.err));
+    ML_CHECK_GOTO(ml_agree(comm, rc), fail);
     double secs = ml_wtime() - t0;
     char extra[96];
     snprintf(extra, sizeof extra, "%.2f GB in %.2f s (%.2f GB/s)", total_bytes / 1e9, secs, total_bytes / 1e9 / secs);
@@ -416,16 +533,19 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     ml_prof_begin("merge.close"); /* flush to disk, rename */
     rc = ml_h5_close(&out);
     ml_prof_end("merge.close", 0, 0);
+    secs = ml_wtime() - t0;
     if (rc == ML_OK)
         ml_info("merge: %s %d models, %d tensors -> %s (%.2f GB read+written in %.2f s, %.2f GB/s)",
                 ml_merge_method_name(ml_merge_recipe_method(r)), pl.M, pl.T, out_path, total_bytes / 1e9, secs,
                 total_bytes / 1e9 / secs);
     goto cleanup;
 fail:
+    ml_writer_stop(&wr);
     ml_h5_discard(&out);
 cleanup:
     for (int i = 0; i < ML_MERGE_MAX_MODELS + 1; i++) ml_free(bufs[i]);
-    ml_free(obuf);
+    ml_free(obuf[0]);
+    ml_free(obuf[1]);
     ml_free(mine);
     ml_free(recipe_json);
     ml_merge_work_destroy(&w);

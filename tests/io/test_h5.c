@@ -195,10 +195,73 @@ static void test_alloc_failures_free_everything(void **state) {
     assert_true(failures >= 3);
 }
 
+
+/* Raw pread/pwrite transfers give the same bytes as HDF5's own data path,
+ * both ways, for contiguous float32 / float16 / int64 datasets; chunked
+ * datasets take HDF5's path. Writes are independent (each rank its rows). */
+static void test_raw_transfers_match_hdf5(void **state) {
+    (void)state;
+    const hsize_t rows = 37, cols = 5;
+    const char *names[4] = {"f32", "f16", "i64", "chunked"};
+    const ml_dtype types[4] = {ML_F32, ML_F16, ML_I64, ML_F32};
+    float *f32 = ml_malloc(sizeof(float) * rows * cols), *back = ml_malloc(sizeof(int64_t) * rows * cols); /* the widest type */
+    uint16_t *f16 = ml_malloc(sizeof(uint16_t) * rows * cols);
+    int64_t *i64 = ml_malloc(sizeof(int64_t) * rows * cols);
+    for (hsize_t i = 0; i < rows * cols; i++) {
+        f32[i] = (float)i * 0.37f - 3.0f;
+        f16[i] = (uint16_t)(i * 2654435761u >> 16);
+        i64[i] = (int64_t)i * 1000003 - 77;
+    }
+    const void *src[4] = {f32, f16, i64, f32};
+    for (int write_raw = 0; write_raw < 2; write_raw++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/raw%d.h5", ml_test_dir("io_raw"), write_raw);
+        ml_h5 *h = NULL;
+        ml_h5_set_raw_io(write_raw);
+        int64_t raw0 = ml_h5_raw_transfer_count();
+        ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.test", 1, &h));
+        hsize_t dims[2] = {rows, cols};
+        ml_h5_layout chunked = {.chunk_rows = 8};
+        for (int k = 0; k < 4; k++)
+            ML_ASSERT_OK(ml_h5_create_dataset(h, names[k], types[k], 2, dims, k == 3 ? &chunked : NULL));
+        /* rank r writes the rows i with i mod P == r, one call each, independently */
+        for (int k = 0; k < 4; k++)
+            for (hsize_t r = (hsize_t)rank_; r < rows; r += (hsize_t)size_)
+                ML_ASSERT_OK(ml_h5_write_rows_independent(h, names[k], types[k], r, 1,
+                                                          (const char *)src[k] + r * cols * ml_dtype_size(types[k])));
+        /* raw writes: the 3 contiguous datasets' rows of this rank (chunked goes through HDF5) */
+        int64_t mine = (int64_t)((rows - (hsize_t)rank_ + (hsize_t)size_ - 1) / (hsize_t)size_);
+        assert_int_equal(ml_h5_raw_transfer_count() - raw0, write_raw ? 3 * mine : 0);
+        ML_ASSERT_OK(ml_h5_close(&h));
+        for (int read_raw = 0; read_raw < 2; read_raw++) {
+            ml_h5_set_raw_io(read_raw);
+            raw0 = ml_h5_raw_transfer_count();
+            ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, path, "mergelens.test", 1, 1, &h));
+            for (int k = 0; k < 4; k++) {
+                size_t es = ml_dtype_size(types[k]);
+                /* the whole dataset, then rows [3, 3 + 11) */
+                memset(back, 0xAB, sizeof(int64_t) * rows * cols);
+                ML_ASSERT_OK(ml_h5_read_rows(h, names[k], types[k], 0, rows, back));
+                assert_memory_equal(back, src[k], rows * cols * es);
+                ML_ASSERT_OK(ml_h5_read_rows_independent(h, names[k], types[k], 3, 11, back));
+                assert_memory_equal(back, (const char *)src[k] + 3 * cols * es, 11 * cols * es);
+            }
+            assert_int_equal(ml_h5_raw_transfer_count() - raw0, read_raw ? 2 * 3 : 0);
+            ML_ASSERT_OK(ml_h5_close(&h));
+        }
+    }
+    ml_h5_set_raw_io(1);
+    ml_free(f32);
+    ml_free(back);
+    ml_free(f16);
+    ml_free(i64);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_rows_collective_roundtrip, setup),
         cmocka_unit_test_setup(test_empty_tensor, setup),
+        cmocka_unit_test_setup(test_raw_transfers_match_hdf5, setup),
         cmocka_unit_test_setup(test_open_validation, setup),
         cmocka_unit_test_setup(test_discard_leaves_nothing, setup),
         cmocka_unit_test_setup(test_alloc_failures_free_everything, setup),
