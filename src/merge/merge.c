@@ -267,13 +267,22 @@ static size_t ml_first_nonfinite(const float *x, size_t N) {
     return N;
 }
 
-/* Merge this rank's tensor t into out. Inputs are used in place from a
- * read-only mapping of each checkpoint (zero copy from the page cache) when
- * io can map them, else read into bufs (M x N). Either way the tensor is
- * walked in chunks of `chunk` elements: the finiteness check and the
- * statistics pass run on each chunk while it is in cache. */
-static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, float **bufs, ml_merge_stats *st,
-                        ml_merge_work *w, float *out, size_t chunk) {
+/* Rows of the tensor's first dimension per chunk of about `chunk` elements. */
+static hsize_t ml_chunk_rows(const ml_mtensor *t, size_t chunk) {
+    hsize_t h5rows = t->dims[0];
+    size_t row_elems = t->n / (h5rows ? h5rows : 1);
+    if (t->rank == 1) return h5rows ? h5rows : 1;
+    return (hsize_t)(chunk / row_elems > 0 ? chunk / row_elems : 1);
+}
+
+/* The first pass over this rank's tensor t: fills in (the inputs) and st.
+ * Inputs are used in place from a read-only mapping of each checkpoint (zero
+ * copy from the page cache) when io can map them, else read into bufs
+ * (M x N). Either way the tensor is walked in chunks of `chunk` elements:
+ * the finiteness check and the statistics pass run on each chunk while it is
+ * in cache. */
+static int ml_merge_inputs_pass(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, float **bufs,
+                                ml_merge_stats *st, size_t chunk, ml_merge_inputs *inputs) {
     ml_merge_inputs in = {.name = t->name, .rows = t->rows, .cols = t->cols};
     const float *mapped[ML_MERGE_MAX_MODELS + 1] = {0}; /* M x (N) in the page cache, or NULL */
     const float *src[ML_MERGE_MAX_MODELS + 1];          /* M x (N): what the merge reads */
@@ -293,7 +302,7 @@ static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, f
     ML_CHECK(ml_merge_stats_begin(&t->params, &in, st));
     hsize_t h5rows = t->dims[0];
     size_t row_elems = t->n / (h5rows ? h5rows : 1);
-    hsize_t step = t->rank == 1 ? h5rows : (hsize_t)(chunk / row_elems > 0 ? chunk / row_elems : 1);
+    hsize_t step = ml_chunk_rows(t, chunk);
     for (hsize_t r0 = 0; r0 < h5rows; r0 += step) {
         hsize_t nr = h5rows - r0 < step ? h5rows - r0 : step;
         const size_t e0 = (size_t)r0 * row_elems, ne = (size_t)nr * row_elems;
@@ -324,11 +333,7 @@ static int ml_merge_one(const ml_merge_recipe *r, ml_mplan *pl, ml_mtensor *t, f
         if (rc) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
     }
     ml_merge_stats_end(st);
-    ml_prof_begin("merge.compute");
-    int rc = ml_merge_apply(&t->params, &in, st, w, out);
-    if (rc == ML_OK) ml_round_to(ml_merge_recipe_out_dtype(r), out, t->n);
-    ml_prof_end("merge.compute", 0, (double)(pl->M + 1) * t->n * sizeof(float));
-    if (rc) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    *inputs = in;
     return ML_OK;
 }
 
@@ -418,21 +423,102 @@ static void ml_writer_stop(ml_writer *wr) {
     wr->running = 0;
 }
 
-/* Write tensor k from data: raw through the writer thread when io allows,
- * else an independent HDF5 write on this thread (after the thread is idle). */
-static int ml_write_tensor(ml_h5 *out, ml_mplan *pl, int k, const float *data, ml_writer *wr) {
+/* The output side of a rank: the file, the writer thread and two pools of
+ * two buffers each (whole tensors for methods that need them, chunks for
+ * the others). A buffer may be refilled once it is not the one the writer
+ * holds: the writer has at most one job, the last one submitted. */
+typedef struct {
+    ml_h5 *h;
+    ml_writer wr;
+    float *whole[2]; /* 2 x (max N of the tensors merged whole) */
+    float *part[2];  /* 2 x (chunk) */
+    const float *in_flight;
+} ml_moutput;
+
+static float *ml_free_buffer(ml_moutput *o, float **pool) {
+    return pool[0] != o->in_flight ? pool[0] : pool[1];
+}
+
+/* Write rows [r0, r0 + nr) of tensor k from data: raw through the writer
+ * thread when io allows, else an independent HDF5 write on this thread
+ * (once the writer is idle). */
+static int ml_emit_rows(ml_moutput *o, ml_mplan *pl, int k, hsize_t r0, hsize_t nr, const float *data) {
     ml_mtensor *t = &pl->t[k];
     ml_h5_raw_target target;
-    int rc = ml_h5_raw_target_get(out, t->path, ML_F32, &target);
-    if (rc == ML_OK && wr->running) {
-        ml_writer_submit(wr, &target, data, k);
+    int rc = ml_h5_raw_target_get(o->h, t->path, ML_F32, &target);
+    if (rc == ML_OK && o->wr.running) {
+        int64_t row_bytes = t->dims[0] ? target.bytes / (int64_t)t->dims[0] : 0;
+        target.offset += (int64_t)r0 * row_bytes;
+        target.bytes = (int64_t)nr * row_bytes;
+        ml_writer_submit(&o->wr, &target, data, k);
+        o->in_flight = data;
         return ML_OK;
     }
     if (rc != ML_OK && rc != ML_ERR_UNSUPPORTED) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
-    if (wr->running) ml_writer_wait_idle(wr);
-    ML_CHECK(ml_h5_write_rows_independent(out, t->path, ML_F32, 0, t->dims[0], data));
-    ml_h5_start_writeback(out);
+    if (o->wr.running) ml_writer_wait_idle(&o->wr);
+    o->in_flight = NULL;
+    ML_CHECK(ml_h5_write_rows_independent(o->h, t->path, ML_F32, r0, nr, data));
+    ml_h5_start_writeback(o->h);
     return ML_OK;
+}
+
+/* ml_emit_rows, profiled: merge.write is the time the merge waits for the writer. */
+static int ml_emit(ml_moutput *o, ml_mplan *pl, int k, hsize_t r0, hsize_t nr, const float *data) {
+    ml_prof_begin("merge.write");
+    int rc = ml_emit_rows(o, pl, k, r0, nr, data);
+    ml_prof_end("merge.write", 0, (double)nr * (pl->t[k].n / (pl->t[k].dims[0] ? pl->t[k].dims[0] : 1)) * sizeof(float));
+    return rc;
+}
+
+/* Methods whose result is one linear combination of the inputs with
+ * coefficients from whole-tensor statistics: they can be applied chunk by
+ * chunk (same bits), so the output streams through small buffers. */
+static int ml_applies_by_chunk(const ml_merge_params *p) {
+    switch (p->method) {
+    case ML_MERGE_LINEAR:
+    case ML_MERGE_SOUP:
+    case ML_MERGE_SLERP:
+    case ML_MERGE_TASK_ARITHMETIC:
+    case ML_MERGE_MULTISLERP:
+    case ML_MERGE_KARCHER: return 1;
+    case ML_MERGE_MODEL_STOCK: return !p->filter_wise;
+    default: return 0;
+    }
+}
+
+/* The second pass: apply the merge to tensor k and hand it to the output. */
+static int ml_merge_apply_pass(const ml_merge_recipe *r, ml_mplan *pl, int k, const ml_merge_inputs *in,
+                               const ml_merge_stats *st, ml_merge_work *w, ml_moutput *o, size_t chunk) {
+    ml_mtensor *t = &pl->t[k];
+    const char *out_dtype = ml_merge_recipe_out_dtype(r);
+    int rc = ML_OK;
+    if (!ml_applies_by_chunk(&t->params)) {
+        float *dst = ml_free_buffer(o, o->whole);
+        ml_prof_begin("merge.compute");
+        rc = ml_merge_apply(&t->params, in, st, w, dst);
+        if (rc == ML_OK) ml_round_to(out_dtype, dst, t->n);
+        ml_prof_end("merge.compute", 0, (double)(pl->M + 1) * t->n * sizeof(float));
+        if (rc == ML_OK) rc = ml_emit(o, pl, k, 0, t->dims[0], dst);
+        return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    }
+    hsize_t h5rows = t->dims[0], step = ml_chunk_rows(t, chunk);
+    size_t row_elems = t->n / (h5rows ? h5rows : 1);
+    for (hsize_t r0 = 0; rc == ML_OK && r0 < h5rows; r0 += step) {
+        hsize_t nr = h5rows - r0 < step ? h5rows - r0 : step;
+        const size_t e0 = (size_t)r0 * row_elems, ne = (size_t)nr * row_elems;
+        ml_merge_inputs sub = *in; /* rows [r0, r0 + nr) as one flat row */
+        sub.rows = 1;
+        sub.cols = ne;
+        if (sub.base) sub.base += e0;
+        for (int i = 0; i < t->params.K; i++) sub.x[i] += e0;
+        float *dst = ml_free_buffer(o, o->part);
+        ml_prof_begin("merge.compute");
+        rc = ml_merge_apply(&t->params, &sub, st, w, dst);
+        if (rc == ML_OK) ml_round_to(out_dtype, dst, ne);
+        ml_prof_end("merge.compute", 0, (double)(pl->M + 1) * ne * sizeof(float));
+        if (rc == ML_OK) rc = ml_emit(o, pl, k, r0, nr, dst);
+    }
+    return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
 }
 
 int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *out_path, const char *config_json,
@@ -442,10 +528,11 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     MPI_Comm_size(comm, &P);
     ml_mplan pl = {0};
     ml_h5 *out = NULL;
-    float *bufs[ML_MERGE_MAX_MODELS + 1] = {0}, *obuf[2] = {0}; /* M x (max N), 2 x (max N) */
+    float *bufs[ML_MERGE_MAX_MODELS + 1] = {0}; /* M x (max N), touched only for inputs io cannot map */
     ml_merge_work *w = NULL;
     ml_merge_stats st = {0};
-    ml_writer wr = {0};
+    ml_moutput o = {0};
+    const size_t chunk = read_chunk ? read_chunk : (size_t)1 << 20;
     int *mine = NULL, nmine = 0;
     char *recipe_json = NULL;
     double t0 = ml_wtime();
@@ -460,7 +547,7 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
         goto cleanup;
     }
     ML_CHECK_GOTO(ml_plan_assign(&pl, P), fail);
-    size_t max_n = 1, max_rows = 1;
+    size_t max_n = 1, max_rows = 1, max_whole = 0, max_part = 1;
     mine = ml_malloc(sizeof(int) * (size_t)pl.T);
     if (!mine) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     for (int k = 0; rc == ML_OK && k < pl.T; k++) { /* this rank's tensors, largest first */
@@ -468,6 +555,9 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
         mine[nmine++] = k;
         if (pl.t[k].n > max_n) max_n = pl.t[k].n;
         if (pl.t[k].rows > max_rows) max_rows = pl.t[k].rows;
+        size_t part = (size_t)ml_chunk_rows(&pl.t[k], chunk) * (pl.t[k].n / (pl.t[k].dims[0] ? pl.t[k].dims[0] : 1));
+        if (!ml_applies_by_chunk(&pl.t[k].params) && pl.t[k].n > max_whole) max_whole = pl.t[k].n;
+        else if (part > max_part) max_part = part;
     }
     for (int a = 1; rc == ML_OK && a < nmine; a++) {
         int v = mine[a], b = a - 1;
@@ -480,8 +570,11 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     /* input buffers are touched only for inputs io cannot map (or rounding to a dtype) */
     for (int i = 0; rc == ML_OK && i < pl.M; i++)
         if (!(bufs[i] = ml_tensor_buffer(max_n))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
-    for (int j = 0; rc == ML_OK && j < 2; j++)
-        if (!(obuf[j] = ml_tensor_buffer(max_n))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    for (int j = 0; rc == ML_OK && j < 2; j++) {
+        if (!(o.part[j] = ml_tensor_buffer(max_part))) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        if (rc == ML_OK && max_whole && !(o.whole[j] = ml_tensor_buffer(max_whole)))
+            rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    }
     if (rc == ML_OK) rc = ml_merge_work_create(pl.t[0].params.K, max_rows, &w);
     if (rc == ML_OK) rc = ml_merge_recipe_to_json(r, &recipe_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), fail);
@@ -489,6 +582,7 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     /* 2. the output: attributes and every dataset, collectively */
     ml_prof_begin("merge.create");
     rc = ml_h5_create(comm, out_path, ML_CHECKPOINT_FORMAT, 1, &out);
+    o.h = out;
     ml_prof_end("merge.create", 0, 0);
     ML_CHECK_GOTO(rc, fail);
     ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "model_config", pl.model_config), fail);
@@ -504,26 +598,23 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
 
     /* 3. every rank merges its tensors and writes each one independently (the
      * datasets are allocated): no rank waits for another until the end */
-    ML_CHECK_GOTO(ml_agree(comm, ml_writer_start(&wr)), fail);
+    ML_CHECK_GOTO(ml_agree(comm, ml_writer_start(&o.wr)), fail);
     ml_progress prog;
     double total_bytes = 0;
     for (int k = 0; k < pl.T; k++) total_bytes += (double)pl.t[k].n * sizeof(float) * (pl.M + 1);
     ml_progress_begin(&prog, "merge", (double)nmine);
     for (int j = 0; rc == ML_OK && j < nmine; j++) {
-        float *o = obuf[j % 2]; /* the writer may still be writing the other one */
-        rc = ml_merge_one(r, &pl, &pl.t[mine[j]], bufs, &st, w, o, read_chunk ? read_chunk : (size_t)1 << 20);
-        if (rc == ML_OK) {
-            ml_prof_begin("merge.write");
-            rc = ml_write_tensor(out, &pl, mine[j], o, &wr);
-            ml_prof_end("merge.write", 0, (double)pl.t[mine[j]].n * sizeof(float));
-        }
+        ml_merge_inputs in;
+        rc = ml_merge_inputs_pass(r, &pl, &pl.t[mine[j]], bufs, &st, chunk, &in);
+        if (rc == ML_OK) rc = ml_merge_apply_pass(r, &pl, mine[j], &in, &st, w, &o, chunk);
         ml_progress_update(&prog, j + 1, NULL);
     }
     ml_prof_begin("merge.write");
-    ml_writer_stop(&wr);
+    ml_writer_stop(&o.wr); /* waits for the last write */
     ml_prof_end("merge.write", 0, 0);
-    if (rc == ML_OK && wr.err)
-        rc = ML_FAIL(ML_ERR_IO, "%s: cannot write tensor %s: %s", out_path, pl.t[wr.err_tensor].name, strerror(wr.err));
+    if (rc == ML_OK && o.wr.err)
+        rc = ML_FAIL(ML_ERR_IO, "%s: cannot write tensor %s: %s", out_path, pl.t[o.wr.err_tensor].name,
+                     strerror(o.wr.err));
     ML_CHECK_GOTO(ml_agree(comm, rc), fail);
     double secs = ml_wtime() - t0;
     char extra[96];
@@ -540,12 +631,14 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
                 total_bytes / 1e9 / secs);
     goto cleanup;
 fail:
-    ml_writer_stop(&wr);
+    ml_writer_stop(&o.wr);
     ml_h5_discard(&out);
 cleanup:
     for (int i = 0; i < ML_MERGE_MAX_MODELS + 1; i++) ml_free(bufs[i]);
-    ml_free(obuf[0]);
-    ml_free(obuf[1]);
+    for (int j = 0; j < 2; j++) {
+        ml_free(o.part[j]);
+        ml_free(o.whole[j]);
+    }
     ml_free(mine);
     ml_free(recipe_json);
     ml_merge_work_destroy(&w);
