@@ -385,8 +385,15 @@ static void test_rank_independence(void **state) {
         "  - model: %s/z.h5\n",
         "merge_method: soup\nbase_model: %s/base.h5\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n"
         "  - model: %s/z.h5\ndtype: bfloat16\n",
+        /* applied chunk by chunk (one linear combination): the chunking must not change a bit */
+        "merge_method: model_stock\nbase_model: %s/base.h5\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n"
+        "  - model: %s/z.h5\n",
+        "merge_method: multislerp\nbase_model: %s/base.h5\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n"
+        "  - model: %s/z.h5\nparameters: {weight: [0.2, 0.7]}\n",
+        "merge_method: task_arithmetic\nbase_model: %s/base.h5\nmodels:\n  - model: %s/x.h5\n  - model: %s/y.h5\n"
+        "  - model: %s/z.h5\nparameters: {weight: 0.6, lambda: 1.3}\nout_dtype: float16\n",
     };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < (int)(sizeof recipes / sizeof recipes[0]); i++) {
         char cfg[1200], out[1200], text[2048];
         snprintf(cfg, sizeof cfg, "%s/r%d.yaml", dir, i);
         snprintf(out, sizeof out, "%s/r%d.h5", dir, i);
