@@ -254,6 +254,8 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
     const char *const *mpaths = NULL;
     int M = 0;
     ml_stem(a->out, name, sizeof name);
+    /* a signal during the setup is acted on at the first round boundary */
+    ml_signals_install(&guard);
 
     /* 1. validate and load (collective); nothing is written before step 3 */
     ML_CHECK_GOTO(ml_sweeper_create(comm, r, a->param, &sw), done);
@@ -336,7 +338,6 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
     double t0 = ml_wtime();
     int done_pts = 0, last_ckpt = n_done, sig = 0;
     char extra[96] = "";
-    ml_signals_install(&guard);
     for (int i0 = 0; i0 < n_todo; i0 += P) {
         const int i1 = i0 + P < n_todo ? i0 + P : n_todo;
         for (int i = i0; i < i1; i++) ml_signal_raise_at(comm, todo[i] + 1, a->raise_at);
