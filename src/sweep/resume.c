@@ -8,8 +8,11 @@
 
 #include "sweep_internal.h"
 
-/* Options that do not change any result row (bookkeeping and test hooks). */
-static const char *const ml_sweep_free_keys[] = {"out", "resume", "raise_at", "checkpoint_every", NULL};
+/* Options that do not change any stored row: bookkeeping and test hooks, the
+ * kept checkpoints (those of finished points are checked and rewritten when
+ * missing) and the reference (evaluated after the last point). */
+static const char *const ml_sweep_free_keys[] = {"out",  "resume",   "raise_at",  "checkpoint_every",
+                                                 "keep", "keep_dir", "reference", NULL};
 
 /* The checkpoint's rows into st (every rank reads the same file). */
 static int ml_sweep_resume_read(ml_h5 *h, ml_sweep_state *st) {

@@ -224,6 +224,24 @@ static void test_periodic(void **state) {
     if (rank_ == 0) check_checkpoint(out, full, 4, K);
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s --checkpoint_every 2", recipe, st[0], st[1], out));
     SAME_H5(full, out);
+    /* --keep and --reference may be added on resume: the kept point (finished before) is merged again */
+    char kd[1400], kp[1600];
+    snprintf(kd, sizeof kd, "%s/kept_p", dir);
+    snprintf(kp, sizeof kp, "%s/p_t0.h5", kd);
+    FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --raise_at 4", recipe, st[0], st[1], out), ML_ERR_INTERRUPTED,
+              "interrupted by SIGUSR1");
+    ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s --keep 0 --keep-dir %s --reference %s", recipe, st[0], st[1],
+                       out, kd, ma));
+    SAME_ROWS(full, out);
+    assert_int_equal(tf_attr_int(kp, "/", "complete"), 1);
+    ml_model *kept = tf_model(kp), *a = tf_model(ma);
+    assert_true(kept && a && tf_max_diff(kept, a) == 0); /* t = 0 is model a */
+    ml_model_destroy(&kept);
+    ml_model_destroy(&a);
+    double rl[NDOM], l0[K * NDOM];
+    assert_int_equal(tf_read_col(out, "reference/loss", ML_F64, rl, NDOM), NDOM);
+    read_rows(out, "loss", l0, K);
+    assert_memory_equal(rl, l0, sizeof rl); /* the reference a equals point t = 0 */
 }
 
 int main(int argc, char **argv) {
