@@ -102,6 +102,7 @@ static void test_interrupt_resume(void **state) {
     snprintf(out, sizeof out, "%s/r.h5", dir);
     snprintf(kd, sizeof kd, "%s/kept", dir);
     snprintf(full, sizeof full, "%s/r_full.h5", dir);
+    const long live = ml_alloc_live();
     /* the uninterrupted run, moved aside (the same command must write the same file) */
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, KEEP_ARGS, recipe, st[0], st[1], kd, out));
     assert_int_equal(tf_attr_int(out, "/", "complete"), 1);
@@ -154,6 +155,7 @@ static void test_interrupt_resume(void **state) {
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, KEEP_ARGS " --resume false --raise_at 0", recipe, st[0], st[1], kd, out));
     assert_int_equal(tf_attr_int(out, "/", "complete"), 1);
     SAME_ROWS(full, out);
+    assert_int_equal(ml_alloc_live(), live); /* the interrupted, refused and resumed runs freed what they took */
 }
 
 /* Interrupted on all ranks, resumed on rank 0 alone, and the other way round. */
