@@ -1,6 +1,9 @@
 /* `mergelens sweep`: K merge points, each merged in memory and evaluated on
  * every domain by one rank alone; results gathered and written to
  * sweeps/<name>.h5 (format mergelens.sweep v1, see include/mergelens/sweep.h).
+ * The points run in rounds of P; at each round boundary the ranks agree on
+ * failures and SIGTERM / SIGUSR1, and a signal (or --checkpoint_every) writes
+ * a checkpoint (complete = 0) that a rerun resumes (resume.c).
  *
  * Legend: K grid points, n points of this task, D domains, P ranks. */
 #include <jansson.h>
@@ -367,8 +370,10 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
         /* the round's boundary: failure flag and signals in one allreduce */
         const int pending = ml_signal_pending();
         int flags[3] = {rc != ML_OK, pending == SIGTERM, pending == SIGUSR1};
+        ml_prof_begin("sweep.agree"); /* includes the wait for the round's slowest rank */
         if (MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS && rc == ML_OK)
             rc = ML_FAIL(ML_ERR_MPI, "sweep: MPI_Allreduce of the point flags failed");
+        ml_prof_end("sweep.agree", 0, 0);
         if (flags[0] || rc != ML_OK) break;
         for (int i = i0; i < i1; i++) w.done[todo[i]] = 1;
         n_done += i1 - i0;
