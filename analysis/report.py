@@ -315,6 +315,12 @@ def sec_sweeps(R, models):
         return
     for p in files:
         with h5py.File(p, "r") as f:
+            if int(attr(f, "complete", 1)) == 0:  # a checkpoint of an interrupted sweep: rows missing (NaN)
+                msg = ("%s: an interrupted sweep (complete = 0, %s points done): rerun its `mergelens sweep` "
+                       "command to finish it; not shown" % (p, attr(f, "points_done", "?")))
+                R.note("sweeps", msg)
+                print("report: " + msg, file=sys.stderr)
+                continue
             grid = np.asarray(f["grid"][()], dtype=float)
             loss, acc = np.atleast_2d(f["loss"][()]), np.atleast_2d(f["accuracy"][()])
             doms = attr_json(f, "domains", None) or ["domain%d" % d for d in range(loss.shape[1])]

@@ -28,7 +28,12 @@
  *   root attrs: param, method, recipe (JSON), domains (JSON names),
  *   paths (JSON store paths), models (JSON input checkpoints), split,
  *   context, from, to, count, task, tasks, partial (0/1), config (JSON),
- *   reference (path or "").
+ *   reference (path or ""), complete (1; 0 in a checkpoint).
+ *
+ * Preemption: SIGTERM / SIGUSR1 (or --checkpoint_every N points) writes the
+ * same file with complete = 0, /done [n] u8 (finished rows; the others are
+ * NaN) and attribute points_done; a rerun of the same command resumes it
+ * (docs/modules/sweep.md, "Preemption and resume").
  */
 #ifndef MERGELENS_SWEEP_H
 #define MERGELENS_SWEEP_H
@@ -61,6 +66,11 @@ int ml_sweeper_check(ml_sweeper *s, double value);
 int ml_sweeper_merge(ml_sweeper *s, double value, ml_model *out);
 /* Bytes held: input models, statistics and workspace. */
 size_t ml_sweeper_bytes(const ml_sweeper *s);
+
+/* Collective: open a sweep file for reading (format mergelens.sweep v1) and
+ * refuse an interrupted one (root attribute complete = 0, a checkpoint that a
+ * rerun of the same command finishes) with a one-line error naming it. */
+int ml_sweep_open(MPI_Comm comm, const char *path, ml_h5 **h);
 
 /* `mergelens sweep RECIPE.yaml --param t --from 0 --to 1 --count 101 --domains a.h5,b.h5 --out F.h5` */
 int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv);

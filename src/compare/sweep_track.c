@@ -312,7 +312,7 @@ int ml_cmd_track_sweep(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_checkpoint_load_model(comm, model_path, &ft), done);
 
     /* 2. the sweep: grid, parameter and recipe */
-    ML_CHECK_GOTO(ml_h5_open(comm, sweep_path, ML_SWEEP_FORMAT, 1, 1, &hs), done);
+    ML_CHECK_GOTO(ml_sweep_open(comm, sweep_path, &hs), done); /* refuses an interrupted sweep (complete = 0) */
     int rk = 0;
     hsize_t gd[ML_H5_MAX_RANK];
     ml_dtype gt;

@@ -24,6 +24,7 @@ int ml_sweep_file_write(MPI_Comm comm, const char *path, const ml_sweep_file *f)
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "task", f->task), fail);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "tasks", f->tasks), fail);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "partial", f->partial), fail);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "complete", f->complete), fail);
     hsize_t dk[1] = {(hsize_t)f->count}, dn[1] = {(hsize_t)f->n}, dnd[2] = {(hsize_t)f->n, (hsize_t)f->D},
             dd[1] = {(hsize_t)f->D};
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "grid", ML_F64, 1, dk, f->grid), fail);
@@ -31,6 +32,12 @@ int ml_sweep_file_write(MPI_Comm comm, const char *path, const ml_sweep_file *f)
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "loss", ML_F64, 2, dnd, f->loss), fail);
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "accuracy", ML_F64, 2, dnd, f->accuracy), fail);
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "tokens", ML_I64, 1, dd, f->tokens), fail);
+    if (f->done) {
+        int64_t n_done = 0;
+        for (int j = 0; j < f->n; j++) n_done += f->done[j] != 0;
+        ML_CHECK_GOTO(ml_h5_write_tensor(h, "done", ML_U8, 1, dn, f->done), fail);
+        ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "points_done", n_done), fail);
+    }
     if (f->ref_loss) {
         ML_CHECK_GOTO(ml_h5_mkgroup(h, "reference"), fail);
         ML_CHECK_GOTO(ml_h5_write_tensor(h, "reference/loss", ML_F64, 1, dd, f->ref_loss), fail);
@@ -41,6 +48,31 @@ int ml_sweep_file_write(MPI_Comm comm, const char *path, const ml_sweep_file *f)
 fail:
     ml_h5_discard(&h);
     return rc;
+}
+
+int ml_sweep_open(MPI_Comm comm, const char *path, ml_h5 **out) {
+    ml_h5 *h = NULL;
+    int64_t complete = 1, done = 0;
+    *out = NULL;
+    ML_CHECK(ml_h5_open(comm, path, ML_SWEEP_FORMAT, 1, 1, &h));
+    int rc = ml_h5_get_attr_int(h, "/", "complete", &complete);
+    if (rc == ML_ERR_NOTFOUND) { /* files written before checkpoints existed are complete */
+        ml_error_clear();
+        rc = ML_OK;
+    }
+    if (rc == ML_OK && !complete) {
+        if (ml_h5_get_attr_int(h, "/", "points_done", &done) != ML_OK) ml_error_clear();
+        rc = ML_FAIL(ML_ERR_FORMAT,
+                     "%s: an interrupted sweep (complete = 0, %lld points done): rerun its `mergelens sweep` command "
+                     "to finish it",
+                     path, (long long)done);
+    }
+    if (rc != ML_OK) {
+        ml_h5_close(&h);
+        return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+    }
+    *out = h;
+    return ML_OK;
 }
 
 /* ---- sweep-combine (rank 0 reads the parts serially and writes the result) ---- */
@@ -86,7 +118,7 @@ static int ml_part_read(const char *path, ml_part *p) {
     int rc = ML_OK;
     hsize_t d[ML_H5_MAX_RANK];
     void *b = NULL;
-    ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, ML_SWEEP_FORMAT, 1, 1, &h));
+    ML_CHECK(ml_sweep_open(MPI_COMM_SELF, path, &h));
     for (int i = 0; i < 9; i++) ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", ml_part_attrs[i], &p->s[i]), done);
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "context", &p->context), done);
     ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "count", &p->count), done);
@@ -224,7 +256,7 @@ int ml_cmd_sweep_combine(MPI_Comm comm, int argc, char **argv) {
                                .count = (int)a->count, .task = 0, .tasks = 1, .partial = 0, .D = a->D,
                                .n = (int)a->count, .grid = a->grid, .points = points, .loss = loss,
                                .accuracy = acc, .tokens = a->tokens, .ref_loss = ref,
-                               .ref_accuracy = ref ? ref + a->D : NULL};
+                               .ref_accuracy = ref ? ref + a->D : NULL, .complete = 1};
             if (rc == ML_OK) rc = ml_sweep_file_write(MPI_COMM_SELF, ml_opt_str(o, "out"), &f);
             if (rc == ML_OK) ml_info("sweep-combine: %d files, %lld points -> %s", np, (long long)a->count, ml_opt_str(o, "out"));
         }

@@ -1,10 +1,14 @@
 /* `mergelens sweep`: K merge points, each merged in memory and evaluated on
  * every domain by one rank alone; results gathered and written to
  * sweeps/<name>.h5 (format mergelens.sweep v1, see include/mergelens/sweep.h).
+ * The points run in rounds of P; at each round boundary the ranks agree on
+ * failures and SIGTERM / SIGUSR1, and a signal (or --checkpoint_every) writes
+ * a checkpoint (complete = 0) that a rerun resumes (resume.c).
  *
  * Legend: K grid points, n points of this task, D domains, P ranks. */
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +30,11 @@ static const ml_option_spec ml_sweep_opts[] = {
     {"task", ML_OPT_INT, "0", 0, 1e9, NULL, "job-array task I: evaluate the points k with k mod tasks == I"},
     {"tasks", ML_OPT_INT, "1", 1, 1e9, NULL, "job-array size N (N > 1 writes a partial file for sweep-combine)"},
     {"seed", ML_OPT_INT, "0", 0, 9e18, NULL, "seed of DARE's random drops (overrides the recipe's `seed`)"},
+    {"resume", ML_OPT_BOOL, "true", 0, -1, NULL, "continue from --out when it holds an interrupted sweep (complete = 0)"},
+    {"checkpoint_every", ML_OPT_INT, "0", 0, 1e9, NULL,
+     "also write a checkpoint (complete = 0) to --out every N points (0 = only on SIGTERM / SIGUSR1)"},
+    {"raise_at", ML_OPT_INT, "0", 0, 1e15, NULL,
+     "testing: the last rank raises SIGUSR1 just before this point (1-based, of this task)"},
     ML_OPT_END,
 };
 
@@ -60,11 +69,16 @@ static void ml_keep_path(char *out, size_t cap, const char *dir, const char *nam
     snprintf(out, cap, "%s/%s_%s%.10g.h5", dir, name, p, v);
 }
 
+/* The kept checkpoint's sweep_point attribute. */
+static void ml_keep_point_json(char *out, size_t cap, const char *param, double v) {
+    snprintf(out, cap, "{\"param\":\"%s\",\"value\":%.17g}", param, v);
+}
+
 static int ml_keep_write(const char *path, const ml_model *m, const char *parent, const char *recipe_json,
                          const char *param, double v) {
     ml_h5 *h = NULL;
     char point[160];
-    snprintf(point, sizeof point, "{\"param\":\"%s\",\"value\":%.17g}", param, v);
+    ml_keep_point_json(point, sizeof point, param, v);
     ML_CHECK(ml_h5_create(MPI_COMM_SELF, path, ML_CHECKPOINT_FORMAT, 1, &h));
     int rc = ml_model_config_save(h, &m->cfg);
     if (rc == ML_OK) rc = ml_h5_set_attr_str(h, "/", "parent", parent);
@@ -81,8 +95,8 @@ static int ml_keep_write(const char *path, const ml_model *m, const char *parent
 typedef struct {
     const char *param, *out, *split, *reference, *keep_dir;
     double from, to;
-    int count, T, batch, micro_batch, task, tasks;
-    int64_t eval_windows;
+    int count, T, batch, micro_batch, task, tasks, resume;
+    int64_t eval_windows, raise_at, checkpoint_every;
     int D;
     char **domains;
     int n_keep;
@@ -119,6 +133,111 @@ static int ml_sweep_plan(ml_sweep_args *a, int64_t **points, int *n) {
     return ML_OK;
 }
 
+/* The results held during a run: each row is set on exactly one rank (the one
+ * that evaluated the point this run, or rank 0 for the rows of a resumed
+ * checkpoint; zeros elsewhere), so summing over the ranks gathers them exactly. */
+typedef struct {
+    int n, D;
+    const int64_t *points; /* (n) grid indices */
+    uint8_t *done;         /* (n) finished rows (the same on every rank) */
+    double *loss, *acc;    /* (n, D) this rank's rows */
+    double *gl, *ga;       /* (n, D) gathered */
+    int64_t *tokens;       /* (D) */
+    double *refv;          /* (2 D) reference loss, accuracy */
+    char *names_json;      /* domain names (JSON), once known */
+} ml_sweep_rows;
+
+/* Collective: gather the rows and write the sweep file (complete = 0: a checkpoint
+ * with /done, the rows not done NaN, no reference). */
+static int ml_sweep_write(MPI_Comm comm, const ml_merge_recipe *r, const ml_sweep_args *a, ml_sweep_rows *w,
+                          const ml_eval_result *res, const char *recipe_json, const char *paths_json,
+                          const char *models_json, const double *grid, int has_ref, int complete) {
+    int rank, rc = ML_OK;
+    MPI_Comm_rank(comm, &rank);
+    const int nd = w->n * w->D;
+    int mrc = MPI_Allreduce(w->loss, w->gl, nd, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(w->acc, w->ga, nd, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS && complete) mrc = MPI_Allreduce(MPI_IN_PLACE, w->refv, 2 * w->D, MPI_DOUBLE, MPI_SUM, comm);
+    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, w->tokens, w->D, MPI_INT64_T, MPI_MAX, comm);
+    if (mrc != MPI_SUCCESS) return ml_agree(comm, ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__));
+    if (!w->names_json) { /* rank 0 evaluated the run's first point, so it knows the domain names */
+        if (rank == 0) {
+            const char **dnames = ml_calloc((size_t)w->D, sizeof *dnames);
+            rc = dnames ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
+            for (int d = 0; rc == ML_OK && d < w->D; d++) dnames[d] = res[d].domain;
+            if (rc == ML_OK) rc = ml_list_to_json(dnames, w->D, &w->names_json);
+            ml_free(dnames);
+        }
+        ML_CHECK(ml_agree(comm, rc));
+        ML_CHECK(ml_bcast_string(comm, &w->names_json));
+    }
+    for (int j = 0; j < w->n; j++)
+        if (!w->done[j])
+            for (int d = 0; d < w->D; d++) w->gl[(size_t)j * w->D + d] = w->ga[(size_t)j * w->D + d] = NAN;
+    ml_sweep_file f = {.param = a->param,
+                       .method = ml_merge_method_name(ml_merge_recipe_method(r)),
+                       .recipe = recipe_json,
+                       .domains = w->names_json,
+                       .paths = paths_json,
+                       .models = models_json,
+                       .split = a->split,
+                       .config = a->config_json,
+                       .reference = a->reference ? a->reference : "",
+                       .context = a->T,
+                       .from = a->from,
+                       .to = a->to,
+                       .count = a->count,
+                       .task = a->task,
+                       .tasks = a->tasks,
+                       .partial = a->tasks > 1,
+                       .D = w->D,
+                       .n = w->n,
+                       .grid = grid,
+                       .points = w->points,
+                       .loss = w->gl,
+                       .accuracy = w->ga,
+                       .tokens = w->tokens,
+                       .ref_loss = complete && has_ref ? w->refv : NULL,
+                       .ref_accuracy = w->refv + w->D,
+                       .complete = complete,
+                       .done = complete ? NULL : w->done};
+    ML_CHECK(ml_sweep_file_write(comm, a->out, &f));
+    return ML_OK;
+}
+
+static void ml_sweep_rows_free(ml_sweep_rows *w) {
+    ml_free(w->done);
+    ml_free(w->loss);
+    ml_free(w->acc);
+    ml_free(w->gl);
+    ml_free(w->ga);
+    ml_free(w->tokens);
+    ml_free(w->refv);
+    ml_free(w->names_json);
+}
+
+/* Collective, on resume: a finished point whose kept checkpoint is missing or
+ * incomplete is evaluated again (rank 0 checks, every rank gets the mask). */
+static int ml_sweep_check_kept(MPI_Comm comm, const ml_sweep_args *a, const char *name, ml_sweep_rows *w,
+                               const double *grid) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    for (int j = 0; rank == 0 && j < w->n; j++)
+        for (int i = 0; w->done[j] && i < a->n_keep; i++) {
+            if (a->keep_k[i] != w->points[j]) continue;
+            char path[4096], point[160];
+            ml_keep_path(path, sizeof path, a->keep_dir, name, a->param, a->keep[i]);
+            ml_keep_point_json(point, sizeof point, a->param, grid[w->points[j]]);
+            if (ml_sweep_kept_valid(path, point)) continue;
+            ml_info("sweep: kept checkpoint %s is missing or incomplete: point %lld is evaluated again", path,
+                    (long long)w->points[j]);
+            w->done[j] = 0;
+            for (int d = 0; d < w->D; d++) w->loss[(size_t)j * w->D + d] = w->acc[(size_t)j * w->D + d] = 0;
+        }
+    ML_CHECK_MPI(MPI_Bcast(w->done, w->n, MPI_UNSIGNED_CHAR, 0, comm));
+    return ML_OK;
+}
+
 static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args *a) {
     int rank, P, rc = ML_OK;
     MPI_Comm_rank(comm, &rank);
@@ -127,14 +246,19 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
     ml_model *merged = NULL, *ref = NULL;
     ml_evaluator *ev = NULL;
     ml_eval_result *res = NULL;
-    int64_t *points = NULL, *tokens = NULL;
-    double *grid = NULL, *loss = NULL, *acc = NULL, *refv = NULL;
-    char *recipe_json = NULL, *names_json = NULL, *paths_json = NULL, *models_json = NULL;
+    int64_t *points = NULL;
+    int *todo = NULL;
+    double *grid = NULL;
+    char *recipe_json = NULL, *paths_json = NULL, *models_json = NULL;
     char name[256];
-    int n = 0;
+    ml_sweep_rows w = {0};
+    ml_signal_guard guard = {0};
+    int n = 0, resumed = 0;
     const char *const *mpaths = NULL;
     int M = 0;
     ml_stem(a->out, name, sizeof name);
+    /* a signal during the setup is acted on at the first round boundary */
+    ml_signals_install(&guard);
 
     /* 1. validate and load (collective); nothing is written before step 3 */
     ML_CHECK_GOTO(ml_sweeper_create(comm, r, a->param, &sw), done);
@@ -162,127 +286,143 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
             rc = ML_FAIL(ML_ERR_SHAPE, "sweep: --reference %s has a different model configuration than %s",
                          a->reference, mpaths[0]);
     }
+    const size_t nd = (size_t)n * a->D;
+    w = (ml_sweep_rows){.n = n, .D = a->D, .points = points};
     res = ml_calloc((size_t)a->D, sizeof *res);
     grid = ml_malloc(sizeof *grid * (size_t)a->count);
-    loss = ml_calloc((size_t)(n ? n : 1) * a->D, sizeof *loss);
-    acc = ml_calloc((size_t)(n ? n : 1) * a->D, sizeof *acc);
-    tokens = ml_calloc((size_t)a->D, sizeof *tokens);
-    refv = ml_calloc(2 * (size_t)a->D, sizeof *refv);
-    if (rc == ML_OK && (!res || !grid || !loss || !acc || !tokens || !refv))
+    todo = ml_malloc(sizeof *todo * (size_t)n);
+    w.done = ml_calloc((size_t)n, 1);
+    w.loss = ml_calloc(nd, sizeof *w.loss);
+    w.acc = ml_calloc(nd, sizeof *w.acc);
+    w.gl = ml_calloc(nd, sizeof *w.gl);
+    w.ga = ml_calloc(nd, sizeof *w.ga);
+    w.tokens = ml_calloc((size_t)a->D, sizeof *w.tokens);
+    w.refv = ml_calloc(2 * (size_t)a->D, sizeof *w.refv);
+    if (rc == ML_OK &&
+        (!res || !grid || !todo || !w.done || !w.loss || !w.acc || !w.gl || !w.ga || !w.tokens || !w.refv))
         rc = ML_FAIL(ML_ERR_NOMEM, "sweep: out of memory for %d points x %d domains", n, a->D);
     if (rc == ML_OK) rc = ml_merge_recipe_to_json(r, &recipe_json);
+    if (rc == ML_OK) rc = ml_list_to_json((const char *const *)a->domains, a->D, &paths_json);
+    if (rc == ML_OK) rc = ml_list_to_json(mpaths, M, &models_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     for (int k = 0; k < a->count; k++) grid[k] = ml_sweep_grid_value(a->from, a->to, a->count, k);
-    ml_info("sweep: %s of %s, %s from %g to %g, %d points (%d in this task) on %d ranks, %d domains, T = %d; "
-            "%.1f MB of inputs per rank",
-            ml_merge_method_name(ml_merge_recipe_method(r)), mpaths[0], a->param, a->from, a->to, a->count, n, P,
-            a->D, a->T, (double)ml_sweeper_bytes(sw) / 1e6);
 
-    /* 2. this rank's points: the j-th point of the task goes to rank j mod P */
+    /* 2. an interrupted run of this sweep left its finished points in --out */
+    ml_sweep_state st = {.path = a->out, .config_json = a->config_json, .recipe_json = recipe_json, .n = n,
+                         .D = a->D, .points = points, .done = w.done, .loss = w.loss, .acc = w.acc,
+                         .tokens = w.tokens};
+    rc = ml_sweep_resume(comm, a->resume, &st, &resumed);
+    w.names_json = st.names_json;
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    if (resumed) {
+        ML_CHECK_GOTO(ml_agree(comm, ml_sweep_check_kept(comm, a, name, &w, grid)), done);
+        if (rank != 0) { /* the stored rows count once, on rank 0 */
+            memset(w.loss, 0, nd * sizeof *w.loss);
+            memset(w.acc, 0, nd * sizeof *w.acc);
+        }
+    }
+    int n_todo = 0, n_done = 0;
+    for (int j = 0; j < n; j++) {
+        if (!w.done[j]) todo[n_todo++] = j;
+        else n_done++;
+    }
+    if (resumed) ml_info("sweep: resuming %s: %d of %d points done", a->out, n_done, n);
+    ml_info("sweep: %s of %s, %s from %g to %g, %d points (%d in this task, %d to evaluate) on %d ranks, %d domains, "
+            "T = %d; %.1f MB of inputs per rank",
+            ml_merge_method_name(ml_merge_recipe_method(r)), mpaths[0], a->param, a->from, a->to, a->count, n,
+            n_todo, P, a->D, a->T, (double)ml_sweeper_bytes(sw) / 1e6);
+
+    /* 3. rounds of P points: the i-th point to evaluate goes to rank i mod P; after each round
+     *    the ranks agree on failures and signals (one small allreduce) and checkpoint if asked */
     int mine = 0;
-    for (int j = rank; j < n; j += P) mine++;
+    for (int i = rank; i < n_todo; i += P) mine++;
     ml_progress prog;
     ml_progress_begin(&prog, "sweep", (double)mine);
     double t0 = ml_wtime();
-    int done_pts = 0;
-    for (int j = rank; rc == ML_OK && j < n; j += P) {
-        double v = grid[points[j]];
-        rc = ml_sweeper_merge(sw, v, merged);
-        if (rc == ML_OK) rc = ml_evaluator_run(ev, merged, res);
-        for (int d = 0; rc == ML_OK && d < a->D; d++) {
-            loss[(size_t)j * a->D + d] = res[d].loss;
-            acc[(size_t)j * a->D + d] = res[d].accuracy;
-            tokens[d] = res[d].n_targets;
+    int done_pts = 0, last_ckpt = n_done, sig = 0;
+    char extra[96] = "";
+    for (int i0 = 0; i0 < n_todo; i0 += P) {
+        const int i1 = i0 + P < n_todo ? i0 + P : n_todo;
+        for (int i = i0; i < i1; i++) ml_signal_raise_at(comm, todo[i] + 1, a->raise_at);
+        if (rank < i1 - i0) {
+            const int j = todo[i0 + rank];
+            double v = grid[points[j]];
+            rc = ml_sweeper_merge(sw, v, merged);
+            if (rc == ML_OK) rc = ml_evaluator_run(ev, merged, res);
+            for (int d = 0; rc == ML_OK && d < a->D; d++) {
+                w.loss[(size_t)j * a->D + d] = res[d].loss;
+                w.acc[(size_t)j * a->D + d] = res[d].accuracy;
+                w.tokens[d] = res[d].n_targets;
+            }
+            for (int i = 0; rc == ML_OK && i < a->n_keep; i++) {
+                if (a->keep_k[i] != points[j]) continue;
+                char path[4096];
+                ml_keep_path(path, sizeof path, a->keep_dir, name, a->param, a->keep[i]);
+                rc = ml_mkdirs(a->keep_dir);
+                if (rc == ML_OK) rc = ml_keep_write(path, merged, mpaths[0], recipe_json, a->param, v);
+                if (rc == ML_OK) ml_debug("sweep: kept %s", path);
+            }
+            done_pts++;
+            double el = ml_wtime() - t0;
+            snprintf(extra, sizeof extra, "(~%.3g points/s on %d ranks)", el > 0 ? done_pts * P / el : 0.0, P);
+            ml_progress_update(&prog, done_pts, extra);
         }
-        for (int i = 0; rc == ML_OK && i < a->n_keep; i++) {
-            if (a->keep_k[i] != points[j]) continue;
-            char path[4096];
-            ml_keep_path(path, sizeof path, a->keep_dir, name, a->param, a->keep[i]);
-            rc = ml_mkdirs(a->keep_dir);
-            if (rc == ML_OK) rc = ml_keep_write(path, merged, mpaths[0], recipe_json, a->param, v);
-            if (rc == ML_OK) ml_debug("sweep: kept %s", path);
+        /* the round's boundary: failure flag and signals in one allreduce */
+        const int pending = ml_signal_pending();
+        int flags[3] = {rc != ML_OK, pending == SIGTERM, pending == SIGUSR1};
+        ml_prof_begin("sweep.agree"); /* includes the wait for the round's slowest rank */
+        if (MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS && rc == ML_OK)
+            rc = ML_FAIL(ML_ERR_MPI, "sweep: MPI_Allreduce of the point flags failed");
+        ml_prof_end("sweep.agree", 0, 0);
+        if (flags[0] || rc != ML_OK) break;
+        for (int i = i0; i < i1; i++) w.done[todo[i]] = 1;
+        n_done += i1 - i0;
+        if (i1 == n_todo) break; /* the last round: the final file follows */
+        sig = flags[1] ? SIGTERM : flags[2] ? SIGUSR1 : 0;
+        if (sig || (a->checkpoint_every > 0 && n_done / a->checkpoint_every > last_ckpt / a->checkpoint_every)) {
+            rc = ml_sweep_write(comm, r, a, &w, res, recipe_json, paths_json, models_json, grid, 0, 0);
+            if (rc != ML_OK) break;
+            last_ckpt = n_done;
+            ml_debug("sweep: checkpoint of %d of %d points written to %s", n_done, n, a->out);
         }
-        done_pts++;
-        char extra[96];
-        double el = ml_wtime() - t0;
-        snprintf(extra, sizeof extra, "(~%.3g points/s on %d ranks)", el > 0 ? done_pts * P / el : 0.0, P);
-        ml_progress_update(&prog, done_pts, extra);
+        if (sig) break;
     }
-    if (rc == ML_OK && ref) {
-        rc = ml_evaluator_run(ev, ref, res);
-        for (int d = 0; rc == ML_OK && d < a->D; d++) {
-            refv[d] = res[d].loss;
-            refv[a->D + d] = res[d].accuracy;
-            tokens[d] = res[d].n_targets;
-        }
-    }
-    double el = ml_wtime() - t0;
-    char extra[96];
-    snprintf(extra, sizeof extra, "%d points in %.2f s", n, el);
     ml_progress_end(&prog, extra);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-
-    /* gather: each point has exactly one contributor, so the sums are exact */
-    int mrc = MPI_Allreduce(MPI_IN_PLACE, loss, n * a->D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, acc, n * a->D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, refv, 2 * a->D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, tokens, a->D, MPI_INT64_T, MPI_MAX, comm);
-    if (mrc != MPI_SUCCESS) ML_CHECK_GOTO(ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__), done);
-    double el_max = el;
-    MPI_Allreduce(MPI_IN_PLACE, &el_max, 1, MPI_DOUBLE, MPI_MAX, comm);
-    ml_info("sweep: %d points x %d domains in %.2f s (%.3g points/s on %d ranks)", n, a->D, el_max,
-            el_max > 0 ? n / el_max : 0.0, P);
-
-    /* 3. the file */
-    if (rank == 0) { /* rank 0 evaluated point 0 (n >= 1), so it knows the domain names */
-        const char **dnames = ml_calloc((size_t)a->D, sizeof *dnames);
-        rc = dnames ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory");
-        for (int d = 0; rc == ML_OK && d < a->D; d++) dnames[d] = res[d].domain;
-        if (rc == ML_OK) rc = ml_list_to_json(dnames, a->D, &names_json);
-        ml_free(dnames);
+    if (sig) {
+        rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
+                                    "interrupted by %s: checkpoint at point %d of %d written to %s; rerun the same "
+                                    "command to resume",
+                                    ml_signal_name(sig), n_done, n, a->out));
+        goto done;
+    }
+    if (ref) {
+        rc = ml_evaluator_run(ev, ref, res);
+        for (int d = 0; rc == ML_OK && d < a->D; d++) {
+            w.refv[d] = res[d].loss;
+            w.refv[a->D + d] = res[d].accuracy;
+            w.tokens[d] = res[d].n_targets;
+        }
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ML_CHECK_GOTO(ml_bcast_string(comm, &names_json), done);
-    rc = ml_list_to_json((const char *const *)a->domains, a->D, &paths_json);
-    if (rc == ML_OK) rc = ml_list_to_json(mpaths, M, &models_json);
-    ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ml_sweep_file f = {.param = a->param,
-                       .method = ml_merge_method_name(ml_merge_recipe_method(r)),
-                       .recipe = recipe_json,
-                       .domains = names_json,
-                       .paths = paths_json,
-                       .models = models_json,
-                       .split = a->split,
-                       .config = a->config_json,
-                       .reference = a->reference ? a->reference : "",
-                       .context = a->T,
-                       .from = a->from,
-                       .to = a->to,
-                       .count = a->count,
-                       .task = a->task,
-                       .tasks = a->tasks,
-                       .partial = a->tasks > 1,
-                       .D = a->D,
-                       .n = n,
-                       .grid = grid,
-                       .points = points,
-                       .loss = loss,
-                       .accuracy = acc,
-                       .tokens = tokens,
-                       .ref_loss = ref || (a->reference && *a->reference) ? refv : NULL,
-                       .ref_accuracy = refv + a->D};
-    ML_CHECK_GOTO(ml_sweep_file_write(comm, a->out, &f), done);
+    double el_max = ml_wtime() - t0;
+    MPI_Allreduce(MPI_IN_PLACE, &el_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+    ml_info("sweep: %d points x %d domains in %.2f s (%.3g points/s on %d ranks)", n_todo, a->D, el_max,
+            el_max > 0 ? n_todo / el_max : 0.0, P);
+
+    /* 4. the file */
+    rc = ml_sweep_write(comm, r, a, &w, res, recipe_json, paths_json, models_json, grid,
+                        a->reference && *a->reference, 1);
+    ML_CHECK_GOTO(rc, done);
     ml_info("sweep: wrote %s", a->out);
 done:
+    ml_signals_restore(&guard);
+    ml_sweep_rows_free(&w);
     ml_free(points);
+    ml_free(todo);
     ml_free(grid);
-    ml_free(loss);
-    ml_free(acc);
-    ml_free(tokens);
-    ml_free(refv);
     ml_free(res);
     ml_free(recipe_json);
-    ml_free(names_json);
     ml_free(paths_json);
     ml_free(models_json);
     ml_evaluator_destroy(&ev);
@@ -327,6 +467,9 @@ int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv) {
     a.eval_windows = ml_opt_int(o, "eval_windows");
     a.task = (int)ml_opt_int(o, "task");
     a.tasks = (int)ml_opt_int(o, "tasks");
+    a.resume = ml_opt_bool(o, "resume");
+    a.raise_at = ml_opt_int(o, "raise_at");
+    a.checkpoint_every = ml_opt_int(o, "checkpoint_every");
     if (a.task >= a.tasks)
         ML_FAIL_GOTO(done, ML_ERR_ARG, "sweep: --task %d must be below --tasks %d", a.task, a.tasks);
     if (a.tasks > a.count)
