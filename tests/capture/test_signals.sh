@@ -11,7 +11,8 @@
 #    uninterrupted run on the same ranks; float16 reruns the same command
 #    (with --raise_at: it does not raise again) and the config attribute then
 #    differs only by raise_at;
-#  - --resume false starts over;
+#  - 2 ranks: a 1-rank checkpoint resumed on 2 ranks is bitwise equal too;
+#  - 1 rank: --resume false starts over;
 #  - a longer run with --checkpoint_every 10: kill -9 of every process at a
 #    seeded random moment leaves nothing, a complete = 0 checkpoint or the
 #    finished file, and the rerun is bitwise equal; a real signal (np 1:
@@ -92,6 +93,16 @@ check "float16: finished (complete = 1, format mergelens.activations)" \
 check "float16: rows and attributes bitwise equal but config" same_but_config "$T/ref_float16/out.h5" "$T/sig_float16/out.h5"
 check "float16: config differs only by raise_at" \
   test "$(config_of "$T/sig_float16/out.h5" | sed 's/"raise_at":11/"raise_at":0/')" = "$(config_of "$T/ref_float16/out.h5")"
+
+# a checkpoint written by 1 rank resumes on 2 (batch b is the same work for any rank count)
+[ "$NP" = 2 ] && {
+mkdir -p "$T/cross"
+(cd "$T/cross" && exec "$bin" capture $ARGS --raise_at 11) > "$T/cross/log" 2>&1
+check "1-rank checkpoint at batch 11" test "$(attr "$T/cross/out.h5" batches_done)" = 11
+cap cross $ARGS; rc=$?
+check "resumed on 2 ranks: succeeds" test $rc -eq 0 || tail -3 "$T/cross/log"
+check "resumed on 2 ranks: bitwise equal to the uninterrupted 2-rank run" same_h5 "$T/ref_float32/out.h5" "$T/cross/out.h5"
+}
 
 # --resume false starts over (1 rank)
 [ "$NP" = 1 ] && {
