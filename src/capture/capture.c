@@ -478,6 +478,7 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
         rc = ml_capture_write(h, c, &hs, &b, rows > 0 ? row0 : 0, rows, &bw);
         ml_prof_end("capture.write", 0, bw);
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
+        ml_h5_start_writeback(h); /* keeps the flush of a checkpoint or of the final close short */
         bytes += bw;
         if (!c->quiet) {
             int64_t done_rows = end * (int64_t)R;

@@ -78,7 +78,9 @@ static const char ml_capture_usage[] =
     "(blocks.<i>.mlp.hook_post, blocks.<i>.hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out,\n"
     "hook_mlp_out, mlp.hook_pre, mlp.hook_pre_linear, ln_final.hook_normalized) with token ids, positions,\n"
     "document ids and domain ids (format mergelens.activations v1). For a one-layer model short names\n"
-    "(mlp.hook_post, resid_pre, attn_out, ...) mean layer 0. The file is identical for any number of ranks.\n";
+    "(mlp.hook_post, resid_pre, attn_out, ...) mean layer 0. The file is identical for any number of ranks.\n"
+    "SIGTERM or SIGUSR1 stops it at the next batch with a checkpoint at --out (complete = 0); running the\n"
+    "same command again continues it.\n";
 
 static const ml_option_spec ml_capture_opts[] = {
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "activations file to write (acts/NAME.h5)"},
