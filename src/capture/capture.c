@@ -504,7 +504,7 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
             goto done;
         }
     }
-    ml_signals_restore(&guard);
+    /* the handlers stay until the file is finished: a signal now lets the run end normally */
     double secs = ml_wtime() - t0, total_bytes = 0;
     ML_CHECK_GOTO(ml_capture_sum(comm, &bytes, &total_bytes, 1), done);
     if (!c->quiet) {
