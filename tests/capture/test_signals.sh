@@ -18,11 +18,13 @@
 #    finished file, and the rerun is bitwise equal; a real signal (np 1:
 #    SIGUSR1 to the process, np 2: SIGTERM to every rank, as Slurm does) gives
 #    the checkpoint and message, and the rerun is bitwise equal.
-# Usage: test_signals.sh FIXTURE_BIN NP
+#  - 1 rank: a checkpoint killed while finishing (every row written, flags
+#    not flipped, batches_done stale) is finished by the rerun, bitwise equal;
+# Usage: test_signals.sh FIXTURE_BIN NP H5POKE_BIN
 set -u
 . "${ML_SRC:?}/tests/common/ml_check.sh"
 . "$ML_SRC/tests/reliability/lib.sh" # same_h5, attr, mpirun_n, now_ms
-FIXTURE=$1 NP=$2
+FIXTURE=$1 NP=$2 POKE=$3 # POKE: tests/reliability/h5poke
 T=$(mktemp -d "${ML_TEST_TMP:-/tmp}/capture_signals.np$NP.XXXXXX")
 "$FIXTURE" "$T" || { echo "fixture failed"; exit 1; }
 RANDOM=${ML_FAULT_SEED:-12}
@@ -83,8 +85,9 @@ check "changed --tokens: message" has "$(cat "$T/sig_float32/log")" \
 check "changed --tokens: checkpoint unchanged" test "$(md5sum < "$T/sig_float32/out.h5")" = "$sum"
 
 # rerun: bitwise equal to the uninterrupted run
-cap sig_float32 $ARGS --dtype float32; rc=$?
+ML_LOG_LEVEL=info cap sig_float32 $ARGS --dtype float32; rc=$?
 check "float32: rerun succeeds" test $rc -eq 0 || tail -3 "$T/sig_float32/log"
+check "float32: rerun resumed at batch $K" grep -q "capture: resuming out.h5 at batch $K of 125" "$T/sig_float32/log"
 check "float32: rerun bitwise equal to the uninterrupted run" same_h5 "$T/ref_float32/out.h5" "$T/sig_float32/out.h5"
 cap sig_float16 $ARGS --dtype float16 --raise_at 11; rc=$?
 check "float16: the same command (with --raise_at) resumes" test $rc -eq 0 || tail -3 "$T/sig_float16/log"
@@ -104,13 +107,25 @@ check "resumed on 2 ranks: succeeds" test $rc -eq 0 || tail -3 "$T/cross/log"
 check "resumed on 2 ranks: bitwise equal to the uninterrupted 2-rank run" same_h5 "$T/ref_float32/out.h5" "$T/cross/out.h5"
 }
 
+# killed while finishing in place (rows and /profile flushed, flags not yet flipped): the checkpoint
+# says 100 of 125 batches; the rerun rewrites batches 100..124, keeps /profile and finishes (1 rank)
+[ "$NP" = 1 ] && {
+mkdir -p "$T/finish" && cp "$T/ref_float32/out.h5" "$T/finish/out.h5"
+"$POKE" "$T/finish/out.h5" attr-str / format mergelens.activations.incomplete &&
+  "$POKE" "$T/finish/out.h5" attr-int / complete 0 && "$POKE" "$T/finish/out.h5" attr-int / batches_done 100
+ML_LOG_LEVEL=info cap finish $ARGS; rc=$?
+check "killed finish: rerun succeeds" test $rc -eq 0 || tail -3 "$T/finish/log"
+check "killed finish: resumed at batch 100" grep -q "capture: resuming out.h5 at batch 100 of 125" "$T/finish/log"
+check "killed finish: bitwise equal to the uninterrupted run" same_h5 "$T/ref_float32/out.h5" "$T/finish/out.h5"
+}
+
 # --resume false starts over (1 rank)
 [ "$NP" = 1 ] && {
 cap over $ARGS --raise_at 3 > /dev/null
-cap over $ARGS --resume false; rc=$?
+ML_LOG_LEVEL=info cap over $ARGS --resume false; rc=$?
 check "--resume false: succeeds" test $rc -eq 0
 check "--resume false: equal to the uninterrupted run but config" same_but_config "$T/ref_float32/out.h5" "$T/over/out.h5"
-check "--resume false: did not resume" test "$(grep -c 'resuming' "$T/over/log")" = 0
+check "--resume false: said so and did not resume" test "$(grep -c 'resume false: starting over' "$T/over/log")/$(grep -c 'resuming' "$T/over/log")" = 1/0
 }
 
 # longer runs (313 batches) with periodic checkpoints: kill -9, then a real signal
