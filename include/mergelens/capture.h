@@ -19,6 +19,14 @@
  * by rank b mod P. Row r of every dataset is position r mod T of window
  * r / T, so the files written with 1, 2 or 4 ranks hold identical data.
  *
+ * Preemption. SIGTERM / SIGUSR1 are polled at every batch boundary (all ranks
+ * agree); the file is then made durable under its final name as a checkpoint
+ * (format ML_CAPTURE_PARTIAL_FORMAT, complete = 0, batches_done) and the run
+ * returns ML_ERR_INTERRUPTED. Running the same capture again (resume) checks
+ * the stored options and model, opens the checkpoint read-write, continues
+ * at batch batches_done and flips it to a finished file (complete = 1) only
+ * after everything else is flushed.
+ *
  * Layouts and options: docs/modules/capture.md.
  */
 #ifndef MERGELENS_CAPTURE_H
@@ -32,6 +40,9 @@
 #include "mergelens/sae.h"
 
 #define ML_CAPTURE_FORMAT "mergelens.activations"
+/* `format` of an unfinished capture (a checkpoint, root attribute complete = 0):
+ * readers that expect ML_CAPTURE_FORMAT refuse it through ml_h5_open. */
+#define ML_CAPTURE_PARTIAL_FORMAT "mergelens.activations.incomplete"
 #define ML_SAE_EVAL_FORMAT "mergelens.sae_eval"
 #define ML_CAPTURE_MAX_DOMAINS 64
 #define ML_CAPTURE_MAX_HOOKS 64
@@ -91,19 +102,27 @@ typedef struct {
     int float16;              /* store IEEE half bits (uint16, attribute encoding = "float16") */
     int batch;                /* windows per forward pass (same grouping for any rank count) */
     int64_t chunk_rows;       /* HDF5 chunk rows of every dataset (0: about 1 MiB of the widest hook) */
-    const char *config_json;  /* root attribute `config` (may be NULL) */
+    const char *config_json;  /* root attribute `config` (may be NULL); checked on resume */
     int quiet;                /* no progress display */
+    int resume;               /* continue `path` when it is an unfinished capture (default 1) */
+    int64_t checkpoint_every; /* also make the file durable every this many batches (0: only on a signal) */
+    int64_t raise_at;         /* testing: the last rank raises SIGUSR1 just before batch raise_at (1-based) */
 } ml_capture_config;
 void ml_capture_config_default(ml_capture_config *c);
 
 typedef struct {
     int64_t n_tokens, n_windows;
     double seconds;       /* wall time of the capture loop */
-    double bytes_written; /* activation bytes over all hooks and ranks */
+    double bytes_written; /* activation bytes over all hooks and ranks (this run) */
+    int64_t resumed_from; /* batches already in the checkpoint this run continued (0: fresh) */
+    int64_t n_batches;
 } ml_capture_stats;
 
 /* Collective: run `model` (same parameters on every rank) over the plan's
- * windows and write the activations file `path` (atomic). stats may be NULL. */
+ * windows and write the activations file `path` (atomic: temp + rename, or
+ * a checkpoint finished in place). On SIGTERM / SIGUSR1 (agreed at a batch
+ * boundary) it leaves a checkpoint at `path` and returns ML_ERR_INTERRUPTED;
+ * with cfg->resume a later call continues it. stats may be NULL. */
 int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config *cfg, const char *path,
                    ml_capture_stats *stats);
 

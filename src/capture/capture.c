@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <limits.h>
+#include <zlib.h>
 
 #include "capture_internal.h"
 #include "mergelens/interop.h"
@@ -19,6 +21,7 @@ void ml_capture_config_default(ml_capture_config *c) {
     c->windows.split = "train";
     c->windows.seed = 42;
     c->batch = 8;
+    c->resume = 1;
 }
 
 int ml_capture_load_model(MPI_Comm comm, const char *path, ml_model **out) {
@@ -60,36 +63,204 @@ typedef struct {
     uint16_t *half;                     /* (R, max d_h) */
 } ml_hook_set;
 
-/* Root attributes describing the capture. */
-static int ml_capture_attrs(ml_h5 *h, const ml_capture_config *c, const ml_hook_set *hs, const ml_window_plan *plan,
-                            int64_t W) {
-    char *json = NULL;
-    const char *names[ML_CAPTURE_MAX_DOMAINS];
-    const ml_window_spec *s = &c->windows;
-    int rc = ML_OK;
-    ML_CHECK(ml_h5_set_attr_str(h, "/", "model", c->model_path ? c->model_path : ""));
-    ML_CHECK(ml_capture_json_list(s->paths, s->n_domains, &json));
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "domains", json), done);
-    ml_free(json);
-    for (int d = 0; d < s->n_domains; d++) names[d] = ml_window_plan_domain_name(plan, d);
-    ML_CHECK_GOTO(ml_capture_json_list(names, s->n_domains, &json), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "domain_names", json), done);
-    ml_free(json);
-    ML_CHECK_GOTO(ml_capture_json_list(hs->names, hs->n, &json), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "hooks", json), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_tokens", c->n_tokens), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_windows", W), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "context", s->T), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "split", s->split ? s->split : "train"), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "order", s->sequential ? "sequential" : "seeded"), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "seed", (int64_t)s->seed), done);
-    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "dtype", c->float16 ? "float16" : "float32"), done);
-    if (c->config_json) ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", c->config_json), done);
-done:
-    ml_free(json);
-    return rc;
+/* Root attributes describing the capture: written when the file is created
+ * and compared when a checkpoint is resumed (all but `model`, a path that
+ * may be spelt differently; the parameters' CRC-32 stands for it). */
+#define ML_CAPTURE_NMETA 16
+typedef struct {
+    int n;
+    const char *name[ML_CAPTURE_NMETA];
+    const char *str[ML_CAPTURE_NMETA]; /* NULL: an integer attribute */
+    int64_t num[ML_CAPTURE_NMETA];
+    char *json[3]; /* owned: domains, domain_names, hooks */
+    int64_t n_batches;
+} ml_capture_meta;
+
+static void ml_meta_str(ml_capture_meta *m, const char *name, const char *v) {
+    m->name[m->n] = name;
+    m->str[m->n++] = v;
 }
 
+static void ml_meta_int(ml_capture_meta *m, const char *name, int64_t v) {
+    m->name[m->n] = name;
+    m->str[m->n] = NULL;
+    m->num[m->n++] = v;
+}
+
+static void ml_capture_meta_clear(ml_capture_meta *m) {
+    for (int i = 0; i < 3; i++) ml_free(m->json[i]);
+    memset(m, 0, sizeof *m);
+}
+
+/* CRC-32 (zlib) of the model's float32 parameters in tensor-table order. */
+static int64_t ml_capture_model_crc(const ml_model *model) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const unsigned char *p = (const unsigned char *)model->params;
+    for (size_t left = model->n_params * sizeof(float); left > 0;) {
+        const uInt n = left > (1u << 30) ? (1u << 30) : (uInt)left;
+        crc = crc32(crc, p, n);
+        p += n;
+        left -= n;
+    }
+    return (int64_t)crc;
+}
+
+static int ml_capture_meta_build(const ml_capture_config *c, const ml_model *model, const ml_hook_set *hs,
+                                 const ml_window_plan *plan, int64_t W, int64_t NB, ml_capture_meta *m) {
+    const char *names[ML_CAPTURE_MAX_DOMAINS];
+    const ml_window_spec *s = &c->windows;
+    memset(m, 0, sizeof *m);
+    for (int d = 0; d < s->n_domains; d++) names[d] = ml_window_plan_domain_name(plan, d);
+    ML_CHECK(ml_capture_json_list(s->paths, s->n_domains, &m->json[0]));
+    ML_CHECK(ml_capture_json_list(names, s->n_domains, &m->json[1]));
+    ML_CHECK(ml_capture_json_list(hs->names, hs->n, &m->json[2]));
+    ml_meta_str(m, "model", c->model_path ? c->model_path : "");
+    ml_meta_str(m, "domains", m->json[0]);
+    ml_meta_str(m, "domain_names", m->json[1]);
+    ml_meta_str(m, "hooks", m->json[2]);
+    ml_meta_int(m, "n_tokens", c->n_tokens);
+    ml_meta_int(m, "n_windows", W);
+    ml_meta_int(m, "context", s->T);
+    ml_meta_str(m, "split", s->split ? s->split : "train");
+    ml_meta_str(m, "order", s->sequential ? "sequential" : "seeded");
+    ml_meta_int(m, "seed", (int64_t)s->seed);
+    ml_meta_str(m, "dtype", c->float16 ? "float16" : "float32");
+    ml_meta_int(m, "batch", c->batch);
+    ml_meta_int(m, "n_batches", NB);
+    m->n_batches = NB;
+    ml_meta_int(m, "model_crc32", ml_capture_model_crc(model));
+    return ML_OK;
+}
+
+static int ml_capture_meta_write(ml_h5 *h, const ml_capture_meta *m, const char *config_json) {
+    for (int i = 0; i < m->n; i++)
+        ML_CHECK(m->str[i] ? ml_h5_set_attr_str(h, "/", m->name[i], m->str[i])
+                           : ml_h5_set_attr_int(h, "/", m->name[i], m->num[i]));
+    if (config_json) ML_CHECK(ml_h5_set_attr_str(h, "/", "config", config_json));
+    return ML_OK;
+}
+
+/* The checkpoint h (read locally) continues this capture: same options
+ * (except the bookkeeping keys), same description, same model parameters. */
+static const char *const ml_capture_free_keys[] = {"out", "resume", "raise_at", "checkpoint_every", NULL};
+
+static int ml_capture_meta_check(ml_h5 *h, const ml_capture_meta *m, const char *config_json, int64_t *batches_done) {
+    const char *path = ml_h5_path(h);
+    char *stored = NULL;
+    int rc = ML_OK;
+    if (config_json) {
+        ML_CHECK(ml_h5_get_attr_str(h, "/", "config", &stored));
+        rc = ml_options_check_resume(path, stored, config_json, ml_capture_free_keys);
+        ml_free(stored);
+        stored = NULL;
+        ML_CHECK(rc);
+    }
+    for (int i = 0; i < m->n; i++) {
+        if (!strcmp(m->name[i], "model")) continue; /* a path; model_crc32 checks the parameters */
+        if (m->str[i]) {
+            ML_CHECK(ml_h5_get_attr_str(h, "/", m->name[i], &stored));
+            if (strcmp(stored, m->str[i]))
+                rc = ML_FAIL(ML_ERR_CONFIG,
+                             "%s: cannot resume: it records %s = %s, this run has %s (rerun with the original "
+                             "options, or --resume false to start over)",
+                             path, m->name[i], stored, m->str[i]);
+            ml_free(stored);
+            stored = NULL;
+            ML_CHECK(rc);
+        } else {
+            int64_t v = 0;
+            ML_CHECK(ml_h5_get_attr_int(h, "/", m->name[i], &v));
+            if (v != m->num[i] && !strcmp(m->name[i], "model_crc32"))
+                return ML_FAIL(ML_ERR_CONFIG,
+                               "%s: cannot resume: it was captured from a model whose parameters have CRC-32 %08llx, "
+                               "this run's %s has %08llx (rerun with the original model, or --resume false to start "
+                               "over)",
+                               path, (unsigned long long)v, m->str[0] ? m->str[0] : "model", (unsigned long long)m->num[i]);
+            if (v != m->num[i])
+                return ML_FAIL(ML_ERR_CONFIG,
+                               "%s: cannot resume: it records %s = %lld, this run has %lld (rerun with the original "
+                               "options, or --resume false to start over)",
+                               path, m->name[i], (long long)v, (long long)m->num[i]);
+        }
+    }
+    ML_CHECK(ml_h5_get_attr_int(h, "/", "batches_done", batches_done));
+    const int64_t NB = m->n_batches;
+    if (*batches_done < 0 || *batches_done > NB)
+        return ML_FAIL(ML_ERR_FORMAT, "%s: batches_done = %lld is outside [0, %lld] (a damaged checkpoint?)", path,
+                       (long long)*batches_done, (long long)NB);
+    return ML_OK;
+}
+
+/* Is `path` an unfinished capture to continue? If so *h is it opened
+ * read-write and *b0 the batches it holds; else *h = NULL (start over). A
+ * file that is not a capture checkpoint is replaced when the new file is
+ * finished; a checkpoint of another capture is an error (it is kept). */
+static int ml_capture_open_resume(MPI_Comm comm, const char *path, const ml_capture_config *c,
+                                  const ml_capture_meta *m, ml_h5 **h, int64_t *b0) {
+    int rank, exists = 0;
+    MPI_Comm_rank(comm, &rank);
+    *h = NULL;
+    *b0 = 0;
+    if (rank == 0) exists = ml_file_exists(path);
+    ML_CHECK_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
+    if (!exists) return ML_OK;
+    if (!c->resume) {
+        ml_info("capture: %s exists; --resume false: starting over (it is replaced when the new file is written)", path);
+        return ML_OK;
+    }
+    ml_h5 *r = NULL;
+    if (ml_h5_open(comm, path, NULL, 0, INT_MAX, &r) != ML_OK) {
+        ml_warn("capture: %s is not a readable mergelens file (%s): starting over (it is replaced when the new file "
+                "is written)", path, ml_error_message());
+        ml_error_clear();
+        return ML_OK;
+    }
+    if (strcmp(ml_h5_format(r), ML_CAPTURE_PARTIAL_FORMAT)) {
+        ml_info("capture: %s holds a finished '%s' file: capturing again replaces it", path, ml_h5_format(r));
+        return ml_h5_close(&r);
+    }
+    int rc = ml_agree(comm, ml_capture_meta_check(r, m, c->config_json, b0));
+    ml_h5_close(&r);
+    ML_CHECK(rc);
+    ML_CHECK(ml_h5_open_rw(comm, path, ML_CAPTURE_PARTIAL_FORMAT, 1, 1, h));
+    return ML_OK;
+}
+
+/* Collective: make the file durable under `path` as a checkpoint holding
+ * batches [0, done): flags first, then the close flushes everything (a
+ * created file is renamed to `path`). With reopen the run continues writing
+ * it in place. */
+static int ml_capture_checkpoint(MPI_Comm comm, ml_h5 **h, const char *path, int64_t done, int reopen) {
+    int rc = ml_h5_set_attr_str(*h, "/", "format", ML_CAPTURE_PARTIAL_FORMAT);
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(*h, "/", "complete", 0);
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(*h, "/", "batches_done", done);
+    ML_CHECK(ml_agree(comm, rc));
+    ML_CHECK(ml_h5_close(h));
+    if (reopen) ML_CHECK(ml_h5_open_rw(comm, path, ML_CAPTURE_PARTIAL_FORMAT, 1, 1, h));
+    return ML_OK;
+}
+
+/* Collective: finish the file. Everything but the flags is written and
+ * flushed first (a file opened in place is closed and reopened: io.h has no
+ * flush), so a file that says complete = 1 holds every row even if the
+ * process dies during this call. */
+static int ml_capture_finish(MPI_Comm comm, ml_h5 **h, const char *path, int in_place, int64_t NB,
+                             const char *config_json) {
+    int rc = ML_OK;
+    if (!ml_h5_exists(*h, "/profile")) rc = ml_h5_write_profile(*h, "/profile"); /* kept from a killed finish */
+    ML_CHECK(ml_agree(comm, rc));
+    if (in_place) {
+        ML_CHECK(ml_h5_close(h));
+        ML_CHECK(ml_h5_open_rw(comm, path, ML_CAPTURE_PARTIAL_FORMAT, 1, 1, h));
+    }
+    rc = ml_h5_set_attr_int(*h, "/", "batches_done", NB);
+    if (rc == ML_OK && config_json) rc = ml_h5_set_attr_str(*h, "/", "config", config_json);
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(*h, "/", "complete", 1);
+    if (rc == ML_OK) rc = ml_h5_set_attr_str(*h, "/", "format", ML_CAPTURE_FORMAT);
+    ML_CHECK(ml_agree(comm, rc));
+    ML_CHECK(ml_h5_close(h));
+    return ML_OK;
+}
 
 /* Canonical name (capture.h). */
 int ml_capture_hook_canonical(const char *name, int n_layers, char *out, size_t cap) {
@@ -241,7 +412,7 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
     if (T < 1 || T > model->cfg.max_context)
         return ML_FAIL(ML_ERR_ARG, "capture: context %d outside [1, %d] (the model's max_context)", T,
                        model->cfg.max_context);
-    const int64_t W = (N + T - 1) / T, NB = (W + B - 1) / B, steps = (NB + P - 1) / P;
+    const int64_t W = (N + T - 1) / T, NB = (W + B - 1) / B;
     const size_t R = (size_t)B * (size_t)T;
 
     ml_window_plan *plan = NULL;
@@ -249,6 +420,8 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
     ml_h5 *h = NULL;
     ml_hook_set hs;
     ml_capture_bufs b = {0};
+    ml_capture_meta meta = {0};
+    ml_signal_guard guard = {0};
     memset(&hs, 0, sizeof hs);
     ml_workspace_config wc = {B, T, 0, 0, 0};
     rc = ml_workspace_create(&model->cfg, &wc, &ws);
@@ -264,18 +437,32 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
     b.row_doc = ml_malloc(sizeof(int64_t) * R);
     if (rc == ML_OK && (!b.win || !b.tok || !b.row_tok || !b.row_pos || !b.row_dom || !b.row_doc))
         rc = ML_FAIL(ML_ERR_NOMEM, "capture: out of memory for a batch of %d windows", B);
+    if (rc == ML_OK) rc = ml_capture_meta_build(c, model, &hs, plan, W, NB, &meta);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
 
-    ML_CHECK_GOTO(ml_h5_create(comm, path, ML_CAPTURE_FORMAT, 1, &h), done);
-    ML_CHECK_GOTO(ml_capture_attrs(h, c, &hs, plan, W), done);
-    ML_CHECK_GOTO(ml_capture_datasets(h, c, &hs, N), done);
+    /* a checkpoint of this capture at `path` is continued in place; else a new file at a temporary name */
+    int64_t b0 = 0;
+    ML_CHECK_GOTO(ml_capture_open_resume(comm, path, c, &meta, &h, &b0), done);
+    int in_place = h != NULL;
+    if (in_place) {
+        ml_info("capture: resuming %s at batch %lld of %lld", path, (long long)b0, (long long)NB);
+    } else {
+        ML_CHECK_GOTO(ml_h5_create(comm, path, ML_CAPTURE_FORMAT, 1, &h), done);
+        ML_CHECK_GOTO(ml_agree(comm, ml_capture_meta_write(h, &meta, c->config_json)), done);
+        ML_CHECK_GOTO(ml_capture_datasets(h, c, &hs, N), done);
+    }
 
+    /* step s: rank p runs batch b0 + s P + p; the ranks agree on signals after every step */
+    const int64_t steps = (NB - b0 + P - 1) / P, row_first = b0 * (int64_t)R < N ? b0 * (int64_t)R : N;
     ml_progress pg;
-    if (!c->quiet) ml_progress_begin(&pg, "capture", (double)N);
+    if (!c->quiet) ml_progress_begin(&pg, "capture", (double)(N - row_first));
     double t0 = ml_wtime(), bytes = 0;
+    ml_signals_install(&guard);
     for (int64_t s = 0; s < steps; s++) {
-        /* this rank runs batch s*P + rank: windows [w0, w1), rows [row0, row0 + rows) */
-        const int64_t bi = s * P + rank, w0 = bi < NB ? bi * B : W, w1 = w0 + B < W ? w0 + B : W;
+        const int64_t first = b0 + s * P, end = first + P < NB ? first + P : NB; /* batches [first, end) */
+        if (c->raise_at > first && c->raise_at <= end) ml_signal_raise_at(comm, c->raise_at, c->raise_at);
+        /* this rank's batch: windows [w0, w1), rows [row0, row0 + rows) */
+        const int64_t bi = first + rank, w0 = bi < NB ? bi * B : W, w1 = w0 + B < W ? w0 + B : W;
         const int64_t row0 = w0 * T, rows = w1 > w0 ? (w1 * T < N ? w1 * T : N) - row0 : 0;
         int lrc = ML_OK;
         if (rows > 0) {
@@ -291,12 +478,33 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
         rc = ml_capture_write(h, c, &hs, &b, rows > 0 ? row0 : 0, rows, &bw);
         ml_prof_end("capture.write", 0, bw);
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
+        ml_h5_start_writeback(h); /* keeps the flush of a checkpoint or of the final close short */
         bytes += bw;
         if (!c->quiet) {
-            int64_t done_rows = (s + 1) * P * (int64_t)R;
-            ml_progress_update(&pg, (double)(done_rows < N ? done_rows : N), NULL);
+            int64_t done_rows = end * (int64_t)R;
+            ml_progress_update(&pg, (double)((done_rows < N ? done_rows : N) - row_first), NULL);
+        }
+        if (end == NB) break; /* the last batches are written: a signal now just lets the run finish */
+        int sig = 0;
+        ML_CHECK_GOTO(ml_signal_agree(comm, &sig), done);
+        const int64_t every = c->checkpoint_every;
+        if (sig || (every > 0 && end / every > first / every)) {
+            ml_prof_begin("capture.checkpoint");
+            rc = ml_capture_checkpoint(comm, &h, path, end, !sig);
+            ml_prof_end("capture.checkpoint", 0, 0);
+            ML_CHECK_GOTO(rc, done);
+            in_place = 1;
+        }
+        if (sig) {
+            if (!c->quiet) ml_progress_end(&pg, "interrupted");
+            rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
+                                        "interrupted by %s: checkpoint at batch %lld of %lld written to %s; rerun the "
+                                        "same command to resume",
+                                        ml_signal_name(sig), (long long)end, (long long)NB, path));
+            goto done;
         }
     }
+    /* the handlers stay until the file is finished: a signal now lets the run end normally */
     double secs = ml_wtime() - t0, total_bytes = 0;
     ML_CHECK_GOTO(ml_capture_sum(comm, &bytes, &total_bytes, 1), done);
     if (!c->quiet) {
@@ -305,11 +513,11 @@ int ml_capture_run(MPI_Comm comm, const ml_model *model, const ml_capture_config
                  total_bytes / 1e6 / (secs > 0 ? secs : 1e-9));
         ml_progress_end(&pg, extra);
     }
-    ML_CHECK_GOTO(ml_h5_write_profile(h, "/profile"), done);
-    ML_CHECK_GOTO(ml_h5_close(&h), done);
-    if (stats) *stats = (ml_capture_stats){N, W, secs, total_bytes};
+    ML_CHECK_GOTO(ml_capture_finish(comm, &h, path, in_place, NB, c->config_json), done);
+    if (stats) *stats = (ml_capture_stats){N, W, secs, total_bytes, b0, NB};
 done:
-    if (h) ml_h5_discard(&h);
+    ml_signals_restore(&guard);
+    if (h) ml_h5_discard(&h); /* a created file is deleted; a checkpoint opened in place is kept */
     ml_free(b.win);
     ml_free(b.tok);
     ml_free(b.row_tok);
@@ -317,6 +525,7 @@ done:
     ml_free(b.row_dom);
     ml_free(b.row_doc);
     ml_hooks_free(&hs);
+    ml_capture_meta_clear(&meta);
     ml_window_plan_destroy(&plan);
     ml_workspace_destroy(&ws);
     return rc;

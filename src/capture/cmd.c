@@ -78,7 +78,9 @@ static const char ml_capture_usage[] =
     "(blocks.<i>.mlp.hook_post, blocks.<i>.hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out,\n"
     "hook_mlp_out, mlp.hook_pre, mlp.hook_pre_linear, ln_final.hook_normalized) with token ids, positions,\n"
     "document ids and domain ids (format mergelens.activations v1). For a one-layer model short names\n"
-    "(mlp.hook_post, resid_pre, attn_out, ...) mean layer 0. The file is identical for any number of ranks.\n";
+    "(mlp.hook_post, resid_pre, attn_out, ...) mean layer 0. The file is identical for any number of ranks.\n"
+    "SIGTERM or SIGUSR1 stops it at the next batch with a checkpoint at --out (complete = 0); running the\n"
+    "same command again continues it.\n";
 
 static const ml_option_spec ml_capture_opts[] = {
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "activations file to write (acts/NAME.h5)"},
@@ -87,6 +89,11 @@ static const ml_option_spec ml_capture_opts[] = {
     {"dtype", ML_OPT_CHOICE, "float32", 0, -1, "float32|float16",
      "storage: float32, or IEEE half bits in uint16 (attribute encoding = float16)"},
     {"chunk_rows", ML_OPT_INT, "0", 0, 1e12, NULL, "HDF5 chunk rows (0: about 1 MiB chunks)"},
+    {"resume", ML_OPT_BOOL, "true", 0, -1, NULL,
+     "continue --out when it holds an unfinished capture (complete = 0, after SIGTERM/SIGUSR1)"},
+    {"checkpoint_every", ML_OPT_INT, "0", 0, 1e15, NULL,
+     "also make --out a durable checkpoint every this many batches, so kill -9 resumes too (0: only on a signal)"},
+    {"raise_at", ML_OPT_INT, "0", 0, 1e15, NULL, "testing: the last rank raises SIGUSR1 just before batch N (1-based)"},
     ML_WINDOW_OPTS("train"),
     ML_OPT_END,
 };
@@ -118,15 +125,20 @@ int ml_cmd_capture(MPI_Comm comm, int argc, char **argv) {
     c.float16 = !strcmp(ml_opt_str(o, "dtype"), "float16");
     c.batch = (int)ml_opt_int(o, "batch");
     c.chunk_rows = ml_opt_int(o, "chunk_rows");
+    c.resume = ml_opt_bool(o, "resume");
+    c.checkpoint_every = ml_opt_int(o, "checkpoint_every");
+    c.raise_at = ml_opt_int(o, "raise_at");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     c.config_json = json;
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ml_capture_stats st;
     ML_CHECK_GOTO(ml_capture_run(comm, model, &c, out, &st), done);
-    ml_info("capture: wrote %s: %lld tokens (%lld windows of %d) x %d hook(s), %.1f MB in %.2f s (%.0f tokens/s)", out,
+    const double done_tokens = (double)st.n_tokens * (double)(st.n_batches - st.resumed_from) / (double)st.n_batches;
+    ml_info("capture: wrote %s: %lld tokens (%lld windows of %d) x %d hook(s), %.1f MB in %.2f s (%.0f tokens/s)%s", out,
             (long long)st.n_tokens, (long long)st.n_windows, c.windows.T, c.n_hooks, st.bytes_written / 1e6,
-            st.seconds, (double)st.n_tokens / (st.seconds > 0 ? st.seconds : 1e-9));
+            st.seconds, done_tokens / (st.seconds > 0 ? st.seconds : 1e-9),
+            st.resumed_from > 0 ? " (resumed: rate of this run's batches)" : "");
 done:
     ml_model_destroy(&model);
     ml_window_opts_clear(&w);

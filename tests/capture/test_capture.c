@@ -3,6 +3,8 @@
  * parameters), the right tokens, positions, document and domain ids, the
  * documented attributes; float16 storage round-trips within half precision
  * and is readable by the sae module's activations source. */
+#include <zlib.h>
+
 #include "fixtures.h"
 #include "mergelens/interop.h"
 #include "mergelens/sae.h"
@@ -76,6 +78,15 @@ static void test_values(void **state) {
     assert_int_equal(n_tokens, NTOK);
     assert_int_equal(ctx, T_CTX);
     assert_int_equal(nw, 26);
+    /* finished-file bookkeeping: 26 windows in batches of 3; CRC-32 of the parameters computed here */
+    const char *ikeys[] = {"complete", "batch", "n_batches", "batches_done", "model_crc32"};
+    const int64_t iwant[] = {1, 3, 9, 9,
+                             (int64_t)crc32(0L, (const Bytef *)e.m->params, (uInt)(e.m->n_params * sizeof(float)))};
+    for (int k = 0; k < 5; k++) {
+        int64_t v = -1;
+        ML_ASSERT_OK(ml_h5_get_attr_int(h, "/", ikeys[k], &v));
+        if (v != iwant[k]) fail_msg("attribute %s = %lld, expected %lld", ikeys[k], (long long)v, (long long)iwant[k]);
+    }
     ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", "model", &s));
     assert_string_equal(s, e.ckpt);
     ml_free(s);
