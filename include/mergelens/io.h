@@ -48,6 +48,9 @@ int ml_h5_open_rw(MPI_Comm comm, const char *path, const char *expect_format, in
  * where the page cache does not support it). */
 void ml_h5_start_writeback(ml_h5 *h);
 int ml_h5_close(ml_h5 **h);
+/* Collective: hand everything written so far (data and metadata) to the
+ * operating system, so that it survives the death of the process. */
+int ml_h5_flush(ml_h5 *h);
 /* Collective: close and delete a file being created (on error paths).
  * Tolerates NULL. Never fails (errors are logged at debug level). */
 void ml_h5_discard(ml_h5 **h);

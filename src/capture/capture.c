@@ -241,18 +241,14 @@ static int ml_capture_checkpoint(MPI_Comm comm, ml_h5 **h, const char *path, int
 }
 
 /* Collective: finish the file. Everything but the flags is written and
- * flushed first (a file opened in place is closed and reopened: io.h has no
- * flush), so a file that says complete = 1 holds every row even if the
- * process dies during this call. */
+ * flushed first, so a file that says complete = 1 holds every row even if
+ * the process dies during this call. */
 static int ml_capture_finish(MPI_Comm comm, ml_h5 **h, const char *path, int in_place, int64_t NB,
                              const char *config_json) {
     int rc = ML_OK;
     if (!ml_h5_exists(*h, "/profile")) rc = ml_h5_write_profile(*h, "/profile"); /* kept from a killed finish */
     ML_CHECK(ml_agree(comm, rc));
-    if (in_place) {
-        ML_CHECK(ml_h5_close(h));
-        ML_CHECK(ml_h5_open_rw(comm, path, ML_CAPTURE_PARTIAL_FORMAT, 1, 1, h));
-    }
+    if (in_place) ML_CHECK(ml_h5_flush(*h));
     rc = ml_h5_set_attr_int(*h, "/", "batches_done", NB);
     if (rc == ML_OK && config_json) rc = ml_h5_set_attr_str(*h, "/", "config", config_json);
     if (rc == ML_OK) rc = ml_h5_set_attr_int(*h, "/", "complete", 1);

@@ -315,6 +315,15 @@ int ml_h5_close(ml_h5 **ph) {
     return rc == ML_OK ? ML_OK : ml_error_trace(rc, __FILE__, __LINE__, __func__);
 }
 
+int ml_h5_flush(ml_h5 *h) {
+    int rc = ML_OK;
+    if (H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) {
+        char hb[256];
+        rc = ML_FAIL(ML_ERR_HDF5, "%s: flush failed (%s)", h->path, ml_h5_err(hb));
+    }
+    return ml_agree(h->comm, rc);
+}
+
 void ml_h5_discard(ml_h5 **ph) {
     if (!ph || !*ph) return;
     ml_h5 *h = *ph;
