@@ -11,9 +11,10 @@ set -u
 . "$ML_SRC/tests/reliability/lib.sh"
 rel_begin rank_fail
 declare -A CMD
-CMD[train]="train --domains $F/a.h5 --out out.h5 $MODEL_ARGS --steps 400 --checkpoint_every 20"
-CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval_rows 1024 --tokens 65536"
-CMD[sweep]="sweep $F/rec.yaml --param t --count 81 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --out out.h5"
+# (long enough that the kill, 0.5-1.5 s after start-up, lands mid-run on a fast idle machine)
+CMD[train]="train --domains $F/a.h5 --out out.h5 $MODEL_ARGS --steps 20000 --checkpoint_every 20"
+CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval_rows 1024 --tokens 4194304"
+CMD[sweep]="sweep $F/rec.yaml --param t --count 2001 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --out out.h5"
 for stage in train sae sweep; do
   for sig in KILL SEGV; do
     dir=$T/$stage.$sig; mkdir -p "$dir"
