@@ -292,11 +292,13 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
             ml_sae_ckpt_state st = {.step = t->steps, .steps = t->steps, .stream_pos = t->tokens_seen, .ranks = P};
             ML_CHECK_GOTO(ml_sae_ckpt_write(comm, paths[g], t, &st, json, source_json), done);
         }
+        char more[64];
+        ml_sae_ckpt_more(more, sizeof more, run->n);
         rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
                                     "interrupted by %s: checkpoint at step %lld of %lld written to %s%s; rerun the "
                                     "same command to resume",
                                     ml_signal_name(sig), (long long)run->item[0].steps, (long long)run->item[0].steps,
-                                    paths[0], run->n > 1 ? " (and the grid's other files)" : ""));
+                                    paths[0], more));
         goto done;
     }
     for (int g = 0; g < run->n; g++) {

@@ -6,6 +6,8 @@
 #ifndef ML_SAE_CKPT_H
 #define ML_SAE_CKPT_H
 
+#include <stdio.h>
+
 #include "mergelens/sae.h"
 
 #define ML_SAE_CKPT_SUMS 7 /* loss sums of the open log interval (train.c's ST_N) */
@@ -38,6 +40,12 @@ int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, 
  * median_iters, mean_sq_norm) and st, whose arrays the caller allocated
  * (adam_m, adam_v, since, iv_count, mu). */
 int ml_sae_ckpt_read(MPI_Comm comm, const char *path, ml_sae_trained *tr, ml_sae_ckpt_state *st);
+
+/* The interruption message's note on a grid's other files ("" for one SAE). */
+static inline void ml_sae_ckpt_more(char *buf, size_t cap, int n_grid) {
+    buf[0] = '\0';
+    if (n_grid > 1) snprintf(buf, cap, " (and %d more file%s of the grid)", n_grid - 1, n_grid > 2 ? "s" : "");
+}
 
 /* Grow a metric history to hold at least n records (train.c). */
 int ml_sae_history_reserve(ml_sae_history *h, int64_t n);

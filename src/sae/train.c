@@ -637,8 +637,8 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
                 ML_CHECK_GOTO(ml_save_checkpoints(comm, cfg, slots, &rp), fail);
             if (sigval > 0) {
                 if (!cfg->quiet) ml_progress_end(&pg, NULL);
-                char more[64] = "";
-                if (G > 1) snprintf(more, sizeof more, " (and %d more files of the grid)", G - 1);
+                char more[64];
+                ml_sae_ckpt_more(more, sizeof more, G);
                 rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
                                             "interrupted by %s: checkpoint at step %lld of %lld written to %s%s; rerun "
                                             "the same command to resume",
