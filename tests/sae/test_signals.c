@@ -6,7 +6,8 @@
  * uninterrupted run's bit for bit (h5diff of every dataset and non-root
  * attribute, the root attributes but `config` one by one). Both row sources:
  * an activations file (a grid of two SAEs, interrupted mid-interval, and
- * during the evaluation) and the model's forward pass (periodic checkpoints). */
+ * during the evaluation) and the model's forward pass (periodic checkpoints);
+ * and a topk grid with AuxK. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -230,7 +231,34 @@ static void test_model_route(void **state) {
 #undef MODEL_OPTS
 }
 
+/* topk with AuxK on dead latents (dead after 500 rows), a grid of k */
+static void test_topk(void **state) {
+    (void)state;
+    env e;
+    env_make(&e, "sae_signals_topk", 1);
+    char ref[1200], out[1200], rp[2][1300], op[2][1300];
+    snprintf(ref, sizeof ref, "%s/saes/ref.h5", e.dir);
+    snprintf(out, sizeof out, "%s/saes/sig.h5", e.dir);
+    const char *ks[2] = {"4", "8"};
+    for (int g = 0; g < 2; g++) {
+        snprintf(rp[g], sizeof rp[g], "%s/saes/ref-k%s.h5", e.dir, ks[g]);
+        snprintf(op[g], sizeof op[g], "%s/saes/sig-k%s.h5", e.dir, ks[g]);
+    }
+    const char *paths[2] = {op[0], op[1]};
+    long live = ml_alloc_live();
+    const char *full[] = {"sae", e.acts, "--out", ref, SAE_OPTS, "--architecture", "topk", "--k", "4,8", "--k_aux", "16",
+                          "--dead_window", "500", NULL};
+    ML_ASSERT_OK(run_sae(full));
+    const char *sig[] = {"sae", e.acts, "--out", out, SAE_OPTS, "--architecture", "topk", "--k", "4,8", "--k_aux", "16",
+                         "--dead_window", "500", "--raise_at", "33", NULL};
+    expect_interrupted(run_sae(sig), paths, 2, 33, 93);
+    ML_ASSERT_OK(run_sae(sig));
+    for (int g = 0; g < 2; g++) expect_same(rp[g], op[g]);
+    assert_int_equal(ml_alloc_live(), live);
+}
+
 int main(int argc, char **argv) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_file_route), cmocka_unit_test(test_model_route)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_file_route), cmocka_unit_test(test_model_route),
+                                       cmocka_unit_test(test_topk)};
     return ml_test_run(argc, argv, "sae_signals", tests, sizeof tests / sizeof tests[0]);
 }
