@@ -62,8 +62,13 @@ void ml_sae_param_offsets(const ml_sae *sae, size_t *W_enc_t, size_t *b_enc, siz
 void ml_sae_init(ml_sae *sae, uint64_t seed, float dec_norm);
 
 /* Load saes/<name>.h5 (format mergelens.sae v1). Not collective: each
- * calling process reads the file on its own (MPI_COMM_SELF). */
+ * calling process reads the file on its own (MPI_COMM_SELF). Refuses an
+ * interrupted training's checkpoint (root attribute complete = 0). */
 int ml_sae_load(const char *path, ml_sae **out);
+/* ML_ERR_FORMAT (one line naming the file) when an opened mergelens.sae file
+ * is a checkpoint (complete = 0); files without the attribute are complete. */
+typedef struct ml_h5 ml_h5;
+int ml_sae_check_complete(ml_h5 *h);
 
 /* Dense encode: f (n,S) from x (n,D). For topk, all but the K largest
  * pre-activations of each row are zero. */
@@ -203,12 +208,32 @@ int ml_sae_stream_next(ml_sae_stream *s, const float **rows, int64_t *stream_pos
  * nbatches <= peek_batches given at creation. */
 int ml_sae_stream_peek(ml_sae_stream *s, int nbatches, const float **rows);
 int ml_sae_stream_local_batch(const ml_sae_stream *s); /* B/P */
+/* Collective, on a fresh stream only: continue at global stream position
+ * stream_pos (a multiple of the batch), as if stream_pos / B batches had been
+ * taken with ml_sae_stream_next (the buffers before it are not read). */
+int ml_sae_stream_seek(ml_sae_stream *s, int64_t stream_pos);
 
 /* ---- training ---------------------------------------------------------------------- */
 #define ML_SAE_MAX_GRID 16
 #define ML_SAE_HIST_BINS 40 /* log10 density histogram: bins of 0.25 over [-10, 0] */
 #define ML_SAE_HIST_LO (-10.0)
 #define ML_SAE_HIST_STEP 0.25
+
+/* Preemption (docs/modules/sae.md, "Preemption and resume"): on an agreed
+ * SIGTERM / SIGUSR1 at a step boundary, and every `every` steps, each SAE of
+ * the grid is checkpointed to its final output path (complete = 0, with the
+ * optimizer, stream position and metric history); ml_sae_train then returns
+ * ML_ERR_INTERRUPTED. With resume, training continues from those files and
+ * ends bitwise where an uninterrupted run (same ranks) ends. */
+typedef struct ml_sae_ckpt_opts {
+    int n;                              /* = n_grid */
+    const char *paths[ML_SAE_MAX_GRID]; /* checkpoint (= output) path of each SAE */
+    const char *config_json;            /* root attribute `config` (ml_options_to_json) */
+    const char *source_json;            /* root attribute `source` */
+    int resume;                         /* continue from the checkpoints at paths */
+    int64_t every;                      /* periodic checkpoints (steps; 0: only on a signal) */
+    int64_t raise_at;                   /* testing: SIGUSR1 just before this step (0: never) */
+} ml_sae_ckpt_opts;
 
 typedef struct {
     ml_sae_arch arch;
@@ -239,6 +264,7 @@ typedef struct {
     int l1_warmup;             /* steps of linear L1 warm-up (0 = none) */
     const char *hook_name, *model;
     int quiet;                 /* no progress display */
+    const struct ml_sae_ckpt_opts *ckpt; /* checkpoints and resume (NULL: none) */
 } ml_sae_train_config;
 void ml_sae_train_config_default(ml_sae_train_config *c);
 

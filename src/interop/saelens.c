@@ -13,6 +13,7 @@
 #include "interop_internal.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/sae.h"
 
 #define ML_SAE_FORMAT "mergelens.sae"
 
@@ -71,6 +72,7 @@ int ml_saelens_export(const char *sae_path, const char *dir, ml_st_dtype dtype) 
                        ml_st_dtype_name(dtype));
     ml_prof_begin("saelens_export");
     ML_CHECK_GOTO(ml_h5_open(MPI_COMM_SELF, sae_path, ML_SAE_FORMAT, 1, 1, &h), done);
+    ML_CHECK_GOTO(ml_sae_check_complete(h), done);
     int64_t d_in, d_sae, k = 0;
     int has_k, has_apply;
     int64_t apply_b_dec = 0;

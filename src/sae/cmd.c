@@ -1,12 +1,14 @@
 /* `mergelens sae ACTS.h5 --out saes/NAME.h5`: train one SAE (or a grid of L1
  * coefficients / k values in one pass) on captured activations, evaluate it,
  * and write saes/NAME.h5. */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mergelens/io.h"
 #include "mergelens/config.h"
 #include "mergelens/sae.h"
+#include "sae_ckpt.h"
 #include "sae_forward.h"
 
 static const char ml_sae_usage[] =
@@ -75,6 +77,9 @@ static const ml_option_spec ml_sae_opts[] = {
     {"reservoir", ML_OPT_INT, "24", 0, 100000, NULL, "uniform sample of firings per feature for the quantiles"},
     {"ctx_left", ML_OPT_INT, "16", 0, 10000, NULL, "tokens of context before an example"},
     {"ctx_right", ML_OPT_INT, "4", 0, 10000, NULL, "tokens of context after an example"},
+    {"resume", ML_OPT_BOOL, "true", 0, -1, NULL, "continue from --out when it holds an interrupted run's checkpoint"},
+    {"checkpoint_every", ML_OPT_INT, "0", 0, 1e15, NULL, "also checkpoint every N steps (0: only on SIGTERM / SIGUSR1)"},
+    {"raise_at", ML_OPT_INT, "0", 0, 1e15, NULL, "testing: the last rank raises SIGUSR1 just before this step"},
     ML_OPT_END,
 };
 
@@ -113,6 +118,9 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     ml_window_opts wo = {0};
     ml_sae_run *run = NULL;
     ml_sae_eval *ev[ML_SAE_MAX_GRID] = {0};
+    char paths[ML_SAE_MAX_GRID][4096];
+    ml_sae_ckpt_opts ck = {0};
+    ml_signal_guard guard = {0};
     ML_CHECK_GOTO(ml_options_parse_command(comm, "sae", ml_sae_usage, ml_sae_opts, argc, argv, &o, &npos, &pos, &help),
                   done);
     if (help) goto done;
@@ -207,6 +215,34 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     }
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
+    /* output paths (= checkpoint paths): one per SAE of the grid */
+    ck.n = c.n_grid;
+    ck.config_json = json;
+    ck.source_json = source_json;
+    ck.every = ml_opt_int(o, "checkpoint_every");
+    ck.raise_at = ml_opt_int(o, "raise_at");
+    int found = 0;
+    for (int g = 0; g < c.n_grid; g++) {
+        char suffix[64];
+        if (c.n_grid == 1) snprintf(paths[g], sizeof paths[g], "%s", out);
+        else {
+            if (c.arch == ML_SAE_TOPK) snprintf(suffix, sizeof suffix, "-k%d", c.k[g]);
+            else snprintf(suffix, sizeof suffix, "-l1_%g", c.l1[g]);
+            ml_grid_path(paths[g], sizeof paths[g], out, suffix);
+        }
+        ck.paths[g] = paths[g];
+        int f = 0;
+        if (ml_opt_bool(o, "resume")) ML_CHECK_GOTO(ml_sae_ckpt_probe(comm, paths[g], json, source_json, &f), done);
+        found += f;
+    }
+    if (found == c.n_grid) ck.resume = 1;
+    else if (found > 0)
+        ml_warn("sae: only %d of the grid's %d files are checkpoints (%s ...): training starts over", found, c.n_grid,
+                paths[0]);
+    else if (!ml_opt_bool(o, "resume") && ml_file_exists(paths[0]))
+        ml_info("sae: %s exists; --resume false: starting over (it is replaced when a file is written)", paths[0]);
+    c.ckpt = &ck;
+    ml_signals_install(&guard);
     double t_train = ml_wtime();
     ML_CHECK_GOTO(ml_sae_train(comm, &c, rows, &run), done);
     t_train = ml_wtime() - t_train;
@@ -245,14 +281,28 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
         for (int g = 0; g < run->n; g++) saes[g] = run->item[g].sae;
         ML_CHECK_GOTO(ml_sae_evaluate(comm, saes, run->n, es, &e, ev), done);
     }
-    for (int g = 0; g < run->n; g++) {
-        char path[4096], suffix[64];
-        if (run->n == 1) snprintf(path, sizeof path, "%s", out);
-        else {
-            if (c.arch == ML_SAE_TOPK) snprintf(suffix, sizeof suffix, "-k%d", c.k[g]);
-            else snprintf(suffix, sizeof suffix, "-l1_%g", c.l1[g]);
-            ml_grid_path(path, sizeof path, out, suffix);
+    /* a signal during the evaluation: checkpoint the finished training; a rerun evaluates */
+    int sig = 0;
+    ML_CHECK_GOTO(ml_signal_agree(comm, &sig), done);
+    if (sig) {
+        int P;
+        MPI_Comm_size(comm, &P);
+        for (int g = 0; g < run->n; g++) {
+            const ml_sae_trained *t = &run->item[g];
+            ml_sae_ckpt_state st = {.step = t->steps, .steps = t->steps, .stream_pos = t->tokens_seen, .ranks = P};
+            ML_CHECK_GOTO(ml_sae_ckpt_write(comm, paths[g], t, &st, json, source_json), done);
         }
+        char more[64];
+        ml_sae_ckpt_more(more, sizeof more, run->n);
+        rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
+                                    "interrupted by %s: checkpoint at step %lld of %lld written to %s%s; rerun the "
+                                    "same command to resume",
+                                    ml_signal_name(sig), (long long)run->item[0].steps, (long long)run->item[0].steps,
+                                    paths[0], more));
+        goto done;
+    }
+    for (int g = 0; g < run->n; g++) {
+        const char *path = paths[g];
         ML_CHECK_GOTO(ml_sae_write_source(comm, path, run->item[g].sae, &run->item[g], ev[g], json, source_json), done);
         const ml_sae_history *h = &run->item[g].hist;
         int64_t i = h->n - 1;
@@ -265,6 +315,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
                     h->l0[i], 100 * h->dead_fraction[i]);
     }
 done:
+    ml_signals_restore(&guard);
     for (int g = 0; g < ML_SAE_MAX_GRID; g++) ml_sae_eval_destroy(&ev[g]);
     ml_sae_run_destroy(&run);
     ml_acts_source_close(&eval_src);

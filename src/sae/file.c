@@ -16,7 +16,9 @@
 
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
+#include "mergelens/config.h"
 #include "mergelens/sae.h"
+#include "sae_ckpt.h"
 
 #define ML_SAE_FORMAT "mergelens.sae"
 #define ML_SAE_VERSION 1
@@ -149,8 +151,32 @@ int ml_sae_write(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sa
     return ml_sae_write_source(comm, path, sae, tr, ev, config_json, NULL);
 }
 
-int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr,
-                        const ml_sae_eval *ev, const char *config_json, const char *source_json) {
+/* /checkpoint: the training state beside the SAE and its history (sae_ckpt.h) */
+static int ml_write_ckpt_group(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_ckpt_state *st) {
+    const char *g = "/checkpoint";
+    ML_CHECK(ml_h5_mkgroup(h, g));
+    const struct {
+        const char *name;
+        int64_t value;
+    } attrs[] = {{"step", st->step},         {"steps", st->steps}, {"stream_pos", st->stream_pos},
+                 {"interval_steps", st->iv_steps}, {"ranks", st->ranks}, {"median_iters", tr->median_iters}};
+    for (size_t i = 0; i < sizeof attrs / sizeof *attrs; i++) ML_CHECK(ml_h5_set_attr_int(h, g, attrs[i].name, attrs[i].value));
+    ML_CHECK(ml_w1(h, "/checkpoint/params", ML_F32, (hsize_t)sae->n_params, sae->params));
+    ML_CHECK(ml_w1(h, "/checkpoint/interval_sums", ML_F64, ML_SAE_CKPT_SUMS, st->iv_sums));
+    if (st->adam_m) ML_CHECK(ml_w1(h, "/checkpoint/adam_m", ML_F32, (hsize_t)sae->n_params, st->adam_m));
+    if (st->adam_v) ML_CHECK(ml_w1(h, "/checkpoint/adam_v", ML_F32, (hsize_t)sae->n_params, st->adam_v));
+    if (st->iv_count) ML_CHECK(ml_w1(h, "/checkpoint/interval_count", ML_F64, (hsize_t)sae->d_sae, st->iv_count));
+    if (st->mu) ML_CHECK(ml_w1(h, "/checkpoint/mu", ML_F32, (hsize_t)sae->d_in, st->mu));
+    if ((!st->adam_m || !st->adam_v || !st->iv_count || !st->mu) && st->step < st->steps)
+        return ML_FAIL(ML_ERR_INTERNAL, "%s: checkpoint at step %lld of %lld without its optimizer state", ml_h5_path(h),
+                       (long long)st->step, (long long)st->steps);
+    return ML_OK;
+}
+
+/* The SAE file (complete = 1, st NULL) or a training checkpoint (complete = 0, st given). */
+static int ml_sae_write_file(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr,
+                             const ml_sae_eval *ev, const char *config_json, const char *source_json,
+                             const ml_sae_ckpt_state *st) {
     int rank, rc = ML_OK;
     ML_CHECK_MPI(MPI_Comm_rank(comm, &rank));
     /* only rank 0's data is written; it alone needs the transposed encoder */
@@ -164,7 +190,9 @@ int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, cons
     ml_h5 *h = NULL;
     ML_CHECK_GOTO(ml_h5_create(comm, path, ML_SAE_FORMAT, ML_SAE_VERSION, &h), done);
     rc = ml_write_body(h, sae, tr, ev, config_json, source_json, W_enc ? W_enc : sae->params);
-    if (rc == ML_OK) rc = ml_h5_write_profile(h, "/profile");
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(h, "/", "complete", st ? 0 : 1);
+    if (rc == ML_OK && st) rc = ml_write_ckpt_group(h, sae, tr, st);
+    if (rc == ML_OK && !st) rc = ml_h5_write_profile(h, "/profile");
     if (rc != ML_OK) {
         ml_error_trace(rc, __FILE__, __LINE__, __func__);
         ml_h5_discard(&h);
@@ -174,6 +202,16 @@ int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, cons
 done:
     ml_free(W_enc);
     return rc;
+}
+
+int ml_sae_write_source(MPI_Comm comm, const char *path, const ml_sae *sae, const ml_sae_trained *tr,
+                        const ml_sae_eval *ev, const char *config_json, const char *source_json) {
+    return ml_sae_write_file(comm, path, sae, tr, ev, config_json, source_json, NULL);
+}
+
+int ml_sae_ckpt_write(MPI_Comm comm, const char *path, const ml_sae_trained *tr, const ml_sae_ckpt_state *st,
+                      const char *config_json, const char *source_json) {
+    return ml_sae_write_file(comm, path, tr->sae, tr, NULL, config_json, source_json, st);
 }
 
 /* An optional integer root attribute: def when it is absent. */
@@ -187,6 +225,136 @@ static int ml_attr_int_or(ml_h5 *h, const char *attr, int64_t def, int64_t *out)
     return rc;
 }
 
+static int ml_attr_str_opt(ml_h5 *h, const char *attr, char **out);
+
+int ml_sae_check_complete(ml_h5 *h) {
+    int64_t complete = 1, step = 0, steps = 0;
+    ML_CHECK(ml_attr_int_or(h, "complete", 1, &complete));
+    if (complete) return ML_OK;
+    if (ml_h5_exists(h, "/checkpoint")) {
+        if (ml_h5_get_attr_int(h, "/checkpoint", "step", &step) != ML_OK ||
+            ml_h5_get_attr_int(h, "/checkpoint", "steps", &steps) != ML_OK)
+            ml_error_clear();
+    }
+    return ML_FAIL(ML_ERR_FORMAT,
+                   "%s: not a finished SAE but the checkpoint of an interrupted `mergelens sae` (complete = 0, step "
+                   "%lld of %lld); rerun that command to finish it",
+                   ml_h5_path(h), (long long)step, (long long)steps);
+}
+
+/* Options of `mergelens sae` that may differ between an interrupted run and
+ * its continuation: bookkeeping and the evaluation after training. */
+static const char *const ml_sae_resume_free_keys[] = {
+    "out",      "resume",           "raise_at",  "checkpoint_every", "eval",      "eval_acts", "eval_row0",
+    "eval_rows", "eval_block",      "top_examples", "quantile_examples", "reservoir", "ctx_left", "ctx_right", NULL};
+
+int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, const char *source_json, int *found) {
+    *found = 0;
+    int rank, exists = 0, rc = ML_OK;
+    ML_CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    if (rank == 0) exists = ml_file_exists(path);
+    ML_CHECK_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
+    if (!exists) return ML_OK;
+    ml_h5 *h = NULL;
+    char *stored = NULL, *src = NULL;
+    int64_t complete = 1;
+    ML_CHECK(ml_h5_open(comm, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    ML_CHECK_GOTO(ml_attr_int_or(h, "complete", 1, &complete), done);
+    if (complete) goto done;
+    if (!ml_h5_exists(h, "/checkpoint"))
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: complete = 0 but no /checkpoint group: not a resumable SAE checkpoint "
+                     "(rerun with --resume false to start over)", path);
+    ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "config", &stored), done);
+    ML_CHECK_GOTO(ml_options_check_resume(path, stored, config_json, ml_sae_resume_free_keys), done);
+    ML_CHECK_GOTO(ml_attr_str_opt(h, "source", &src), done);
+    if (source_json && (!src || strcmp(src, source_json)))
+        ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: cannot resume: its rows came from %s, this run's from %s", path,
+                     src ? src : "(unknown)", source_json);
+    *found = 1;
+done:
+    ml_free(stored);
+    ml_free(src);
+    ml_h5_close(&h);
+    return rc;
+}
+
+static int ml_read_col(ml_h5 *h, const char *name, ml_dtype t, hsize_t n, void *out) {
+    hsize_t dims[1] = {n};
+    return ml_h5_read_tensor(h, name, t, 1, dims, out);
+}
+
+/* The metric history of a checkpoint into hist (empty). */
+static int ml_read_history(ml_h5 *h, ml_sae_history *y) {
+    if (!ml_h5_exists(h, "/metrics/step")) return ML_OK;
+    int r;
+    hsize_t dims[ML_H5_MAX_RANK];
+    ML_CHECK(ml_h5_shape(h, "/metrics/step", &r, dims, NULL));
+    if (r != 1) return ML_FAIL(ML_ERR_FORMAT, "%s: /metrics/step must be 1-d (found rank %d)", ml_h5_path(h), r);
+    hsize_t T = dims[0];
+    ML_CHECK(ml_sae_history_reserve(y, (int64_t)T));
+    ML_CHECK(ml_read_col(h, "/metrics/step", ML_I64, T, y->step));
+    ML_CHECK(ml_read_col(h, "/metrics/tokens", ML_I64, T, y->tokens));
+    ML_CHECK(ml_read_col(h, "/metrics/loss", ML_F64, T, y->loss));
+    ML_CHECK(ml_read_col(h, "/metrics/mse", ML_F64, T, y->mse));
+    ML_CHECK(ml_read_col(h, "/metrics/fvu", ML_F64, T, y->fvu));
+    ML_CHECK(ml_read_col(h, "/metrics/l0", ML_F64, T, y->l0));
+    ML_CHECK(ml_read_col(h, "/metrics/loss_l1", ML_F64, T, y->loss_l1));
+    ML_CHECK(ml_read_col(h, "/metrics/loss_aux", ML_F64, T, y->loss_aux));
+    ML_CHECK(ml_read_col(h, "/metrics/dead_fraction", ML_F64, T, y->dead_fraction));
+    ML_CHECK(ml_read_col(h, "/metrics/dense_fraction", ML_F64, T, y->dense_fraction));
+    ML_CHECK(ml_read_col(h, "/metrics/resampled", ML_I64, T, y->resampled));
+    hsize_t hd[2] = {T, ML_SAE_HIST_BINS};
+    ML_CHECK(ml_h5_read_tensor(h, "/metrics/density_hist", ML_I64, 2, hd, y->hist));
+    ML_CHECK(ml_read_col(h, "/metrics/density_hist_zero", ML_I64, T, y->hist_zero));
+    y->n = (int64_t)T;
+    return ML_OK;
+}
+
+int ml_sae_ckpt_read(MPI_Comm comm, const char *path, ml_sae_trained *tr, ml_sae_ckpt_state *st) {
+    int rc = ML_OK;
+    ml_h5 *h = NULL;
+    char *arch = NULL;
+    ml_sae *sae = tr->sae;
+    ML_CHECK(ml_h5_open(comm, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    int64_t d_in = 0, d_sae = 0, k = 0, med = 0, ranks = 0;
+    ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_in", &d_in), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/", "d_sae", &d_sae), done);
+    ML_CHECK_GOTO(ml_attr_int_or(h, "k", 0, &k), done);
+    if (strcmp(arch, ml_sae_arch_name(sae->arch)) || d_in != sae->d_in || d_sae != sae->d_sae || k != sae->k)
+        ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: cannot resume: it holds a %s SAE %lld x %lld (k %lld), this run trains "
+                     "a %s SAE %d x %d (k %d)", path, arch, (long long)d_in, (long long)d_sae, (long long)k,
+                     ml_sae_arch_name(sae->arch), sae->d_in, sae->d_sae, sae->k);
+    const char *g = "/checkpoint";
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "step", &st->step), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "steps", &st->steps), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "stream_pos", &st->stream_pos), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "interval_steps", &st->iv_steps), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "ranks", &ranks), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, g, "median_iters", &med), done);
+    st->ranks = ranks;
+    tr->median_iters = (int)med;
+    ML_CHECK_GOTO(ml_h5_get_attr_double(h, "/", "mean_sq_norm", &tr->mean_sq_norm), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/metrics", "resampled_total", &tr->resampled_total), done);
+    ML_CHECK_GOTO(ml_h5_get_attr_int(h, "/metrics", "tokens", &tr->tokens_seen), done);
+    const hsize_t P = (hsize_t)sae->n_params;
+    ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/params", ML_F32, P, sae->params), done);
+    ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/interval_sums", ML_F64, ML_SAE_CKPT_SUMS, st->iv_sums), done);
+    ML_CHECK_GOTO(ml_read_col(h, "/metrics/tokens_since_fired", ML_I64, (hsize_t)d_sae, tr->tokens_since_fired), done);
+    if (st->step < st->steps) {
+        ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/adam_m", ML_F32, P, st->adam_m), done);
+        ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/adam_v", ML_F32, P, st->adam_v), done);
+        ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/interval_count", ML_F64, (hsize_t)d_sae, st->iv_count), done);
+        ML_CHECK_GOTO(ml_read_col(h, "/checkpoint/mu", ML_F32, (hsize_t)d_in, st->mu), done);
+    }
+    ML_CHECK_GOTO(ml_read_history(h, &tr->hist), done);
+done:
+    ml_free(arch);
+    int crc = ml_h5_close(&h);
+    if (rc == ML_OK) rc = crc;
+    return rc;
+}
+
 int ml_sae_load(const char *path, ml_sae **out) {
     *out = NULL;
     int rc = ML_OK;
@@ -195,6 +363,7 @@ int ml_sae_load(const char *path, ml_sae **out) {
     char *arch = NULL, *hook = NULL, *model = NULL;
     float *W_enc = NULL;
     ML_CHECK(ml_h5_open(MPI_COMM_SELF, path, ML_SAE_FORMAT, 1, ML_SAE_VERSION, &h));
+    ML_CHECK_GOTO(ml_sae_check_complete(h), done);
     int64_t d_in = 0, d_sae = 0, k = 0, apply = -1, norm = -1;
     double l1 = 0;
     ML_CHECK_GOTO(ml_h5_get_attr_str(h, "/", "architecture", &arch), done);

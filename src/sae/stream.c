@@ -143,19 +143,28 @@ static void ml_shuffle64(int64_t *a, int64_t n, ml_rng *r) {
     }
 }
 
+/* Start the next epoch's block order when the current one is used up. */
+static void ml_stream_epoch(ml_sae_stream *s) {
+    if (s->next_block < s->nblocks) return;
+    s->epoch++;
+    ml_rng r;
+    ml_rng_seed(&r, s->seed, 0xB10C0000ull + (uint64_t)s->epoch);
+    for (int64_t i = 0; i < s->nblocks; i++) s->block_perm[i] = i;
+    ml_shuffle64(s->block_perm, s->nblocks, &r);
+    s->next_block = 0;
+    s->buffer_no = 0;
+}
+
+/* Blocks in the next buffer (after ml_stream_epoch). */
+static int ml_stream_buffer_blocks(const ml_sae_stream *s) {
+    return (int)(s->nblocks - s->next_block < s->buffer_blocks ? s->nblocks - s->next_block : s->buffer_blocks);
+}
+
 /* Read the next buffer and append this rank's share of its rows to the queue. */
 static int ml_stream_fill(ml_sae_stream *s) {
     int64_t D = s->src.d;
-    if (s->next_block >= s->nblocks) { /* new epoch */
-        s->epoch++;
-        ml_rng r;
-        ml_rng_seed(&r, s->seed, 0xB10C0000ull + (uint64_t)s->epoch);
-        for (int64_t i = 0; i < s->nblocks; i++) s->block_perm[i] = i;
-        ml_shuffle64(s->block_perm, s->nblocks, &r);
-        s->next_block = 0;
-        s->buffer_no = 0;
-    }
-    int G = (int)(s->nblocks - s->next_block < s->buffer_blocks ? s->nblocks - s->next_block : s->buffer_blocks);
+    ml_stream_epoch(s);
+    int G = ml_stream_buffer_blocks(s);
     s->blk_off[0] = 0;
     for (int t = 0; t < G; t++) {
         int64_t b = s->block_perm[s->next_block + t];
@@ -265,6 +274,35 @@ int ml_sae_stream_next(ml_sae_stream *s, const float **rows, int64_t *stream_pos
     s->q_start += s->L;
     s->q_len -= s->L;
     s->consumed += s->B;
+    return ML_OK;
+}
+
+int ml_sae_stream_seek(ml_sae_stream *s, int64_t stream_pos) {
+    if (s->consumed != 0 || s->stream_end != 0)
+        return ML_FAIL(ML_ERR_INTERNAL, "SAE stream: seek on a stream already read (position %lld)", (long long)s->consumed);
+    if (stream_pos < 0 || stream_pos % s->B)
+        return ML_FAIL(ML_ERR_ARG, "SAE stream: seek to %lld, not a multiple of the batch %d", (long long)stream_pos, s->B);
+    if (stream_pos == 0) return ML_OK;
+    for (;;) { /* skip whole buffers before stream_pos without reading them */
+        ml_stream_epoch(s);
+        int G = ml_stream_buffer_blocks(s);
+        int64_t R = 0;
+        for (int t = 0; t < G; t++) {
+            int64_t len = s->src.n_rows - s->block_perm[s->next_block + t] * s->block_rows;
+            R += len < s->block_rows ? len : s->block_rows;
+        }
+        if (s->stream_end + R > stream_pos) break;
+        s->stream_end += R;
+        s->next_block += G;
+        s->buffer_no++;
+    }
+    const int64_t p0 = s->stream_end;
+    ML_CHECK(ml_stream_fill(s));
+    int64_t drop = 0; /* this rank's rows at positions [p0, stream_pos) */
+    for (int64_t p = p0; p < stream_pos; p++) drop += (p % s->B) / s->L == s->rank;
+    s->q_start += drop;
+    s->q_len -= drop;
+    s->consumed = stream_pos;
     return ML_OK;
 }
 

@@ -10,16 +10,20 @@
 #include "mergelens/sae.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sae_ckpt.h"
+
 enum { ST_MSE = 0, ST_L1, ST_AUX, ST_SQERR, ST_L0, ST_VAR, ST_ROWS, ST_N };
+_Static_assert(ST_N == ML_SAE_CKPT_SUMS, "checkpoint interval sums");
 
 typedef struct {
     ml_sae *sae;
     ml_sae_loss_cfg lc;
     double l1_target;
-    float *buf;           /* (n_params + S + ST_N) allreduce buffer */
+    float *buf;           /* (n_params + S + ST_N + 1) allreduce buffer (last: the signal flag) */
     float *m, *v;         /* (n_params) Adam moments */
     int64_t *since;       /* (S) tokens since the latent last fired */
     uint8_t *dead;        /* (S) */
@@ -86,9 +90,10 @@ static void ml_history_free(ml_sae_history *h) {
         (ptr) = np_;                                                                                        \
     } while (0)
 
-static int ml_history_reserve(ml_sae_history *h) {
-    if (h->n < h->cap) return ML_OK;
+int ml_sae_history_reserve(ml_sae_history *h, int64_t need) {
+    if (need <= h->cap) return ML_OK;
     int64_t cap = h->cap ? 2 * h->cap : 64;
+    while (cap < need) cap *= 2;
     ML_GROW(h->step, cap);
     ML_GROW(h->tokens, cap);
     ML_GROW(h->loss, cap);
@@ -124,7 +129,7 @@ void ml_sae_density_hist(const double *count, int S, double rows, int64_t *hist,
 
 static int ml_record(ml_slot *sl, int64_t step, int64_t tokens, const ml_sae_train_config *cfg) {
     ml_sae_history *h = &sl->hist;
-    ML_CHECK(ml_history_reserve(h));
+    ML_CHECK(ml_sae_history_reserve(h, h->n + 1));
     int S = sl->sae->d_sae, D = sl->sae->d_in;
     int64_t i = h->n;
     double rows = sl->iv[ST_ROWS], ns = sl->iv_steps > 0 ? (double)sl->iv_steps : 1;
@@ -319,6 +324,82 @@ void ml_sae_run_destroy(ml_sae_run **runp) {
     *runp = NULL;
 }
 
+/* ---- checkpoints (sae_ckpt.h) ------------------------------------------------------------------ */
+typedef struct {
+    int64_t step, steps;
+    int B, P;
+    const float *mu;      /* (D) */
+    double mean_sq;
+    int median_iters;
+} ml_run_pos;
+
+/* Every SAE of the grid to its output path, complete = 0. Collective. */
+static int ml_save_checkpoints(MPI_Comm comm, const ml_sae_train_config *cfg, ml_slot *slots, const ml_run_pos *rp) {
+    const ml_sae_ckpt_opts *ck = cfg->ckpt;
+    ml_prof_begin("sae.checkpoint");
+    for (int g = 0; g < cfg->n_grid; g++) {
+        ml_slot *sl = &slots[g];
+        ml_sae_trained tr = {.sae = sl->sae, .hist = sl->hist, .steps = rp->step, .tokens_seen = rp->step * rp->B,
+                             .tokens_since_fired = sl->since, .resampled_total = sl->resampled,
+                             .median_iters = rp->median_iters, .mse_norm = sl->lc.mse_norm, .norm_sq = sl->lc.norm_sq,
+                             .mean_sq_norm = rp->mean_sq};
+        ml_sae_ckpt_state st = {.step = rp->step, .steps = rp->steps, .stream_pos = rp->step * rp->B,
+                                .iv_steps = sl->iv_steps, .ranks = rp->P, .adam_m = sl->m, .adam_v = sl->v,
+                                .iv_count = sl->iv_count, .mu = (float *)rp->mu};
+        memcpy(st.iv_sums, sl->iv, sizeof st.iv_sums);
+        ML_CHECK(ml_sae_ckpt_write(comm, ck->paths[g], &tr, &st, ck->config_json, ck->source_json));
+    }
+    ml_prof_end("sae.checkpoint", 0, 0);
+    ml_debug("sae: checkpoint at step %lld written to %s", (long long)rp->step, ck->paths[0]);
+    return ML_OK;
+}
+
+/* Restore every SAE of the grid from its checkpoint and move the stream to
+ * the next batch. Sets rp->step, mean_sq, median_iters and mu. Collective. */
+static int ml_restore_checkpoints(MPI_Comm comm, const ml_sae_train_config *cfg, ml_slot *slots, ml_run_pos *rp,
+                                  float *mu, ml_sae_stream *stream) {
+    const ml_sae_ckpt_opts *ck = cfg->ckpt;
+    int64_t ranks0 = 0;
+    for (int g = 0; g < cfg->n_grid; g++) {
+        ml_slot *sl = &slots[g];
+        const char *path = ck->paths[g];
+        ml_sae_trained tr = {.sae = sl->sae, .tokens_since_fired = sl->since};
+        ml_sae_ckpt_state st = {.adam_m = sl->m, .adam_v = sl->v, .iv_count = sl->iv_count, .mu = mu};
+        int rc = ml_sae_ckpt_read(comm, path, &tr, &st);
+        ml_history_free(&sl->hist);
+        sl->hist = tr.hist;
+        if (rc != ML_OK) return ml_error_trace(rc, __FILE__, __LINE__, __func__);
+        if (st.steps != rp->steps)
+            return ML_FAIL(ML_ERR_CONFIG, "%s: cannot resume: it planned %lld steps, this run plans %lld (did the rows "
+                           "change?)", path, (long long)st.steps, (long long)rp->steps);
+        if (st.step < 0 || st.step > st.steps || st.stream_pos != st.step * rp->B || tr.tokens_seen != st.stream_pos ||
+            sl->hist.n > st.step)
+            return ML_FAIL(ML_ERR_FORMAT, "%s: inconsistent checkpoint: step %lld of %lld, stream position %lld, %lld "
+                           "tokens, %lld log records (batch %d)", path, (long long)st.step, (long long)st.steps,
+                           (long long)st.stream_pos, (long long)tr.tokens_seen, (long long)sl->hist.n, rp->B);
+        if (g == 0) {
+            rp->step = st.step;
+            rp->mean_sq = tr.mean_sq_norm;
+            rp->median_iters = tr.median_iters;
+            ranks0 = st.ranks;
+        } else if (st.step != rp->step || tr.mean_sq_norm != rp->mean_sq) {
+            return ML_FAIL(ML_ERR_CONFIG, "%s: cannot resume: checkpoint at step %lld but %s at step %lld (the grid's "
+                           "files disagree; --resume false starts over)", path, (long long)st.step, ck->paths[0],
+                           (long long)rp->step);
+        }
+        memcpy(sl->iv, st.iv_sums, sizeof sl->iv);
+        sl->iv_steps = st.iv_steps;
+        sl->resampled = tr.resampled_total;
+    }
+    if (ranks0 != rp->P)
+        ml_warn("sae: %s was written by %lld ranks, this run has %d: it continues, but the sums run in another order "
+                "(not bitwise an uninterrupted run)", ck->paths[0], (long long)ranks0, rp->P);
+    ML_CHECK(ml_sae_stream_seek(stream, rp->step * rp->B));
+    ml_info("sae: resuming %s%s at step %lld of %lld", ck->paths[0], cfg->n_grid > 1 ? " (and the grid's other files)" : "",
+            (long long)rp->step, (long long)rp->steps);
+    return ML_OK;
+}
+
 static int ml_check_config(const ml_sae_train_config *c, int P, int d_in) {
     if (c->n_grid < 1 || c->n_grid > ML_SAE_MAX_GRID)
         return ML_FAIL(ML_ERR_ARG, "sae: %d SAEs in the grid; expected 1..%d", c->n_grid, ML_SAE_MAX_GRID);
@@ -378,15 +459,19 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
     run->n = G;
 
     /* b_dec at the geometric median of the first batches; mu = their mean (for FVU) */
+    const ml_sae_ckpt_opts *ck = cfg->ckpt;
+    const int resuming = ck && ck->resume;
+    ml_run_pos rp = {.step = 0, .steps = steps, .B = B, .P = P, .mu = mu};
+    int median_iters = 0;
+    double mean_sq = 0;
+    if (!resuming) {
     const float *sample;
     ML_CHECK_GOTO(ml_sae_stream_peek(stream, median_nb, &sample), fail);
-    int median_iters = 0;
     ml_prof_begin("sae.median");
     ML_CHECK_GOTO(ml_geometric_median(comm, sample, (int64_t)median_nb * L, D, cfg->median_iters, 1e-6, median,
                                       &median_iters),
                   fail);
     ml_prof_end("sae.median", 0, 0);
-    double mean_sq = 0;
     {
         double *acc = ml_calloc((size_t)D + 1, sizeof(double)); /* sum x (D), sum ||x||^2 */
         if (!acc) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "sae: out of memory");
@@ -405,24 +490,25 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
             goto fail;
         }
     }
+    } /* !resuming */
 
     for (int g = 0; g < G; g++) {
         ml_slot *sl = &slots[g];
         ML_CHECK_GOTO(ml_sae_create(cfg->arch, D, S, cfg->arch == ML_SAE_TOPK ? cfg->k[g] : 0, &sl->sae), fail);
-        ml_sae_init(sl->sae, cfg->seed, cfg->dec_init_norm);
-        memcpy(sl->sae->b_dec, median, sizeof(float) * (size_t)D);
+        if (!resuming) {
+            ml_sae_init(sl->sae, cfg->seed, cfg->dec_init_norm);
+            memcpy(sl->sae->b_dec, median, sizeof(float) * (size_t)D);
+        }
         sl->sae->l1_coefficient = cfg->arch == ML_SAE_TOPK ? 0 : cfg->l1[g];
         snprintf(sl->sae->hook_name, sizeof sl->sae->hook_name, "%s", cfg->hook_name ? cfg->hook_name : "");
         snprintf(sl->sae->model, sizeof sl->sae->model, "%s", cfg->model ? cfg->model : "");
         sl->l1_target = sl->sae->l1_coefficient;
         sl->lc.l1 = sl->l1_target;
         sl->lc.mse_norm = cfg->mse_norm;
-        sl->lc.norm_sq = cfg->mse_norm == ML_SAE_NORM_DATASET ? mean_sq : cfg->norm_floor * mean_sq;
-        if (!(sl->lc.norm_sq > 0)) sl->lc.norm_sq = cfg->mse_norm == ML_SAE_NORM_DATASET ? 1.0 : 0.0;
         sl->lc.aux_coef = cfg->arch == ML_SAE_TOPK ? cfg->aux_coef : 0;
         sl->lc.k_aux = cfg->arch == ML_SAE_TOPK && cfg->aux_coef > 0 ? k_aux : 0;
-        size_t nbuf = sl->sae->n_params + (size_t)S + ST_N;
-        sl->buf = ml_malloc(sizeof(float) * nbuf);
+        size_t nbuf = sl->sae->n_params + (size_t)S + ST_N + 1;
+        sl->buf = ml_calloc(nbuf, sizeof(float));
         sl->m = ml_calloc(sl->sae->n_params, sizeof(float));
         sl->v = ml_calloc(sl->sae->n_params, sizeof(float));
         sl->since = ml_calloc((size_t)S, sizeof(int64_t));
@@ -430,6 +516,18 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
         sl->iv_count = ml_calloc((size_t)S, sizeof(double));
         if (!sl->buf || !sl->m || !sl->v || !sl->since || !sl->dead || !sl->iv_count)
             ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "sae: out of memory for SAE %d of the grid", g);
+    }
+    if (resuming) {
+        ML_CHECK_GOTO(ml_restore_checkpoints(comm, cfg, slots, &rp, mu, stream), fail);
+        mean_sq = rp.mean_sq;
+        median_iters = rp.median_iters;
+    }
+    rp.mean_sq = mean_sq;
+    rp.median_iters = median_iters;
+    for (int g = 0; g < G; g++) {
+        ml_sae_loss_cfg *lc = &slots[g].lc;
+        lc->norm_sq = cfg->mse_norm == ML_SAE_NORM_DATASET ? mean_sq : cfg->norm_floor * mean_sq;
+        if (!(lc->norm_sq > 0)) lc->norm_sq = cfg->mse_norm == ML_SAE_NORM_DATASET ? 1.0 : 0.0;
     }
     {
         /* one workspace for the grid: the SAE with the largest k */
@@ -447,8 +545,11 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
     ml_progress pg;
     if (!cfg->quiet) ml_progress_begin(&pg, "sae", (double)steps);
     int64_t resample_until = (int64_t)(cfg->resample_stop * (double)steps);
-    int64_t tokens_seen = 0;
-    for (int64_t step = 1; step <= steps; step++) {
+    int64_t tokens_seen = rp.step * B;
+    const int64_t first = rp.step; /* steps done before this run */
+    for (int64_t step = rp.step + 1; step <= steps; step++) {
+        if (ck) ml_signal_raise_at(comm, step, ck->raise_at);
+        double sigval = 0; /* agreed signals: 4096 per rank with SIGTERM + 1 per rank with SIGUSR1 */
         const float *x;
         ML_CHECK_GOTO(ml_sae_stream_next(stream, &x, NULL), fail);
         tokens_seen += B;
@@ -484,15 +585,19 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
             stv[ST_L0] = (float)st.l0;
             stv[ST_VAR] = (float)var;
             stv[ST_ROWS] = (float)st.rows;
+            /* the signal flag rides on the first SAE's reduction */
+            const int pend = g == 0 && ck ? ml_signal_pending() : 0;
+            stv[ST_N] = pend == SIGTERM ? 4096.0f : pend == SIGUSR1 ? 1.0f : 0.0f;
             if (P > 1) {
                 ml_prof_begin("sae.allreduce");
-                rc = MPI_Allreduce(MPI_IN_PLACE, sl->buf, (int)(np + (size_t)S + ST_N), MPI_FLOAT, MPI_SUM, comm);
+                rc = MPI_Allreduce(MPI_IN_PLACE, sl->buf, (int)(np + (size_t)S + ST_N + 1), MPI_FLOAT, MPI_SUM, comm);
                 ml_prof_end("sae.allreduce", 0, 4.0 * (double)(np + (size_t)S));
                 if (rc != MPI_SUCCESS) {
                     rc = ml_mpi_error(rc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
                     goto fail;
                 }
             }
+            if (g == 0) sigval = stv[ST_N];
             ml_prof_begin("sae.update");
             if (sae->normalize_decoder) ml_sae_project_decoder_grad(sae, sl->buf);
             ml_adam_step(sae->params, sl->buf, sl->m, sl->v, np, (float)cfg->lr, (float)cfg->beta1,
@@ -526,8 +631,26 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
                 ML_CHECK_GOTO(ml_resample(comm, &slots[g], &rs, stream, B, L, (int64_t)cfg->resample_every * B,
                                           cfg->seed + (uint64_t)g, step),
                               fail);
+        if (ck) {
+            rp.step = step;
+            if (sigval > 0 || (ck->every > 0 && step % ck->every == 0 && step < steps))
+                ML_CHECK_GOTO(ml_save_checkpoints(comm, cfg, slots, &rp), fail);
+            if (sigval > 0) {
+                if (!cfg->quiet) ml_progress_end(&pg, NULL);
+                char more[64];
+                ml_sae_ckpt_more(more, sizeof more, G);
+                rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
+                                            "interrupted by %s: checkpoint at step %lld of %lld written to %s%s; rerun "
+                                            "the same command to resume",
+                                            ml_signal_name(sigval >= 4096 ? SIGTERM : SIGUSR1), (long long)step,
+                                            (long long)steps, ck->paths[0], more));
+                goto fail;
+            }
+        }
     }
     if (!cfg->quiet) ml_progress_end(&pg, NULL);
+    /* testing: raise_at = steps + 1 signals during the evaluation (of a run that trained) */
+    if (ck && first < steps) ml_signal_raise_at(comm, steps + 1, ck->raise_at);
 
     for (int g = 0; g < G; g++) {
         ml_sae_trained *t = &run->item[g];
