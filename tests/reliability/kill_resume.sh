@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # kill -9 at seeded random moments during a base training, a fine-tune, an SAE
-# training and a merge sweep (several trials each, on 1 rank; the fine-tune
-# and the SAE also on 2 ranks, all processes killed), then rerun the same
-# command. Checks, per trial:
+# training, a merge sweep and an activation capture (several trials each, on
+# 1 rank; the fine-tune, the SAE and the capture also on 2 ranks, all
+# processes killed), then rerun the same command. Every stage writes periodic
+# checkpoints (checkpoint_every). Checks, per trial:
 #  - an output file present after the kill is either a mid-run checkpoint
-#    (complete = 0, train only) or equal to the uninterrupted run's: a half
-#    written file is never left under the output name (atomic create);
-#  - the rerun succeeds and its output equals the uninterrupted run's bit for
-#    bit (h5diff of every dataset and attribute except the timing profile).
-# train resumes from its last checkpoint; sae and sweep have no checkpoints
-# and redo the work (docs/RELIABILITY.md). Seed: ML_FAULT_SEED (default 12),
-# trials per stage: ML_FAULT_TRIALS (default 3).
+#    (complete = 0) or equal to the uninterrupted run's: a half written file
+#    is never left under the output name (atomic create);
+#  - the rerun succeeds (resuming from the last checkpoint) and its output
+#    equals the uninterrupted run's bit for bit (h5diff of every dataset and
+#    attribute except the timing profile).
+# Seed: ML_FAULT_SEED (default 12), trials per stage: ML_FAULT_TRIALS (default 3).
 set -u
 . "${ML_SRC:?}/tests/common/ml_check.sh"
 . "$ML_SRC/tests/reliability/lib.sh"
@@ -21,8 +21,9 @@ killed=0; survived=0
 declare -A CMD
 CMD[base]="train --domains $F/a.h5 --out out.h5 $MODEL_ARGS --steps 100 --checkpoint_every 10 --seed 7"
 CMD[finetune]="train --init_from $F/base.h5 --domains $F/b.h5 --out out.h5 --steps 150 --global_batch 8 --context 16 --eval_batches 2 --checkpoint_every 10 --lr 1e-3"
-CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval_rows 1024 --tokens 16384 --seed 3"
-CMD[sweep]="sweep $F/rec.yaml --param t --count 21 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --out out.h5"
+CMD[sae]="sae $F/acts.h5 --out out.h5 --expansion 4 --batch 256 --lr 1e-3 --eval_rows 1024 --tokens 16384 --seed 3 --checkpoint_every 8"
+CMD[sweep]="sweep $F/rec.yaml --param t --count 21 --domains $F/a.h5,$F/b.h5 --eval_windows 16 --checkpoint_every 3 --out out.h5"
+CMD[capture]="capture $F/base.h5 --domains $F/a.h5,$F/b.h5 --tokens 65536 --context 16 --checkpoint_every 32 --out out.h5"
 
 # run_stage NP DIR CMD...: in DIR, on NP ranks (1: the binary alone)
 run_stage() {
@@ -32,8 +33,8 @@ run_stage() {
 }
 
 for np in 1 2; do
-for stage in base finetune sae sweep; do
-  [ "$np" = 2 ] && [ "$stage" != finetune ] && [ "$stage" != sae ] && continue
+for stage in base finetune sae sweep capture; do
+  [ "$np" = 2 ] && [ "$stage" != finetune ] && [ "$stage" != sae ] && [ "$stage" != capture ] && continue
   cmd=${CMD[$stage]}
   ref=$T/$stage.np$np/ref
   t0=$(now_ms)
@@ -54,7 +55,8 @@ for stage in base finetune sae sweep; do
     if [ -e "$dir/out.h5" ]; then
       c=$(attr "$dir/out.h5" complete)
       if [ "$c" = 0 ]; then
-        check "$what: output left is a checkpoint at step $(h5dump -a /train/step "$dir/out.h5" 2>/dev/null | sed -n 's/^ *(0): *//p')" test "$stage" = base -o "$stage" = finetune
+        pos=$(ckpt_pos "$stage" "$dir/out.h5")
+        check "$what: output left is a checkpoint at $pos" test -n "$pos"
       else
         check "$what: output left is complete and equals the uninterrupted run's" same_h5 "$ref/out.h5" "$dir/out.h5"
       fi

@@ -55,3 +55,14 @@ rel_begin() {
   RANDOM=${ML_FAULT_SEED:-12}
 }
 now_ms() { date +%s%3N; }
+
+# ckpt_pos STAGE FILE: the position a checkpoint (complete = 0) was written at:
+# train / fine-tune step, sae step, sweep points done, capture batches done
+ckpt_pos() {
+  case $1 in
+    base|finetune|train) h5dump -a /train/step "$2" 2>/dev/null | sed -n 's/^ *(0): *//p' ;;
+    sae) h5dump -a /checkpoint/step "$2" 2>/dev/null | sed -n 's/^ *(0): *//p' ;;
+    sweep) attr "$2" points_done ;;
+    capture) attr "$2" batches_done ;;
+  esac
+}
