@@ -15,6 +15,7 @@
 #include <string.h>
 
 #define METASPACE "\xE2\x96\x81" /* U+2581 "▁" */
+#define ML_HF_MAX_ID_GAP (1 << 20) /* unused token ids a tokenizer.json may leave */
 
 static const char *jstr(json_t *obj, const char *key) {
     json_t *v = json_object_get(obj, key);
@@ -254,6 +255,13 @@ int ml_tokenizer_load_hf_json(const char *path, ml_tokenizer **out) {
             ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: added_tokens[%zu] lacks content or a valid id", path, i);
         if (id > maxid) maxid = id;
     }
+    /* ids 0..V-1 with unused ids in between are accepted (with a warning below), but not more than
+     * ML_HF_MAX_ID_GAP of them: that keeps a tiny file from asking for gigabytes */
+    const size_t entries = json_object_size(vocab) + json_array_size(added);
+    if (maxid >= 0 && (size_t)maxid >= entries + ML_HF_MAX_ID_GAP)
+        ML_FAIL_GOTO(done, ML_ERR_FORMAT,
+                     "%s: token id %lld leaves more than %d ids unused (%zu vocab and added_tokens entries)", path,
+                     (long long)maxid, ML_HF_MAX_ID_GAP, entries);
     vb.V = (int)(maxid + 1);
     if (vb.V <= 0) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: empty vocabulary", path);
     vb.tok = ml_calloc((size_t)vb.V, sizeof *vb.tok);
