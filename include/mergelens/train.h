@@ -79,6 +79,13 @@ int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out);
          "at most this many windows per domain, rounded up to a multiple of batch (0 = the whole split)"}
 /* The `context` an open checkpoint was trained with (its `config` attribute), or 0 (no error). */
 int ml_checkpoint_train_context(ml_h5 *h);
+/* The window length to evaluate with: `requested` (option `context`) if > 0, else the context the
+ * model was trained with (`trained`, 0 when unknown), else min(max_position_embeddings, 256). */
+int ml_eval_context(int requested, int trained, const ml_model_config *mc);
+/* The evaluation of one merged point per rank from the values of ML_EVAL_POINT_OPTIONS:
+ * at most eval_windows windows per domain (rounded up to whole batches; 0 = the whole split). */
+ml_eval_config ml_eval_point_config(int n_domains, const char *const *paths, const char *split, int T, int batch,
+                                    int micro_batch, int64_t eval_windows);
 
 /* ---- commands (registered in the CLI table by the lead) ------------------------- */
 /* `mergelens train --domains a.h5,b.h5 --out models/x.h5 [options]` */

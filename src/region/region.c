@@ -422,19 +422,11 @@ static int ml_region_main(MPI_Comm comm, int argc, char **argv) {
             r.cos_in, r.cos_out, r.dist_in, r.dist_out, r.k, r.accuracy);
 
     /* 3. evaluation of the points */
-    int T = (int)ml_opt_int(o, "context");
-    if (T == 0) T = s.context;
-    if (T == 0) T = s.mc.max_context < 256 ? s.mc.max_context : 256;
+    const int T = ml_eval_context((int)ml_opt_int(o, "context"), s.context, &s.mc);
     if (D > 0) {
-        int batch = (int)ml_opt_int(o, "batch");
-        int64_t ew = ml_opt_int(o, "eval_windows");
-        ml_eval_config ec = {.n_domains = D,
-                             .paths = (const char *const *)domains,
-                             .split = ml_opt_str(o, "split"),
-                             .T = T,
-                             .batch = batch,
-                             .micro_batch = (int)ml_opt_int(o, "micro_batch"),
-                             .max_batches = ew > 0 ? (ew + batch - 1) / batch : 0};
+        ml_eval_config ec = ml_eval_point_config(D, (const char *const *)domains, ml_opt_str(o, "split"), T,
+                                                 (int)ml_opt_int(o, "batch"), (int)ml_opt_int(o, "micro_batch"),
+                                                 ml_opt_int(o, "eval_windows"));
         r.loss = ml_calloc((size_t)p.Q * D, sizeof *r.loss);
         r.acc = ml_calloc((size_t)p.Q * D, sizeof *r.acc);
         r.tokens = ml_calloc((size_t)D, sizeof *r.tokens);

@@ -266,18 +266,10 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
     rc = ml_sweep_plan(a, &points, &n);
     for (int k = 0; rc == ML_OK && k < a->count; k++) rc = ml_sweeper_check(sw, ml_sweep_grid_value(a->from, a->to, a->count, k));
     if (rc == ML_OK) rc = ml_merge_recipe_models(r, &mpaths, &M);
-    if (rc == ML_OK && a->T == 0) {
-        a->T = ml_sweep_train_context(MPI_COMM_SELF, mpaths[0]);
-        if (a->T == 0) a->T = mc->max_context < 256 ? mc->max_context : 256;
-    }
+    if (rc == ML_OK && a->T == 0) a->T = ml_eval_context(0, ml_sweep_train_context(MPI_COMM_SELF, mpaths[0]), mc);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ml_eval_config ec = {.n_domains = a->D,
-                         .paths = (const char *const *)a->domains,
-                         .split = a->split,
-                         .T = a->T,
-                         .batch = a->batch,
-                         .micro_batch = a->micro_batch,
-                         .max_batches = a->eval_windows > 0 ? (a->eval_windows + a->batch - 1) / a->batch : 0};
+    ml_eval_config ec = ml_eval_point_config(a->D, (const char *const *)a->domains, a->split, a->T, a->batch,
+                                             a->micro_batch, a->eval_windows);
     rc = ml_model_create(mc, &merged);
     if (rc == ML_OK) rc = ml_evaluator_create(MPI_COMM_SELF, mc, &ec, NULL, &ev);
     if (rc == ML_OK && a->reference && *a->reference && rank == P - 1) {

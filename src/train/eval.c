@@ -198,6 +198,23 @@ int ml_checkpoint_load_model(MPI_Comm comm, const char *path, ml_model **out) {
     return rc ? ml_error_trace(rc, __FILE__, __LINE__, __func__) : ML_OK;
 }
 
+int ml_eval_context(int requested, int trained, const ml_model_config *mc) {
+    if (requested > 0) return requested;
+    if (trained > 0) return trained;
+    return mc->max_context < 256 ? mc->max_context : 256;
+}
+
+ml_eval_config ml_eval_point_config(int n_domains, const char *const *paths, const char *split, int T, int batch,
+                                    int micro_batch, int64_t eval_windows) {
+    return (ml_eval_config){.n_domains = n_domains,
+                            .paths = paths,
+                            .split = split,
+                            .T = T,
+                            .batch = batch,
+                            .micro_batch = micro_batch,
+                            .max_batches = eval_windows > 0 && batch > 0 ? (eval_windows + batch - 1) / batch : 0};
+}
+
 int ml_checkpoint_train_context(ml_h5 *h) {
     char *cfg = NULL;
     int T = 0;
@@ -295,12 +312,10 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
     ML_AGREE_GOTO(comm, ml_list_split(ml_opt_str(o, "domains"), "domains", &paths, &K), done);
     ML_AGREE_GOTO(comm, ml_h5_open(comm, pos[0], ML_CHECKPOINT_FORMAT, 1, 1, &h), done);
     ML_AGREE_GOTO(comm, ml_ckpt_model(h, &m), done);
-    int T = (int)ml_opt_int(o, "context");
-    if (T == 0) T = ml_checkpoint_train_context(h);
-    if (T == 0) {
-        T = m->cfg.max_context < 256 ? m->cfg.max_context : 256;
+    const int trained_T = ml_checkpoint_train_context(h);
+    int T = ml_eval_context((int)ml_opt_int(o, "context"), trained_T, &m->cfg);
+    if (ml_opt_int(o, "context") == 0 && trained_T == 0)
         ml_info("eval: %s does not record its training context; windows of T = %d (set --context)", pos[0], T);
-    }
     ml_h5_close(&h);
     res = ml_calloc((size_t)K, sizeof *res);
     ML_AGREE_GOTO(comm, res ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory"), done);
