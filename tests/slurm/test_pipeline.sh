@@ -112,6 +112,7 @@ if [ $data_ok = 1 ]; then
   echo "  (preempted training finished $((SECONDS - t0)) s after submission)"
   check "training job COMPLETED" test "$(state "$J")" = COMPLETED
   log=$(cat "$tmp/pre/slurm/logs/base-$J.out" 2>/dev/null)
+  [ "$(state "$J")" = COMPLETED ] || { echo "--- job $J ($(state "$J")), end of its log:"; tail -n 40 <<<"$log"; echo "---"; }
   check "log: restarts 0, 1 and 2" bash -c 'for r in 0 1 2; do grep -q "restart $r," <<<"$0" || exit 1; done' "$log"
   check "log: SIGTERM checkpoint on preemption" has "$log" "interrupted by SIGTERM: checkpoint at step"
   check "log: USR1 forwarded, checkpoint, self-requeue" bash -c \

@@ -149,5 +149,30 @@ flat=$(awk -f "$src/slurm/yaml-flat.awk" "$tmp/flat.yaml")
 want=$(printf '2\tslurm.time\t1-00:00:00\n4\tstages.a b.command\tx\n4\tstages.a b.needs[]\tp\n4\tstages.a b.needs[]\tq\n7\tstages.c.slurm.gres\tgpu:1\n7\tstages.c.slurm.array\t0-7%%2')
 check "YAML reader flattens the job-file subset" bash -c '[ "$0" = "$1" ] || { diff <(echo "$0") <(echo "$1"); exit 1; }' "$flat" "$want"
 
+# ---- the batch script launches again when srun started no task ----
+# A fake srun that, on its first call, exits 0 without starting anything (as
+# srun does when a step is "aborted before step completely launched"), then
+# runs its command as task 0; a fake mergelens that records its run.
+mkdir -p "$tmp/relaunch/bin" "$tmp/relaunch/run/slurm"
+cat > "$tmp/relaunch/bin/srun" <<'EOF2'
+#!/bin/bash
+n=$(cat "$FAKE_DIR/srun.calls" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_DIR/srun.calls"
+[ "$n" = 0 ] && exit 0
+shift 3   # --mpi=pmix --kill-on-bad-exit=1 --cpus-per-task=N
+SLURM_PROCID=0 exec "$@"
+EOF2
+printf '#!/bin/bash
+echo "$*" >> "$FAKE_DIR/mergelens.runs"
+' > "$tmp/relaunch/fake-mergelens"
+chmod +x "$tmp/relaunch/bin/srun" "$tmp/relaunch/fake-mergelens"
+sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$tmp/relaunch/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
+    -e "s|@RUN_DIR@|$tmp/relaunch/run|; s|@STAGE@|s1|; s|@WORKDIR@|$tmp/relaunch|; s|@REQUEUE@|0|; s|@MAX_REQUEUE@|3|" \
+    "$src/slurm/templates/stage.sbatch" > "$tmp/relaunch/s1.sbatch"
+out=$(cd "$tmp/relaunch" && FAKE_DIR=$tmp/relaunch PATH="$tmp/relaunch/bin:$PATH" SLURM_JOB_ID=7 SLURM_NTASKS=1 \
+      bash s1.sbatch 2>&1); rc=$?
+check "a launch that started no task is tried again and the stage runs once (status $rc)" bash -c \
+  '[ $0 -eq 0 ] && [ "$(cat "$1/srun.calls")" = 2 ] && [ "$(wc -l < "$1/mergelens.runs")" = 1 ]' "$rc" "$tmp/relaunch"
+check "the log says why it launched again" has "$out" "srun started no task (exit 0); launching again in 5 s (attempt 2 of 3)"
+
 echo "slurm plan: $pass passed, $fail failed"
 [ $fail -eq 0 ]
