@@ -81,13 +81,32 @@ wait_ckpt() { # wait until the checkpoint holds a step > $1 (at most 60 s)
   done
   return 1
 }
+restarts() { rec "$1" | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p' | head -n 1; }
 wait_pending() { # wait until the job is back in the queue, then start it now
-  local t=$SECONDS
+  local t=$SECONDS r
   while [ $((SECONDS - t)) -lt 60 ]; do [ "$(state "$1")" = PENDING ] && break; sleep 0.2; done
   # Slurm makes a requeued job eligible only ~2 min later; start it as soon as
   # the old step's slurmstepd is gone (its PMIx socket would clash otherwise)
-  for _ in $(seq 150); do pgrep -f "slurmstepd: \[$1\." >/dev/null || break; sleep 0.2; done
+  for _ in $(seq 300); do pgrep -f "slurmstepd: \[$1\." >/dev/null || break; sleep 0.2; done
   scontrol update JobId="$1" StartTime=now
+  # the local test Slurm sometimes fails to launch the requeued batch job (it ends
+  # FAILED without running its script): requeue it again, at most twice
+  r=$(restarts "$1")
+  for _ in 1 2; do
+    # return as soon as the new run has started (its log line), or give up waiting after 15 s
+    t=$SECONDS
+    while [ $((SECONDS - t)) -lt 15 ]; do
+      grep -q "restart $r," "$tmp/pre/slurm/logs/base-$1.out" 2>/dev/null && return 0
+      case $(state "$1") in FAILED|CANCELLED|COMPLETED) break ;; esac
+      sleep 0.1
+    done
+    { [ "$(state "$1")" = FAILED ] && ! grep -q "restart $r," "$tmp/pre/slurm/logs/base-$1.out" 2>/dev/null; } || return 0
+    echo "  note: Slurm did not launch requeued job $1 (restart $r; $(rec "$1" | grep -o 'Reason=[^ ]*')); requeueing it again"
+    scontrol requeue "$1"
+    t=$SECONDS; while [ $((SECONDS - t)) -lt 60 ] && [ "$(state "$1")" != PENDING ]; do sleep 0.2; done
+    scontrol update JobId="$1" StartTime=now
+    r=$(restarts "$1")
+  done
 }
 data_ok=0; [ -s "$tiny/data/english.h5" ] && [ -s "$tiny/data/python.h5" ] && data_ok=1
 check "token stores from part 1 exist" test $data_ok = 1
@@ -102,18 +121,19 @@ if [ $data_ok = 1 ]; then
   wait_pending "$J"
   s2=$(ck_step)
   check "preempted (scontrol requeue): requeued, checkpoint at step ${s2:-none} < 300" bash -c \
-    'grep -q "Restarts=1" <<<"$0" && [ -n "$1" ] && [ "$1" -lt 300 ]' "$(rec "$J")" "$s2"
+    '[ "${0:-0}" -ge 1 ] && [ -n "$1" ] && [ "$1" -lt 300 ]' "$(restarts "$J")" "$s2"
   s3=$(wait_ckpt "${s2:-0}")
   check "second run resumed and checkpointed past step ${s2:-none} (step ${s3:-none})" test -n "$s3"
+  r1=$(restarts "$J")
   scancel --batch --signal=USR1 "$J"
   wait_pending "$J"
-  check "USR1 before the time limit: the job requeued itself" bash -c 'grep -q "Restarts=2" <<<"$0"' "$(rec "$J")"
+  check "USR1 before the time limit: the job requeued itself" bash -c '[ "${0:-0}" -gt "${1:-0}" ]' "$(restarts "$J")" "$r1"
   "$status" "$tmp/pre" --wait --timeout 120 >/dev/null
   echo "  (preempted training finished $((SECONDS - t0)) s after submission)"
   check "training job COMPLETED" test "$(state "$J")" = COMPLETED
   log=$(cat "$tmp/pre/slurm/logs/base-$J.out" 2>/dev/null)
   [ "$(state "$J")" = COMPLETED ] || { echo "--- job $J ($(state "$J")), end of its log:"; tail -n 40 <<<"$log"; echo "---"; }
-  check "log: restarts 0, 1 and 2" bash -c 'for r in 0 1 2; do grep -q "restart $r," <<<"$0" || exit 1; done' "$log"
+  check "log: three runs (restart 0 and two restarts)" bash -c '[ "$(grep -c "restart [0-9]*," <<<"$0")" -ge 3 ] && grep -q "restart 0," <<<"$0"' "$log"
   check "log: SIGTERM checkpoint on preemption" has "$log" "interrupted by SIGTERM: checkpoint at step"
   check "log: USR1 forwarded, checkpoint, self-requeue" bash -c \
     'grep -q "got SIGUSR1, forwarding it to srun" <<<"$0" && grep -q "interrupted by SIGUSR1: checkpoint at step" <<<"$0" &&
