@@ -29,6 +29,18 @@
         }                                                                                    \
     } while (0)
 /* Assert a call fails with the given code and its message contains text. */
+/* A collective failure: `code` on the ranks that failed themselves, ML_ERR_REMOTE
+ * (with the failing rank's message) on the others; every rank gets a one-line
+ * message containing text. */
+#define ML_ASSERT_FAILS_ALL(call, code, text)                                                                \
+    do {                                                                                                     \
+        ml_error_clear();                                                                                    \
+        int rc_ = (call);                                                                                    \
+        if (rc_ != (code) && rc_ != ML_ERR_REMOTE)                                                           \
+            fail_msg("%s returned %s (%s)", #call, ml_status_name(rc_), ml_error_message());                \
+        if (!strstr(ml_error_message(), (text))) fail_msg("message '%s' lacks '%s'", ml_error_message(), (text)); \
+        if (strchr(ml_error_message(), '\n')) fail_msg("message '%s' is not one line", ml_error_message());  \
+    } while (0)
 #define ML_ASSERT_FAILS(call, code, text)                                                    \
     do {                                                                                     \
         ml_error_clear();                                                                    \

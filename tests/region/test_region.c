@@ -369,15 +369,6 @@ static void test_centroid_table(void **state) {
 }
 
 /* ---- bad input -------------------------------------------------------------------------- */
-#define FAILS_ALL(call, code, text)                                                                          \
-    do {                                                                                                     \
-        ml_error_clear();                                                                                    \
-        int rc_ = (call);                                                                                    \
-        if (rc_ != (code) && rc_ != ML_ERR_REMOTE)                                                           \
-            fail_msg("%s returned %s (%s)", #call, ml_status_name(rc_), ml_error_message());                \
-        if (!strstr(ml_error_message(), (text))) fail_msg("message '%s' lacks '%s'", ml_error_message(), (text)); \
-        if (strchr(ml_error_message(), '\n')) fail_msg("message '%s' is not one line", ml_error_message());  \
-    } while (0)
 
 static void test_errors(void **state) {
     (void)state;
@@ -385,17 +376,17 @@ static void test_errors(void **state) {
     char out[1300], arg[4000];
     snprintf(out, sizeof out, "%s/bad_out.h5", dir);
     snprintf(arg, sizeof arg, "lua=%s,lua=%s,stories=%s", mp[0], badp, mp[1]);
-    FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s", basep, arg, out), ML_ERR_SHAPE, badp);
-    FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s", basep, arg, out), ML_ERR_SHAPE,
+    ML_ASSERT_FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s", basep, arg, out), ML_ERR_SHAPE, badp);
+    ML_ASSERT_FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s", basep, arg, out), ML_ERR_SHAPE,
               "tensor 'model.layers.0.mlp.down_proj.weight' has shape [32, 48], expected [32, 64]");
     assert_false(ml_file_exists(out));
-    FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models lua=%s --out %s", basep, mp[0], out), ML_ERR_ARG,
+    ML_ASSERT_FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models lua=%s --out %s", basep, mp[0], out), ML_ERR_ARG,
               "at least 2 models");
-    FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s --k 40", basep, models_arg, out), ML_ERR_ARG,
+    ML_ASSERT_FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s --k 40", basep, models_arg, out), ML_ERR_ARG,
               "--k 40 exceeds");
-    FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s --pairs 0:0", basep, models_arg, out), ML_ERR_ARG,
+    ML_ASSERT_FAILS_ALL(region(MPI_COMM_WORLD, "--base %s --models %s --out %s --pairs 0:0", basep, models_arg, out), ML_ERR_ARG,
               "--pairs item '0:0'");
-    FAILS_ALL(tf_run(ml_cmd_region, MPI_COMM_WORLD, "region", "centroid --models %s --exclude rust --out %s",
+    ML_ASSERT_FAILS_ALL(tf_run(ml_cmd_region, MPI_COMM_WORLD, "region", "centroid --models %s --exclude rust --out %s",
                      models_arg, out), ML_ERR_ARG, "--exclude 'rust'");
     assert_int_equal(ml_alloc_live(), live0); /* failure paths free what they took */
 }

@@ -58,16 +58,6 @@ static inline int sweep_fixture_setup(const char *name) {
     return 0;
 }
 
-/* A collective failure: code on the ranks that failed themselves, ML_ERR_REMOTE
- * (with the failing rank's message) on the others; every rank gets the text. */
-#define FAILS_ALL(call, code, text)                                                                          \
-    do {                                                                                                     \
-        ml_error_clear();                                                                                    \
-        int rc_ = (call);                                                                                    \
-        if (rc_ != (code) && rc_ != ML_ERR_REMOTE)                                                           \
-            fail_msg("%s returned %s (%s)", #call, ml_status_name(rc_), ml_error_message());                \
-        if (!strstr(ml_error_message(), (text))) fail_msg("message '%s' lacks '%s'", ml_error_message(), (text)); \
-    } while (0)
 #define sweep(comm, ...) tf_run(ml_cmd_sweep, comm, "sweep", __VA_ARGS__)
 
 #endif

@@ -114,7 +114,7 @@ static void test_interrupt_resume(void **state) {
     snprintf(msg, sizeof msg,
              "interrupted by SIGUSR1: checkpoint at point %d of %d written to %s; rerun the same command to resume", x,
              K, out);
-    FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 3", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 3", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
               msg);
     assert_null(strchr(ml_error_message(), '\n'));
     check_checkpoint(out, full, x, K);
@@ -127,12 +127,12 @@ static void test_interrupt_resume(void **state) {
     snprintf(msg, sizeof msg, "%s: an interrupted sweep (complete = 0, %d points done)", out, x);
     ML_ASSERT_FAILS(ml_sweep_open(MPI_COMM_SELF, out, &h), ML_ERR_FORMAT, msg);
     assert_null(h);
-    FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s --out %s/c.h5", out, dir),
+    ML_ASSERT_FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s --out %s/c.h5", out, dir),
               ML_ERR_FORMAT, msg);
     /* a changed option: cannot resume, the checkpoint untouched */
     long n0, n1;
     char *before = slurp(out, &n0);
-    FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --batch 2", recipe, st[0], st[1], kd, out), ML_ERR_CONFIG,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --batch 2", recipe, st[0], st[1], kd, out), ML_ERR_CONFIG,
               "cannot resume: it was started with batch = 4, this run has batch = 2");
     char *after = slurp(out, &n1);
     assert_int_equal(n0, n1);
@@ -150,7 +150,7 @@ static void test_interrupt_resume(void **state) {
     snprintf(kf, sizeof kf, "%s/full_t1.h5", dir);
     assert_int_equal(sh("h5diff -q %s %s", kf, kp), 0);
     /* --resume false starts over (its config differs only in `resume`) */
-    FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 2", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 2", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
               "interrupted by SIGUSR1");
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, KEEP_ARGS " --resume false --raise_at 0", recipe, st[0], st[1], kd, out));
     assert_int_equal(tf_attr_int(out, "/", "complete"), 1);
@@ -168,14 +168,14 @@ static void test_other_ranks(void **state) {
     snprintf(full, sizeof full, "%s/x_full.h5", dir);
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, KEEP_ARGS, recipe, st[0], st[1], kd, out));
     assert_int_equal(sh("mv %s %s", out, full), 0);
-    FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 4", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, KEEP_ARGS " --raise_at 4", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
               "interrupted by SIGUSR1");
     if (rank_ == 0) ML_ASSERT_OK(sweep(MPI_COMM_SELF, KEEP_ARGS, recipe, st[0], st[1], kd, out));
     MPI_Barrier(MPI_COMM_WORLD);
     SAME_H5(full, out);
     assert_int_equal(sh("rm %s", out), 0);
     if (rank_ == 0)
-        FAILS_ALL(sweep(MPI_COMM_SELF, KEEP_ARGS " --raise_at 6", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
+        ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_SELF, KEEP_ARGS " --raise_at 6", recipe, st[0], st[1], kd, out), ML_ERR_INTERRUPTED,
                   "interrupted by SIGUSR1: checkpoint at point 6 of 9");
     MPI_Barrier(MPI_COMM_WORLD);
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, KEEP_ARGS, recipe, st[0], st[1], kd, out));
@@ -193,16 +193,16 @@ static void test_slices(void **state) {
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s", recipe, st[0], st[1], whole));
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 0 --tasks 2", recipe, st[0], st[1], p0));
     const int n1 = K / 2, x = ckpt_points(2, n1, P_); /* task 1 holds points 1, 3, 5, 7 */
-    FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 1 --tasks 2 --raise_at 2", recipe, st[0], st[1], p1),
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 1 --tasks 2 --raise_at 2", recipe, st[0], st[1], p1),
               ML_ERR_INTERRUPTED, "interrupted by SIGUSR1: checkpoint at point 2 of 4");
     assert_int_equal(tf_attr_int(p1, "/", "complete"), 0);
     assert_int_equal(tf_attr_int(p1, "/", "points_done"), x);
     snprintf(msg, sizeof msg, "%s: an interrupted sweep (complete = 0, %d points done): rerun its `mergelens sweep`", p1,
              x);
-    FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s --out %s", p0, p1, comb),
+    ML_ASSERT_FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s --out %s", p0, p1, comb),
               ML_ERR_FORMAT, msg);
     assert_false(ml_file_exists(comb));
-    FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 0 --tasks 2", recipe, st[0], st[1], p1), ML_ERR_CONFIG,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 0 --tasks 2", recipe, st[0], st[1], p1), ML_ERR_CONFIG,
               "cannot resume: it was started with task = 1, this run has task = 0");
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s --task 1 --tasks 2", recipe, st[0], st[1], p1));
     ML_ASSERT_OK(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s --out %s", p1, p0, comb));
@@ -220,7 +220,7 @@ static void test_periodic(void **state) {
     assert_int_equal(sh("mv %s %s", out, full), 0);
     /* rank 0 alone, interrupted before point 4 (a periodic checkpoint after point 2 was replaced) */
     if (rank_ == 0)
-        FAILS_ALL(sweep(MPI_COMM_SELF, ARGS " --out %s --checkpoint_every 2 --raise_at 4", recipe, st[0], st[1], out),
+        ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_SELF, ARGS " --out %s --checkpoint_every 2 --raise_at 4", recipe, st[0], st[1], out),
                   ML_ERR_INTERRUPTED, "checkpoint at point 4 of 9");
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank_ == 0) check_checkpoint(out, full, 4, K);
@@ -230,7 +230,7 @@ static void test_periodic(void **state) {
     char kd[1400], kp[1600];
     snprintf(kd, sizeof kd, "%s/kept_p", dir);
     snprintf(kp, sizeof kp, "%s/p_t0.h5", kd);
-    FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --raise_at 4", recipe, st[0], st[1], out), ML_ERR_INTERRUPTED,
+    ML_ASSERT_FAILS_ALL(sweep(MPI_COMM_WORLD, ARGS " --out %s --raise_at 4", recipe, st[0], st[1], out), ML_ERR_INTERRUPTED,
               "interrupted by SIGUSR1");
     ML_ASSERT_OK(sweep(MPI_COMM_WORLD, ARGS " --out %s --keep 0 --keep-dir %s --reference %s", recipe, st[0], st[1],
                        out, kd, ma));

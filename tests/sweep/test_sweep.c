@@ -151,9 +151,9 @@ static void test_tasks(void **state) {
                         part[1], comb));
     same_results(whole, comb);
     assert_int_equal(tf_attr_int(comb, "/", "partial"), 0);
-    FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s --out %s", part[0], part[1], comb),
+    ML_ASSERT_FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s --out %s", part[0], part[1], comb),
                     ML_ERR_FORMAT, "point 2 (t = 0.5) is in none of the 2 files");
-    FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s %s %s --out %s", part[0],
+    ML_ASSERT_FAILS_ALL(tf_run(ml_cmd_sweep_combine, MPI_COMM_WORLD, "sweep-combine", "%s %s %s %s --out %s", part[0],
                            part[1], part[2], part[1], comb),
                     ML_ERR_FORMAT, "appears in both");
 }
