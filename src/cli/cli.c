@@ -194,10 +194,13 @@ static int ml_cli_exit(MPI_Comm exit_comm, const ml_command *cmd, int rc) {
     const ml_prof_event *ev;
     const char *pf = getenv("ML_PROFILE");
     int quiet = (pf && !strcmp(pf, "0")) || !strcmp(cmd->name, "version") || !strcmp(cmd->name, "inspect");
-    int mine[2] = {rc != ML_OK ? rank : size, !quiet && ml_prof_events(&ev) > 0 ? -1 : 0}, all[2] = {size, 0};
+    /* {lowest failing rank, -(any events), -(any failure other than an interruption)} under MPI_MIN */
+    int mine[3] = {rc != ML_OK ? rank : size, !quiet && ml_prof_events(&ev) > 0 ? -1 : 0,
+                   rc != ML_OK && rc != ML_ERR_INTERRUPTED ? -1 : 0},
+        all[3] = {size, 0, 0};
     MPI_Request req;
     int done = 0;
-    if (MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MIN, exit_comm, &req) != MPI_SUCCESS) {
+    if (MPI_Iallreduce(mine, all, 3, MPI_INT, MPI_MIN, exit_comm, &req) != MPI_SUCCESS) {
         all[0] = mine[0];
         done = -1;
     }
@@ -234,7 +237,9 @@ static int ml_cli_exit(MPI_Comm exit_comm, const ml_command *cmd, int rc) {
         ml_error_print(stderr, verbose);
     }
     fflush(stderr);
-    return 1;
+    /* EX_TEMPFAIL: every failing rank stopped at a signal and wrote its
+     * checkpoint, so a batch script can requeue instead of failing */
+    return all[2] == 0 ? ML_EXIT_INTERRUPTED : 1;
 }
 
 int ml_cli_main(int argc, char **argv) {
