@@ -267,6 +267,64 @@ done:
     return rc;
 }
 
+/* The checkpoint's tokenizer (tokenizer_json, else the training stores'
+ * tokenizer), or NULL when it records none or it cannot be read. */
+static ml_tokenizer *ml_hf_checkpoint_tokenizer(ml_h5 *h) {
+    char *json = NULL, *native = NULL;
+    ml_tokenizer *tok = NULL;
+    if (ml_attr_str_optional(h, "tokenizer_json", &json) != ML_OK) ml_error_clear();
+    if (ml_attr_str_optional(h, "tokenizer", &native) != ML_OK) ml_error_clear();
+    int rc = ML_ERR_NOTFOUND;
+    if (json && json[0] && ml_file_exists(json)) rc = ml_tokenizer_load_hf_json(json, &tok);
+    else if (native && native[0] && ml_file_exists(native)) rc = ml_tokenizer_load(native, &tok);
+    if (rc != ML_OK && rc != ML_ERR_NOTFOUND)
+        ml_warn("%s: tokenizer %s cannot be read (%s): no special-token ids in the export", ml_h5_path(h),
+                json ? json : native, ml_error_message());
+    ml_error_clear();
+    ml_free(json);
+    ml_free(native);
+    return rc == ML_OK ? tok : NULL;
+}
+
+/* bos / eos / pad of the tokenizer into config.json (cfg), and the files
+ * transformers' generate() and AutoTokenizer read: generation_config.json and
+ * tokenizer_config.json. Without them transformers falls back to eos id 2 (a
+ * byte token of a mergelens vocabulary). */
+static int ml_hf_export_special_tokens(ml_h5 *h, const char *dir, json_t *cfg) {
+    ml_tokenizer *tok = ml_hf_checkpoint_tokenizer(h);
+    if (!tok) return ML_OK;
+    const char *keys[3] = {"bos", "eos", "pad"};
+    int32_t ids[3] = {ml_tokenizer_bos_id(tok), ml_tokenizer_eos_id(tok), ml_tokenizer_pad_id(tok)};
+    json_t *gen = json_object(), *tcfg = json_object();
+    json_object_set_new(gen, "_from_model_config", json_true());
+    json_object_set_new(tcfg, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
+    json_object_set_new(tcfg, "clean_up_tokenization_spaces", json_false());
+    json_object_set_new(tcfg, "add_bos_token", json_false()); /* mergelens windows carry no BOS */
+    json_t *mp = json_object_get(cfg, "max_position_embeddings");
+    if (mp) json_object_set(tcfg, "model_max_length", mp);
+    for (int k = 0; k < 3; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "%s_token_id", keys[k]);
+        json_t *id = ids[k] >= 0 ? json_integer(ids[k]) : json_null();
+        json_object_set(cfg, key, id);
+        json_object_set(gen, key, id);
+        json_decref(id);
+        size_t n = 0;
+        const char *text = ids[k] >= 0 ? ml_tokenizer_token_bytes(tok, ids[k], &n) : NULL;
+        snprintf(key, sizeof key, "%s_token", keys[k]);
+        json_object_set_new(tcfg, key, text ? json_stringn(text, n) : json_null());
+    }
+    ml_tokenizer_destroy(&tok);
+    char path[PATH_MAX];
+    int rc = ml_path_join(path, sizeof path, dir, "generation_config.json");
+    if (rc == ML_OK) rc = ml_atomic_write_json(path, gen);
+    if (rc == ML_OK) rc = ml_path_join(path, sizeof path, dir, "tokenizer_config.json");
+    if (rc == ML_OK) rc = ml_atomic_write_json(path, tcfg);
+    json_decref(gen);
+    json_decref(tcfg);
+    return rc;
+}
+
 int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
     int rc = ML_OK, nnames = 0;
     ml_h5 *h = NULL;
@@ -326,6 +384,7 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
     json_object_set_new(cfg, "rope_parameters", json_pack("{s:s,s:f}", "rope_type", "default", "rope_theta",
                                                           theta && json_is_number(theta) ? json_number_value(theta)
                                                                                          : 10000.0));
+    ML_CHECK_GOTO(ml_hf_export_special_tokens(h, dir, cfg), done);
     ML_CHECK_GOTO(ml_path_join(path, sizeof path, dir, "config.json"), done);
     ML_CHECK_GOTO(ml_atomic_write_json(path, cfg), done);
     ML_CHECK_GOTO(ml_hf_export_tokenizer(h, dir), done);

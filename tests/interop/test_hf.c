@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "fixture.h"
+#include "mergelens/data.h"
 #include "ml_test.h"
 #include "mergelens/interop.h"
 #include "mergelens/io.h"
@@ -184,6 +185,46 @@ static void test_tokenizer_copy(void **state) {
     ML_ASSERT_OK(ml_hf_export(ck2, dir2, ML_ST_F32));
     snprintf(path, sizeof path, "%s/tokenizer.json", dir2);
     assert_false(ml_file_exists(path));
+}
+
+/* bos / eos / pad of the checkpoint's tokenizer reach config.json,
+ * generation_config.json and tokenizer_config.json (issue #20 item 2). */
+static void test_special_tokens(void **state) {
+    (void)state;
+    const char *texts[] = {"The cat sat on the mat.\n", "def f(x):\n    return x + 1\n"};
+    ml_docs *docs = NULL;
+    ML_ASSERT_OK(ml_docs_create(&docs));
+    for (int r = 0; r < 20; r++)
+        for (int i = 0; i < 2; i++) ML_ASSERT_OK(ml_docs_append(docs, texts[i], strlen(texts[i])));
+    ml_bpe_config bc = {.vocab_size = 300};
+    ml_tokenizer *tok = NULL;
+    ML_ASSERT_OK(ml_tokenizer_train(MPI_COMM_SELF, &bc, docs, &tok));
+    ml_docs_destroy(&docs);
+    const char *tj = tpath("special.json"), *ck = tpath("special.h5"), *dir = tpath("special_hf");
+    ML_ASSERT_OK(ml_tokenizer_save_hf_json(tok, tj));
+    int32_t want[3] = {ml_tokenizer_bos_id(tok), ml_tokenizer_eos_id(tok), ml_tokenizer_pad_id(tok)};
+    assert_true(want[1] >= 256 && want[1] != 2);
+    ml_tokenizer_destroy(&tok);
+    ML_ASSERT_OK(fx_write_checkpoint(ck, fx_config, 1, tj, NULL));
+    ML_ASSERT_OK(ml_hf_export(ck, dir, ML_ST_F32));
+    char path[1200];
+    const char *keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    const char *names[3] = {"bos_token", "eos_token", "pad_token"}, *texts_want[3] = {"<bos>", "<|endoftext|>", "<pad>"};
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *cfg = load_json(path);
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    json_t *gen = load_json(path);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_t *tc = load_json(path);
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(json_integer_value(json_object_get(cfg, keys[k])), want[k]);
+        assert_int_equal(json_integer_value(json_object_get(gen, keys[k])), want[k]);
+        assert_string_equal(json_string_value(json_object_get(tc, names[k])), texts_want[k]);
+    }
+    assert_int_equal(json_integer_value(json_object_get(tc, "model_max_length")), 64);
+    json_decref(cfg);
+    json_decref(gen);
+    json_decref(tc);
 }
 
 /* Write an HF directory by hand with the given tensors (f32 values of seed). */
@@ -517,7 +558,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_16bit),
         cmocka_unit_test(test_tokenizer_copy), cmocka_unit_test(test_import_sharded_tied),
-        cmocka_unit_test(test_import_config_styles),
+        cmocka_unit_test(test_import_config_styles), cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_import_errors),  cmocka_unit_test(test_export_errors),
         cmocka_unit_test(test_saelens_export),
     };
