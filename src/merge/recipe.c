@@ -466,7 +466,11 @@ double ml_merge_layer_t(const char *tensor_name, int n_layers) {
         long i = strtol(p + 7, &end, 10);
         if (end != p + 7 && *end == '.') return n_layers > 1 ? (double)i / (n_layers - 1) : 1.0;
     }
-    return strstr(tensor_name, "embed_tokens") ? 0.0 : 1.0; /* mergekit: pre-weights 0, post-weights 1 */
+    /* mergekit 0.1.5 (plan_module): pre-weights (embed_tokens) and post-weights
+     * (model.norm, lm_head) are planned with a ConfigReader at t = 0, so a
+     * gradient gives them its first value (releases before 0.1 used t = 1
+     * for the post-weights) */
+    return 0.0;
 }
 
 /* Look a parameter up for input model `m` (NULL for a global one). */

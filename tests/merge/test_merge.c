@@ -358,7 +358,8 @@ static void test_ties_model(void **state) {
         gen(x, k, t[k].n, 3, 0.01);
         gen(y, k, t[k].n, 4, 0.01);
         const char *nm = t[k].name;
-        double pos = strstr(nm, "layers.") ? atoi(strstr(nm, "layers.") + 7) / 2.0 : strstr(nm, "embed") ? 0 : 1;
+        /* mergekit 0.1.5: embed_tokens, model.norm and lm_head at position 0 */
+        double pos = strstr(nm, "layers.") ? atoi(strstr(nm, "layers.") + 7) / 2.0 : 0;
         double w[2] = {0.7, strstr(nm, "mlp") ? -0.4 : 0.5}, dn[2] = {0.3 + 0.6 * pos, 0.6};
         const float *xs[2] = {x, y};
         ref_ties(want, base, xs, w, dn, 2, t[k].n, 1.1);
