@@ -335,10 +335,13 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
             p->train_row_end = n_train;
             p->heldout_row_start = n_train;
             p->heldout_row_end = n_src;
+            char split_note[96];
+            if (ctx_T > 0) snprintf(split_note, sizeof split_note, "split at a multiple of the context %d", ctx_T);
+            else snprintf(split_note, sizeof split_note, "the file has no context attribute: not rounded to windows");
             if (n_train < n_src)
-                snprintf(p->heldout, sizeof p->heldout, "rows [%lld, %lld) of %s, the last %lld rows (split at a "
-                         "multiple of the context %d); not trained on%s%s",
-                         (long long)n_train, (long long)n_src, pos[0], (long long)(n_src - n_train), ctx_T, ev_note,
+                snprintf(p->heldout, sizeof p->heldout, "rows [%lld, %lld) of %s, the last %lld rows (%s); not "
+                         "trained on%s%s",
+                         (long long)n_train, (long long)n_src, pos[0], (long long)(n_src - n_train), split_note, ev_note,
                          own_eval ? "" : ep);
             else snprintf(p->heldout, sizeof p->heldout, "none (--holdout_rows 0): the metrics use training rows%s%s",
                           ev_note, own_eval ? "" : ep);

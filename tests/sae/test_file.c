@@ -6,10 +6,8 @@
 #include <math.h>
 #include <sys/stat.h>
 
-#include "ml_test.h"
+#include "sae_fixture.h"
 #include "mergelens/interop.h"
-#include "mergelens/io.h"
-#include "mergelens/sae.h"
 
 #define N 4096
 #define D 16
@@ -117,24 +115,13 @@ static ml_sae_run *train_memory(const float *x, int arch, double l1a, double l1b
     ml_row_memory mem;
     ml_row_memory_init(&mem, x, N_TRAIN, D, NULL, NULL, NULL);
     ml_sae_train_config c;
-    ml_sae_train_config_default(&c);
+    sae_small_config(&c);
     c.arch = (ml_sae_arch)arch;
-    c.d_sae = 32;
     c.n_grid = 2;
     c.l1[0] = l1a;
     c.l1[1] = l1b;
     c.k[0] = 3;
     c.k[1] = 5;
-    c.lr = 3e-3;
-    c.batch = 128;
-    c.tokens = 20 * 128;
-    c.block_rows = 512;
-    c.buffer_blocks = 4;
-    c.median_rows = 256;
-    c.resample_every = 8;
-    c.dead_window = 512;
-    c.log_every = 5;
-    c.quiet = 1;
     c.seed = ml_seed_derive(42, ID_BASE ";rows");
     c.per_sae_seeds = 1;
     char id[256];

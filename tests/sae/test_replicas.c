@@ -10,9 +10,7 @@
  *    when they are not held out), and the metrics are computed on them (naive recomputation). */
 #include <math.h>
 
-#include "ml_test.h"
-#include "mergelens/io.h"
-#include "mergelens/sae.h"
+#include "sae_fixture.h"
 
 #define N 4096
 #define D 16
@@ -59,24 +57,6 @@ static int run_sae(const char *const *args) {
     int n = 0;
     while (args[n]) n++;
     return ml_cmd_sae(MPI_COMM_WORLD, n, (char **)args);
-}
-
-static int64_t attr_int(const char *path, const char *obj, const char *name) {
-    ml_h5 *h = NULL;
-    int64_t v = -7;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_int(h, obj, name, &v));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return v;
-}
-
-static char *attr_str(const char *path, const char *name) {
-    ml_h5 *h = NULL;
-    char *s = NULL;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", name, &s));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return s;
 }
 
 static void test_seed_derive(void **state) {
@@ -157,20 +137,9 @@ static ml_sae_run *train_alone(int64_t data_seed, int64_t seed, double l1) {
     ml_row_memory mem;
     ml_row_memory_init(&mem, g_x, N_TRAIN, D, NULL, NULL, NULL);
     ml_sae_train_config c;
-    ml_sae_train_config_default(&c);
-    c.d_sae = 32;
+    sae_small_config(&c);
     c.n_grid = 1;
     c.l1[0] = l1;
-    c.lr = 3e-3;
-    c.batch = 128;
-    c.tokens = 2560;
-    c.block_rows = 512;
-    c.buffer_blocks = 4;
-    c.median_rows = 256;
-    c.resample_every = 8;
-    c.dead_window = 512;
-    c.log_every = 5;
-    c.quiet = 1;
     c.seed = (uint64_t)data_seed;
     c.per_sae_seeds = 1;
     c.sae_seed[0] = (uint64_t)seed;
@@ -217,16 +186,16 @@ static void test_replicas(void **state) {
     ml_sae *sae[4] = {0};
     for (int i = 0; i < 4; i++) {
         const int g = i / 2, r = i % 2;
-        assert_int_equal(attr_int(p[i], "/", "replica"), r);
-        assert_int_equal(attr_int(p[i], "/", "replicas"), 2);
-        assert_int_equal(attr_int(p[i], "/", "job_seed"), 42);
-        assert_true((uint64_t)attr_int(p[i], "/", "data_seed") == data_seed);
+        assert_int_equal(sae_attr_int(p[i], "/", "replica"), r);
+        assert_int_equal(sae_attr_int(p[i], "/", "replicas"), 2);
+        assert_int_equal(sae_attr_int(p[i], "/", "job_seed"), 42);
+        assert_true((uint64_t)sae_attr_int(p[i], "/", "data_seed") == data_seed);
         char want_id[256];
         snprintf(want_id, sizeof want_id, ID_BASE ";l1=%s;replica=%d", l1s[g], r);
-        char *id = attr_str(p[i], "seed_identity");
+        char *id = sae_attr_str(p[i], "seed_identity");
         assert_string_equal(id, want_id);
         ml_free(id);
-        seeds[i] = (uint64_t)attr_int(p[i], "/", "seed");
+        seeds[i] = (uint64_t)sae_attr_int(p[i], "/", "seed");
         assert_true(seeds[i] == ml_seed_derive(42, want_id));
         for (int j = 0; j < i; j++) assert_true(seeds[j] != seeds[i]);
         ML_ASSERT_OK(ml_sae_load(p[i], &sae[i]));
@@ -237,7 +206,7 @@ static void test_replicas(void **state) {
         assert_memory_equal(sae[i]->params, b->params, sizeof(float) * b->n_params);
         ml_sae_destroy(&b);
         /* one pass over the data for 4 SAEs = each SAE trained alone with its recorded seeds: bitwise */
-        ml_sae_run *alone = train_alone(attr_int(p[i], "/", "data_seed"), (int64_t)seeds[i], g ? 0.2 : 0.05);
+        ml_sae_run *alone = train_alone(sae_attr_int(p[i], "/", "data_seed"), (int64_t)seeds[i], g ? 0.2 : 0.05);
         if (memcmp(alone->item[0].sae->params, sae[i]->params, sizeof(float) * sae[i]->n_params))
             fail_msg("%s differs from the same SAE trained alone", p[i]);
         ml_sae_run_destroy(&alone);
@@ -256,9 +225,9 @@ static void test_replicas(void **state) {
     snprintf(ex0, sizeof ex0, "%s/saes/exact-l1_0.05.h5", dir);
     const char *exact[] = {"sae", acts, "--out", ex, "--l1", "0.05,0.2", "--seed_mode", "exact", SAE_OPTS, NULL};
     ML_ASSERT_OK(run_sae(exact));
-    assert_int_equal(attr_int(ex0, "/", "seed"), 42);
-    assert_int_equal(attr_int(ex0, "/", "data_seed"), 42);
-    char *id = attr_str(ex0, "seed_identity");
+    assert_int_equal(sae_attr_int(ex0, "/", "seed"), 42);
+    assert_int_equal(sae_attr_int(ex0, "/", "data_seed"), 42);
+    char *id = sae_attr_str(ex0, "seed_identity");
     assert_string_equal(id, "");
     ml_free(id);
     const char *bad[] = {"sae", acts, "--out", ex, "--seed_mode", "exact", "--replicas", "2", SAE_OPTS, NULL};
@@ -302,8 +271,8 @@ static void test_holdout(void **state) {
     /* 1. the trainer reads none of the held-out rows (the row source fails on any non-finite value it reads) */
     const char *train_only[] = {"sae", nan_acts, "--out", out, "--l1", "0.05", "--eval", "false", SAE_OPTS, NULL};
     ML_ASSERT_OK(run_sae(train_only));
-    assert_int_equal(attr_int(out, "/", "train_row_end"), N_TRAIN);
-    assert_int_equal(attr_int(out, "/", "heldout_row_start"), N_TRAIN);
+    assert_int_equal(sae_attr_int(out, "/", "train_row_end"), N_TRAIN);
+    assert_int_equal(sae_attr_int(out, "/", "heldout_row_start"), N_TRAIN);
     /* control: the same rows not held out are read, and fail */
     const char *no_hold[] = {"sae", nan_acts, "--out", out, "--l1", "0.05", "--eval", "false", "--holdout_rows", "0",
                              "--resume", "false", SAE_OPTS, NULL};
@@ -323,7 +292,7 @@ static void test_holdout(void **state) {
                 {"/metrics/eval", "row0", N_TRAIN},  {"/metrics/eval", "n_rows", N - N_TRAIN},
                 {"/features", "row0", N_TRAIN},      {"/features", "n_rows", N - N_TRAIN}};
     for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
-        int64_t v = attr_int(out, rows[i].obj, rows[i].name);
+        int64_t v = sae_attr_int(out, rows[i].obj, rows[i].name);
         if (v != rows[i].want) fail_msg("%s%s = %lld, want %lld", rows[i].obj, rows[i].name, (long long)v, (long long)rows[i].want);
     }
     ml_sae *s = NULL;
@@ -337,7 +306,7 @@ static void test_holdout(void **state) {
     printf("  eval mse %.6g; naive on the held-out rows %.6g, on the training rows %.6g\n", mse, held, trained);
     ML_ASSERT_CLOSE(mse, held, 1e-5 * held);
     ml_sae_destroy(&s);
-    char *desc = attr_str(out, "heldout");
+    char *desc = sae_attr_str(out, "heldout");
     if (!strstr(desc, "rows [3072, 4096) of") || !strstr(desc, "not trained on")) fail_msg("heldout: %s", desc);
     ml_free(desc);
 
@@ -345,11 +314,11 @@ static void test_holdout(void **state) {
     const char *h1000[] = {"sae", acts, "--out", out, "--l1", "0.05", "--eval", "false", "--holdout_rows", "1000",
                            "--resume", "false", SAE_OPTS, NULL};
     ML_ASSERT_OK(run_sae(h1000));
-    assert_int_equal(attr_int(out, "/", "train_row_end"), 3072); /* 4096 - 1000 = 3096 -> 48 windows */
+    assert_int_equal(sae_attr_int(out, "/", "train_row_end"), 3072); /* 4096 - 1000 = 3096 -> 48 windows */
     const char *h192[] = {"sae", acts, "--out", out, "--l1", "0.05", "--eval", "false", "--holdout_rows", "192",
                           "--resume", "false", SAE_OPTS, NULL};
     ML_ASSERT_OK(run_sae(h192));
-    assert_int_equal(attr_int(out, "/", "train_row_end"), 3904);
+    assert_int_equal(sae_attr_int(out, "/", "train_row_end"), 3904);
     const char *all[] = {"sae", acts, "--out", out, "--l1", "0.05", "--holdout_rows", "4096", SAE_OPTS, NULL};
     ML_ASSERT_FAILS(run_sae(all), ML_ERR_ARG, "--holdout_rows 4096 leaves none of the source's 4096 rows");
     assert_int_equal(ml_alloc_live(), live);
