@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "../capture/fixtures.h"
+#include "sae_fixture.h"
 #include "mergelens/sae.h"
 
 #define HOOK "blocks.1.mlp.hook_post"
@@ -74,15 +75,6 @@ static double rel_diff(const char *pa, const char *pb, const char *ds, ml_dtype 
     ML_ASSERT_OK(ml_h5_close(&ha));
     ML_ASSERT_OK(ml_h5_close(&hb));
     return md / mb;
-}
-
-static char *attr(const char *path, const char *name) {
-    ml_h5 *h = NULL;
-    char *s = NULL;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", name, &s));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return s;
 }
 
 static void test_equivalence(void **state) {
@@ -174,7 +166,8 @@ static void test_equivalence(void **state) {
         ML_ASSERT_OK(ml_h5_close(&ha));
         ML_ASSERT_OK(ml_h5_close(&hs));
         /* where the rows came from */
-        char *sm = attr(pm, "source"), *sf = attr(pf, "source"), *mm = attr(pm, "model"), *hk = attr(pm, "hook_name");
+        char *sm = sae_attr_str(pm, "source"), *sf = sae_attr_str(pf, "source"), *mm = sae_attr_str(pm, "model"),
+             *hk = sae_attr_str(pm, "hook_name");
         char want[4000];
         snprintf(want, sizeof want,
                  "{\"kind\":\"forward\",\"acts\":\"\",\"model\":\"%s\",\"domains\":[\"%s\",\"%s\"],\"n_tokens\":3000,"

@@ -16,6 +16,7 @@
 #include <hdf5.h>
 
 #include "../capture/fixtures.h"
+#include "sae_fixture.h"
 #include "mergelens/interop.h"
 #include "mergelens/sae.h"
 
@@ -54,15 +55,6 @@ static int run_sae(const char *const *args) {
     return rc;
 }
 
-static int64_t attr_int(const char *path, const char *obj, const char *name) {
-    ml_h5 *h = NULL;
-    int64_t v = -1;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_int(h, obj, name, &v));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return v;
-}
-
 /* The interrupted run's state: non-zero status, the message, complete = 0 at `step` in every file. */
 static void expect_interrupted(int rc, const char *const *paths, int n, int64_t step, int64_t steps) {
     if (rc != ML_ERR_INTERRUPTED) fail_msg("expected ML_ERR_INTERRUPTED, got %s: %s", ml_status_name(rc), ml_error_message());
@@ -74,8 +66,8 @@ static void expect_interrupted(int rc, const char *const *paths, int n, int64_t 
     assert_null(strchr(ml_error_message(), '\n'));
     ml_error_clear();
     for (int g = 0; g < n; g++) {
-        assert_int_equal(attr_int(paths[g], "/", "complete"), 0);
-        assert_int_equal(attr_int(paths[g], "/checkpoint", "step"), step);
+        assert_int_equal(sae_attr_int(paths[g], "/", "complete"), 0);
+        assert_int_equal(sae_attr_int(paths[g], "/checkpoint", "step"), step);
     }
 }
 
@@ -182,12 +174,12 @@ static void test_file_route(void **state) {
     if (!strstr(ml_error_message(), "cannot resume") || !strstr(ml_error_message(), "lr") || strchr(ml_error_message(), '\n'))
         fail_msg("changed option: %s", ml_error_message());
     ml_error_clear();
-    for (int g = 0; g < 2; g++) assert_int_equal(attr_int(op[g], "/checkpoint", "step"), 45);
+    for (int g = 0; g < 2; g++) assert_int_equal(sae_attr_int(op[g], "/checkpoint", "step"), 45);
 
     /* 3. the same command resumes (raise_at 45 is behind it) and ends where the uninterrupted run did */
     ML_ASSERT_OK(run_sae(sig));
     for (int g = 0; g < 2; g++) expect_same(rp[g], op[g]);
-    int64_t resampled = attr_int(rp[1], "/metrics", "resampled_total");
+    int64_t resampled = sae_attr_int(rp[1], "/metrics", "resampled_total");
     if (resampled <= 0) fail_msg("the test should resample dead latents (resampled_total %lld)", (long long)resampled);
 
     /* 4. a signal during the evaluation: the finished training is checkpointed, the rerun evaluates */
@@ -226,7 +218,7 @@ static void test_model_route(void **state) {
     assert_int_equal(rc, ML_ERR_CONFIG);
     if (!strstr(ml_error_message(), "cannot resume")) fail_msg("changed option: %s", ml_error_message());
     ml_error_clear();
-    assert_int_equal(attr_int(out, "/checkpoint", "step"), 50);
+    assert_int_equal(sae_attr_int(out, "/checkpoint", "step"), 50);
     ML_ASSERT_OK(run_sae(sig));
     expect_same(ref, out);
     /* --resume false starts over (and ends at the same place) */
@@ -303,17 +295,17 @@ static void test_replicas(void **state) {
     const char *sig[] = {"sae", e.acts, "--out", out, "--l1", "1", "--replicas", "2", SAE_OPTS, "--raise_at", "45", NULL};
     expect_interrupted(run_sae(sig), paths, 2, 45, 93);
     for (int r = 0; r < 2; r++) {
-        assert_int_equal(attr_int(op[r], "/", "replica"), r);
-        assert_int_equal(attr_int(op[r], "/", "replicas"), 2);
+        assert_int_equal(sae_attr_int(op[r], "/", "replica"), r);
+        assert_int_equal(sae_attr_int(op[r], "/", "replicas"), 2);
     }
-    assert_true(attr_int(op[0], "/", "seed") != attr_int(op[1], "/", "seed"));
+    assert_true(sae_attr_int(op[0], "/", "seed") != sae_attr_int(op[1], "/", "seed"));
     bump_seed(op[1], 1);
     ML_ASSERT_FAILS_ALL(run_sae(sig), ML_ERR_CONFIG, "cannot resume: its seed is");
-    assert_int_equal(attr_int(op[1], "/checkpoint", "step"), 45);
+    assert_int_equal(sae_attr_int(op[1], "/checkpoint", "step"), 45);
     bump_seed(op[1], -1);
     ML_ASSERT_OK(run_sae(sig));
     for (int r = 0; r < 2; r++) expect_same(rp[r], op[r]);
-    if (attr_int(rp[0], "/metrics", "resampled_total") <= 0 || attr_int(rp[1], "/metrics", "resampled_total") <= 0)
+    if (sae_attr_int(rp[0], "/metrics", "resampled_total") <= 0 || sae_attr_int(rp[1], "/metrics", "resampled_total") <= 0)
         fail_msg("both replicas should resample dead latents");
     assert_int_equal(ml_alloc_live(), live);
 }
