@@ -133,7 +133,7 @@ static void test_init(void **state) {
     ml_sae_destroy(&c);
 }
 
-static ml_sae_run *train_alone(int64_t data_seed, int64_t seed, double l1) {
+static ml_sae_run *train_alone(MPI_Comm comm, int64_t data_seed, int64_t seed, double l1) {
     ml_row_memory mem;
     ml_row_memory_init(&mem, g_x, N_TRAIN, D, NULL, NULL, NULL);
     ml_sae_train_config c;
@@ -144,7 +144,7 @@ static ml_sae_run *train_alone(int64_t data_seed, int64_t seed, double l1) {
     c.per_sae_seeds = 1;
     c.sae_seed[0] = (uint64_t)seed;
     ml_sae_run *run = NULL;
-    ML_ASSERT_OK(ml_sae_train(MPI_COMM_WORLD, &c, &mem.src, &run));
+    ML_ASSERT_OK(ml_sae_train(comm, &c, &mem.src, &run));
     return run;
 }
 
@@ -206,10 +206,28 @@ static void test_replicas(void **state) {
         assert_memory_equal(sae[i]->params, b->params, sizeof(float) * b->n_params);
         ml_sae_destroy(&b);
         /* one pass over the data for 4 SAEs = each SAE trained alone with its recorded seeds: bitwise */
-        ml_sae_run *alone = train_alone(sae_attr_int(p[i], "/", "data_seed"), (int64_t)seeds[i], g ? 0.2 : 0.05);
+        ml_sae_run *alone =
+            train_alone(MPI_COMM_WORLD, sae_attr_int(p[i], "/", "data_seed"), (int64_t)seeds[i], g ? 0.2 : 0.05);
         if (memcmp(alone->item[0].sae->params, sae[i]->params, sizeof(float) * sae[i]->n_params))
             fail_msg("%s differs from the same SAE trained alone", p[i]);
         ml_sae_run_destroy(&alone);
+        /* 1 rank against this run's ranks: float summation order only */
+        int rank, P;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &P);
+        if (P > 1 && rank == 0) {
+            alone = train_alone(MPI_COMM_SELF, sae_attr_int(p[i], "/", "data_seed"), (int64_t)seeds[i], g ? 0.2 : 0.05);
+            double md = 0, mb = 1e-30;
+            for (size_t k = 0; k < sae[i]->n_params; k++) {
+                double u = alone->item[0].sae->params[k], v = sae[i]->params[k];
+                md = fmax(md, fabs(u - v));
+                mb = fmax(mb, fabs(v));
+            }
+            printf("  %s: 1 rank vs %d: max relative difference %.3g\n", p[i] + strlen(dir) + 1, P, md / mb);
+            if (md / mb > 1e-5) fail_msg("%s: 1 rank vs %d ranks differ by %.3g relative", p[i], P, md / mb);
+            ml_sae_run_destroy(&alone);
+        }
+        MPI_Barrier(MPI_COMM_WORLD);
     }
     /* the two replicas of a configuration ended apart (they started apart) */
     for (int g = 0; g < 2; g++) {
