@@ -590,8 +590,9 @@ def sec_calibration(R, tracks):
                 if c[k + "_lo"] is not None and c[k + "_hi"] is not None:
                     a.fill_between(tau, c[k + "_lo"], c[k + "_hi"], color=col, alpha=0.2)
             a.axvline(ed["tau"], ls="--", color="k", lw=1)
-            a.set_title(ed["name"], fontsize=9)
-            a.set_xlabel("tau (threshold on the %s measure)" % (c["attrs"].get("measure") or ed["measure"]))
+            noceil = c["ceiling"] is None or not np.any(np.isfinite(c["ceiling"]))
+            a.set_title("%s%s" % (ed["name"], " (ceiling n/a)" if noceil else ""), fontsize=9)
+            a.set_xlabel("tau (%s score)" % (c["attrs"].get("measure") or ed["measure"]))
         axs[0][0].set_ylabel("share of live parent features")
         axs[0][0].legend(fontsize=7)
         R.figure("flow", fig, "%s: persisting share against tau with its interval (shaded), the seed ceiling and "

@@ -332,6 +332,7 @@ static int ml_eval_write(MPI_Comm comm, const char *path, const char *model, con
     if (rc == ML_OK) rc = ml_list_to_json(names, K, &names_json);
     if (rc == ML_OK) rc = ml_list_to_json(paths, K, &paths_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, path), done);
     ML_CHECK_GOTO(ml_h5_create(comm, path, "mergelens.eval", 1, &h), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "model", model), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", cfg), done);
