@@ -135,7 +135,9 @@ class Report:
     def figure(self, sec, fig, caption):
         self.nfig += 1
         name = "fig%03d.png" % self.nfig
-        fig.savefig(os.path.join(self.out, name), dpi=90, bbox_inches="tight")
+        # at most ~1100 px wide (the page is 1200 px): wide figures get a lower resolution
+        dpi = min(90.0, 1000.0 / max(1e-6, fig.get_size_inches()[0]))
+        fig.savefig(os.path.join(self.out, name), dpi=dpi, bbox_inches="tight")
         plt.close(fig)
         self.add(sec, '<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
                  % (name, esc(caption), esc(caption)))
@@ -668,8 +670,12 @@ def sec_correlations(R, tracks):
         panels = [(m, v) for m, v in panels if v.get("a_score") is not None]
         if not panels:
             continue
-        fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3), squeeze=False)
-        for a, (m, v) in zip(axs[0], panels):
+        ncol = min(3, len(panels))
+        nrow = (len(panels) + ncol - 1) // ncol
+        fig, axs = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3 * nrow), squeeze=False)
+        for a in axs.flat[len(panels):]:
+            a.set_visible(False)
+        for a, (m, v) in zip(axs.flat, panels):
             for side, key, dk, c in (("parent", "a_score", "a_dead", "C0"), ("child", "b_score", "b_dead", "C2")):
                 s = np.asarray(v[key], dtype=float)
                 if v.get(dk) is not None:
@@ -683,7 +689,8 @@ def sec_correlations(R, tracks):
             a.set_xlabel("max score")
             a.legend(fontsize=6)
             rows.append([ed["name"], m, num(v.get("a_mean")), num(v.get("b_mean"))])
-        axs[0][0].set_ylabel("live features")
+        for r in range(nrow):
+            axs[r][0].set_ylabel("live features (count)")
         R.figure("correlations", fig, "%s %s: best-partner score of every live feature (dashed: tau)"
                  % (os.path.basename(t["path"]), ed["name"]))
     if rows:
