@@ -103,13 +103,18 @@ def num(v, digits=4):
 def table(header, rows, cls="t"):
     out = ['<table class="%s"><tr>' % cls + "".join("<th>%s</th>" % esc(h) for h in header) + "</tr>"]
     for r in rows:
-        out.append("<tr>" + "".join("<td>%s</td>" % (c if isinstance(c, Raw) else esc(c)) for c in r) + "</tr>")
+        out.append("<tr>" + "".join(('<td class="wrap">%s</td>' if isinstance(c, Wrap) else "<td>%s</td>")
+                                    % (c if isinstance(c, Raw) else esc(c)) for c in r) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
 
 class Raw(str):
     """Trusted HTML inside a table cell."""
+
+
+class Wrap(str):
+    """A long text cell that wraps (anywhere) instead of widening the table past the page."""
 
 
 # ---------------------------------------------------------------- report object
@@ -130,7 +135,9 @@ class Report:
     def figure(self, sec, fig, caption):
         self.nfig += 1
         name = "fig%03d.png" % self.nfig
-        fig.savefig(os.path.join(self.out, name), dpi=90, bbox_inches="tight")
+        # at most ~1100 px wide (the page is 1200 px): wide figures get a lower resolution
+        dpi = min(90.0, 1000.0 / max(1e-6, fig.get_size_inches()[0]))
+        fig.savefig(os.path.join(self.out, name), dpi=dpi, bbox_inches="tight")
         plt.close(fig)
         self.add(sec, '<figure><img src="%s" alt="%s"><figcaption>%s</figcaption></figure>'
                  % (name, esc(caption), esc(caption)))
@@ -180,7 +187,7 @@ def sec_provenance(R):
                     g = f["stages"][name]
                     argv = attr_json(g, "argv", [])
                     st.append((name, attr(g, "command", ""), attr(g, "status", ""), num(attr(g, "seconds", 0.0), 3),
-                               " ".join(argv) if isinstance(argv, list) else ""))
+                               Wrap(" ".join(argv) if isinstance(argv, list) else "")))
                 R.add("provenance", "<h3>Stages</h3>" + table(["stage", "command", "status", "seconds", "argv"], st))
             if attr(f, "job_yaml"):
                 R.add("provenance", "<details><summary>job file</summary><pre>%s</pre></details>"
@@ -216,12 +223,14 @@ def load_models(R):
                 doms = attr_json(ev, "domains", [])
                 step, dom = np.asarray(ev["step"][()]), np.asarray(ev["domain"][()])
                 loss, acc = np.asarray(ev["loss"][()]), np.asarray(ev["accuracy"][()])
+                ntok = np.asarray(ev["n_tokens"][()]) if "n_tokens" in ev else np.full(len(step), -1)
                 m["evallog"] = (doms, step, dom, loss, acc)
                 if len(step):
                     last = step == step.max()
-                    for d, l, a in zip(dom[last], loss[last], acc[last]):
+                    for d, l, a, n in zip(dom[last], loss[last], acc[last], ntok[last]):
                         name = doms[d] if 0 <= d < len(doms) else "domain%d" % d
-                        m["eval"][name] = (float(l), float(a), "train/eval step %d" % step.max())
+                        m["eval"][name] = (float(l), float(a), "train/eval step %d" % step.max(),
+                                           int(n) if n >= 0 else None)
         models[stem(p)] = m
     # separate `mergelens eval --out` files override the in-training rows
     for p in sorted(set(glob.glob(os.path.join(R.run, "*", "*.h5")) + glob.glob(os.path.join(R.run, "*.h5")))):
@@ -232,9 +241,12 @@ def load_models(R):
             doms = attr_json(f, "domains", [])
             if target not in models:
                 models[target] = {"path": attr(f, "model", ""), "kind": "?", "parent": "", "log": None, "eval": {}}
+            ntok = f["n_tokens"] if "n_tokens" in f else f["n_targets"] if "n_targets" in f else None
             for i, d in enumerate(doms):
                 models[target]["eval"][d] = (float(f["loss"][i]), float(f["accuracy"][i]),
-                                             os.path.relpath(p, R.run))
+                                             os.path.relpath(p, R.run), int(ntok[i]) if ntok is not None else None)
+            models[target]["eval_file"] = {"order": attr(f, "eval_order", "sequential (before eval_order)"),
+                                           "seed": attr(f, "eval_seed"), "path": os.path.relpath(p, R.run)}
     return models
 
 
@@ -277,6 +289,10 @@ def sec_training(R, models):
         R.note("training", "no checkpoint in models/ holds /train/log.")
 
 
+def tokens_text(n):
+    return "?" if n is None else ("%.1fk" % (n / 1000.0) if n >= 1000 else str(n))
+
+
 def sec_evaluation(R, models):
     rows = {k: m for k, m in models.items() if m["eval"]}
     if not rows:
@@ -284,14 +300,46 @@ def sec_evaluation(R, models):
         return
     doms = sorted({d for m in rows.values() for d in m["eval"]})
     order = sorted(rows, key=lambda k: ({"base": 0, "fine-tune": 1, "merge": 2}.get(rows[k]["kind"], 3), k))
-    hdr = ["model", "kind", "parent"] + ["%s loss" % d for d in doms] + ["%s acc" % d for d in doms] + ["source"]
+    hdr = (["model", "kind", "parent"] + ["%s loss" % d for d in doms] + ["%s acc" % d for d in doms] +
+           ["%s tokens" % d for d in doms] + ["source"])
     body = []
     for k in order:
         e = rows[k]["eval"]
         body.append([k, rows[k]["kind"], rows[k]["parent"]] +
                     [num(e[d][0]) if d in e else "" for d in doms] + [num(e[d][1]) if d in e else "" for d in doms] +
-                    [", ".join(sorted({v[2] for v in e.values()}))])
+                    [(e[d][3] if e[d][3] is not None else "?") if d in e else "" for d in doms] +
+                    [Wrap(", ".join(sorted({v[2] for v in e.values()})))])
+    R.add("evaluation", "<p>Loss in nats per token (mean next-token cross-entropy) and next-token accuracy on "
+          "each domain's validation split; <i>tokens</i> = targets scored. Numbers from different sources "
+          "(in-training evaluation, <code>mergelens eval</code> files) may use different windows.</p>")
     R.add("evaluation", table(hdr, body))
+    files = [(k, rows[k]["eval_file"]) for k in order if "eval_file" in rows[k]]
+    if files:
+        R.add("evaluation", "<p>eval files: %s</p>" % esc("; ".join(
+            "%s (windows %s, eval_seed %s)" % (v["path"], v["order"], v["seed"]) for _, v in files)))
+    # the models x domains loss table as a heat-map (annotated with the loss and the token count)
+    L = np.array([[rows[k]["eval"][d][0] if d in rows[k]["eval"] else np.nan for d in doms] for k in order])
+    fig, ax = plt.subplots(figsize=(1.6 * len(doms) + 3, 0.55 * len(order) + 2))
+    im = ax.imshow(L, cmap="viridis_r", aspect="auto")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("validation loss (nats/token)")
+    ax.set_xticks(range(len(doms)))
+    ax.set_xticklabels(doms)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels(["%s (%s)" % (k, rows[k]["kind"]) for k in order])
+    ax.set_xlabel("evaluation domain (validation split)")
+    ax.set_ylabel("model")
+    fin = L[np.isfinite(L)]
+    mid = (fin.min() + fin.max()) / 2 if fin.size else 0
+    for i, k in enumerate(order):
+        for j, d in enumerate(doms):
+            if d in rows[k]["eval"]:
+                v = rows[k]["eval"][d]
+                ax.text(j, i, "%s\n%s tok" % (num(v[0], 3), tokens_text(v[3])), ha="center", va="center",
+                        fontsize=8, color="w" if v[0] > mid else "k")
+    ax.set_title("loss per model and domain (lower is better)")
+    R.figure("evaluation", fig, "validation loss (nats/token) of every model on every domain; each cell gives "
+             "the loss and the number of tokens scored")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
     wd = 0.8 / max(1, len(order))
     x = np.arange(len(doms))
@@ -299,10 +347,13 @@ def sec_evaluation(R, models):
         e = rows[k]["eval"]
         ax[0].bar(x + i * wd, [e[d][0] if d in e else np.nan for d in doms], wd, label=k)
         ax[1].bar(x + i * wd, [e[d][1] if d in e else np.nan for d in doms], wd, label=k)
-    for a, t in zip(ax, ("validation loss", "next-token accuracy")):
+    for a, t, yl in zip(ax, ("validation loss", "next-token accuracy"),
+                        ("loss (nats/token)", "accuracy (fraction of tokens)")):
         a.set_xticks(x + 0.4 - wd / 2)
         a.set_xticklabels(doms)
         a.set_title(t)
+        a.set_xlabel("evaluation domain")
+        a.set_ylabel(yl)
     ax[1].legend(fontsize=7)
     R.figure("evaluation", fig, "per-domain validation loss and accuracy of every model")
 
@@ -328,6 +379,8 @@ def sec_sweeps(R, models):
             rl = np.asarray(f["reference/loss"][()]) if "reference/loss" in f else None
             ra = np.asarray(f["reference/accuracy"][()]) if "reference/accuracy" in f else None
             refname = attr(f["reference"], "model", "base model") if "reference" in f else "base model"
+            tokens = np.asarray(f["tokens"][()]) if "tokens" in f else None
+            direction = sweep_direction(param, attr(f, "from"), attr(f, "to"), attr_json(f, "models", None))
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
         for d, dn in enumerate(doms):
             c = "C%d" % d
@@ -337,12 +390,17 @@ def sec_sweeps(R, models):
                 ax[0].axhline(rl[d], ls="--", color=c, lw=1, label="%s (%s)" % (dn, refname))
             if ra is not None:
                 ax[1].axhline(ra[d], ls="--", color=c, lw=1, label="%s (%s)" % (dn, refname))
-        for a, t in zip(ax, ("validation loss", "next-token accuracy")):
-            a.set_xlabel(param)
+        for a, t, yl in zip(ax, ("validation loss", "next-token accuracy"),
+                            ("loss (nats/token)", "accuracy (fraction of tokens)")):
+            a.set_xlabel("%s (%s)" % (param, direction))
+            a.set_ylabel(yl)
             a.set_title(t)
         ax[0].legend(fontsize=7)
-        R.figure("sweeps", fig, "%s: loss and accuracy against %s per domain; dashed: %s"
-                 % (os.path.basename(p), param, refname))
+        tk = ("; tokens per domain and point: %s" % ", ".join("%s %s" % (dn, tokens_text(int(n)))
+                                                              for dn, n in zip(doms, tokens))
+              if tokens is not None and len(tokens) == len(doms) else "")
+        R.figure("sweeps", fig, "%s: loss and accuracy against %s per domain (%s); dashed: %s%s"
+                 % (os.path.basename(p), param, direction, refname, tk))
         hdr = [param] + ["%s loss" % d for d in doms] + ["%s acc" % d for d in doms]
         body = [[num(g)] + [num(v) for v in loss[i]] + [num(v) for v in acc[i]] for i, g in enumerate(grid)]
         if rl is not None or ra is not None:
@@ -350,6 +408,18 @@ def sec_sweeps(R, models):
                         [num(v) for v in (ra if ra is not None else [None] * len(doms))])
         R.add("sweeps", "<details><summary>%s values</summary>%s</details>" % (esc(os.path.basename(p)),
                                                                               table(hdr, body)))
+
+
+def sweep_direction(param, lo, hi, models):
+    """What the ends of a sweep are: "t = 0: lua, t = 1: stories" for a two-model recipe (models: the
+    sweep file's JSON inputs, base first), else the grid range."""
+    lo = 0.0 if lo is None else lo
+    hi = 1.0 if hi is None else hi
+    if models and len(models) == 2 and param == "t":
+        return "%s = 0: %s, %s = 1: %s" % (param, stem(models[0]), param, stem(models[1]))
+    if models and len(models) >= 1:
+        return "%s from %s to %s; base model %s" % (param, num(lo), num(hi), stem(models[0]))
+    return "%s from %s to %s" % (param, num(lo), num(hi))
 
 
 def sec_track_sweeps(R):
@@ -367,6 +437,13 @@ def sec_track_sweeps(R):
             mean_r = np.asarray(f["mean_r"][()], dtype=float)
             param, tau = attr(f, "param", "t"), attr(f, "tau", float("nan"))
             sae, live = attr(f, "sae", "?"), attr(f, "n_live", 0)
+            direction = "t = 0: the recipe's base_model"
+            sw = attr(f, "sweep")
+            for cand in (sw, os.path.join(R.run, "sweeps", os.path.basename(str(sw)))):
+                if cand and os.path.isfile(cand) and fmt_of(cand) == "mergelens.sweep":
+                    with h5py.File(cand, "r") as g:
+                        direction = sweep_direction(param, attr(g, "from"), attr(g, "to"), attr_json(g, "models"))
+                    break
         name = os.path.basename(p)
         ax[0].plot(grid, present, "o-", color="C%d" % k, label=name)
         ax[1].plot(grid, mean_r, "o-", color="C%d" % k, label=name)
@@ -374,8 +451,10 @@ def sec_track_sweeps(R):
                     [num(present[i]) for i in (0, len(grid) // 2, len(grid) - 1)])
     ax[0].set_title("share of fine-tuned features present (r >= tau)")
     ax[1].set_title("mean r over live features")
+    ax[0].set_ylabel("share of live features")
+    ax[1].set_ylabel("mean best-partner Pearson r")
     for a in ax:
-        a.set_xlabel(param)
+        a.set_xlabel("%s (%s)" % (param, direction))
     ax[0].legend(fontsize=7)
     R.figure("sweeps", fig, "fine-tuned SAE features still present along the merge sweep (track-sweep)")
     R.add("sweeps", table(["file", "SAE", "live features", "tau", "present at first point",
@@ -400,10 +479,12 @@ def load_tracking(R):
                 g = f["edges"][e]
                 ed = {"name": e, "parent": attr(g, "parent", ""), "child": attr(g, "child", ""),
                       "measure": attr(g, "measure", "activation"), "tau": attr(g, "tau", tau),
-                      "parent_sae": attr(g, "parent_sae"), "child_sae": attr(g, "child_sae")}
+                      "parent_sae": attr(g, "parent_sae"), "child_sae": attr(g, "child_sae"),
+                      "parent_acts": attr(g, "parent_acts"), "child_acts": attr(g, "child_acts")}
                 for k in ("parent_status", "parent_partner", "parent_score", "child_status", "child_partner",
                           "child_score", "counts", "shares"):
                     ed[k] = np.asarray(g[k][()]) if k in g else None
+                ed["calibration"] = load_calibration(g["calibration"]) if "calibration" in g else None
                 ed["measures"] = {}
                 for mname in g:
                     mg = g[mname]
@@ -415,6 +496,109 @@ def load_tracking(R):
                 edges.append(ed)
             out.append({"path": p, "tau": tau, "edges": edges})
     return out
+
+
+CAL_SETS = ("tau", "persist", "emerge", "disappear", "ceiling", "floor", "normalised")
+CAL_ATTRS = ("measure", "interval", "bootstrap", "block_tokens", "n_tokens", "rows_start", "rows_end",
+             "replicas_parent", "replicas_child", "stable_min", "ceiling_source", "floor_source")
+
+
+def load_calibration(g):
+    """/edges/<edge>/calibration (the calibration contract): f64 [T] datasets X, X_lo, X_hi for the
+    shares, the seed ceiling, the null floor and the normalised persistence, and the attributes."""
+    c = {"attrs": {k: attr(g, k) for k in CAL_ATTRS}}
+    for k in CAL_SETS:
+        for suf in ("", "_lo", "_hi"):
+            if k == "tau" and suf:
+                continue
+            c[k + suf] = np.asarray(g[k + suf][()], dtype=float) if k + suf in g else None
+    if c["tau"] is None:
+        raise ValueError("%s: no dataset 'tau'" % g.name)
+    return c
+
+
+def cal_at(c, tau):
+    """Index of the calibration row nearest to tau."""
+    return int(np.argmin(np.abs(c["tau"] - float(tau))))
+
+
+def band(c, k, i, digits=3):
+    """'v [lo, hi]' of dataset k at row i ('n/a' when NaN or absent)."""
+    v = c.get(k)
+    if v is None or i >= len(v) or not np.isfinite(v[i]):
+        return "n/a"
+    lo, hi = c.get(k + "_lo"), c.get(k + "_hi")
+    if lo is None or hi is None or not (np.isfinite(lo[i]) and np.isfinite(hi[i])):
+        return num(v[i], digits)
+    return "%s [%s, %s]" % (num(v[i], digits), num(lo[i], digits), num(hi[i], digits))
+
+
+def sec_calibration(R, tracks):
+    """Per tracking file: the calibrated shares of every edge at its tau (share with its bootstrap
+    interval, the seed ceiling and null floor bands, the normalised persistence), a figure over tau,
+    and the full table per edge."""
+    for t in tracks:
+        eds = t["edges"]
+        if not eds:
+            continue
+        body, full = [], []
+        cal = [ed for ed in eds if ed["calibration"] is not None]
+        for ed in eds:
+            c = ed["calibration"]
+            if c is None:
+                body.append([ed["name"], ed["measure"], num(ed["tau"], 3), "no controls computed", "", "", "", "",
+                             "", ""])
+                continue
+            a = c["attrs"]
+            i = cal_at(c, ed["tau"])
+            ceil = band(c, "ceiling", i)
+            if ceil == "n/a":
+                ceil = "n/a (%s)" % (a.get("ceiling_source") or "no replicas")
+            flo = band(c, "floor", i)
+            if flo == "n/a":
+                flo = "n/a (%s)" % (a.get("floor_source") or "not computed")
+            body.append([ed["name"], a.get("measure") or ed["measure"], num(c["tau"][i], 3), band(c, "persist", i),
+                         Wrap(ceil), Wrap(flo), band(c, "normalised", i), band(c, "emerge", i),
+                         band(c, "disappear", i), tokens_text(a.get("n_tokens"))])
+            rows = [[num(c["tau"][j], 3)] + [band(c, k, j) for k in ("persist", "ceiling", "floor", "normalised",
+                                                                      "emerge", "disappear")]
+                    for j in range(len(c["tau"]))]
+            src = "; ".join("%s = %s" % (k, a[k]) for k in CAL_ATTRS if a.get(k) is not None)
+            full.append("<details><summary>%s: every tau</summary><p>%s</p>%s</details>" % (
+                esc(ed["name"]), esc(src), table(["tau", "persist", "ceiling", "floor", "normalised", "emerge",
+                                                  "disappear"], rows)))
+        ivl = next((ed["calibration"]["attrs"].get("interval") for ed in cal), None)
+        R.add("flow", "<h3>Calibrated persistence: %s</h3><p>share = persisting share of the parent's live "
+              "features; [lo, hi] = %s bootstrap interval over blocks of tokens; ceiling = the same measure "
+              "between seed replicas of one model (what persistence looks like when nothing changed); floor = "
+              "the measure under no correspondence; normalised = (share - floor) / (ceiling - floor).</p>"
+              % (esc(os.path.basename(t["path"])), esc("%g%%" % (100 * ivl) if ivl else "the")))
+        R.add("flow", table(["edge", "measure", "tau", "persist share [interval]", "ceiling band", "floor band",
+                             "normalised persistence", "emerge share", "disappear share", "tokens"], body))
+        R.add("flow", "\n".join(full))
+        if not cal:
+            R.note("flow", "%s: no controls computed (no /edges/<edge>/calibration group): the shares above are "
+                   "raw and uncalibrated." % os.path.basename(t["path"]))
+            continue
+        fig, axs = plt.subplots(1, len(cal), figsize=(3.6 * len(cal), 3.2), squeeze=False, sharey=True)
+        for a, ed in zip(axs[0], cal):
+            c = ed["calibration"]
+            tau = c["tau"]
+            for k, col, lab in (("persist", "C0", "persist share"), ("ceiling", "C2", "seed ceiling"),
+                                ("floor", "C7", "null floor")):
+                if c[k] is None or not np.any(np.isfinite(c[k])):
+                    continue
+                a.plot(tau, c[k], "o-", ms=3, color=col, label=lab)
+                if c[k + "_lo"] is not None and c[k + "_hi"] is not None:
+                    a.fill_between(tau, c[k + "_lo"], c[k + "_hi"], color=col, alpha=0.2)
+            a.axvline(ed["tau"], ls="--", color="k", lw=1)
+            noceil = c["ceiling"] is None or not np.any(np.isfinite(c["ceiling"]))
+            a.set_title("%s%s" % (ed["name"], " (ceiling n/a)" if noceil else ""), fontsize=9)
+            a.set_xlabel("tau (%s score)" % (c["attrs"].get("measure") or ed["measure"]))
+        axs[0][0].set_ylabel("share of live parent features")
+        axs[0][0].legend(fontsize=7)
+        R.figure("flow", fig, "%s: persisting share against tau with its interval (shaded), the seed ceiling and "
+                 "the null floor; dashed: the edge's tau" % os.path.basename(t["path"]))
 
 
 def edge_counts(ed):
@@ -459,7 +643,8 @@ def sec_flow(R, tracks):
             k += 2.5
         ax.set_xticks(pos)
         ax.set_xticklabels(labels, fontsize=7)
-        ax.set_ylabel("features")
+        ax.set_ylabel("features (count)")
+        ax.set_xlabel("lineage edge: parent and child SAE")
         handles, lab = ax.get_legend_handles_labels()
         seen = {}
         for h, lb in zip(handles, lab):
@@ -485,8 +670,12 @@ def sec_correlations(R, tracks):
         panels = [(m, v) for m, v in panels if v.get("a_score") is not None]
         if not panels:
             continue
-        fig, axs = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3), squeeze=False)
-        for a, (m, v) in zip(axs[0], panels):
+        ncol = min(3, len(panels))
+        nrow = (len(panels) + ncol - 1) // ncol
+        fig, axs = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3 * nrow), squeeze=False)
+        for a in axs.flat[len(panels):]:
+            a.set_visible(False)
+        for a, (m, v) in zip(axs.flat, panels):
             for side, key, dk, c in (("parent", "a_score", "a_dead", "C0"), ("child", "b_score", "b_dead", "C2")):
                 s = np.asarray(v[key], dtype=float)
                 if v.get(dk) is not None:
@@ -500,7 +689,8 @@ def sec_correlations(R, tracks):
             a.set_xlabel("max score")
             a.legend(fontsize=6)
             rows.append([ed["name"], m, num(v.get("a_mean")), num(v.get("b_mean"))])
-        axs[0][0].set_ylabel("live features")
+        for r in range(nrow):
+            axs[r][0].set_ylabel("live features (count)")
         R.figure("correlations", fig, "%s %s: best-partner score of every live feature (dashed: tau)"
                  % (os.path.basename(t["path"]), ed["name"]))
     if rows:
@@ -549,6 +739,10 @@ def sec_sae(R, saes):
     R.add("sae", table(["SAE", "architecture", "hook", "d_in", "d_sae", "l1", "k", "L0", "FVU", "MSE", "dead",
                         "dense", "from"], body))
     for name, s in saes.items():
+        for w in dense_warnings(s):
+            R.add("sae", '<p class="warn">warning: %s: %s</p>' % (esc(name), esc(w)))
+    sec_ce_recovered(R, saes)
+    for name, s in saes.items():
         m = s.get("metrics", {})
         keys = [k for k in ("l0", "fvu", "dead_fraction", "dense_fraction") if k in m and len(m[k])]
         hist = s.get("eval_hist")
@@ -562,18 +756,103 @@ def sec_sae(R, saes):
         n = len(keys) + (hist is not None)
         fig, axs = plt.subplots(1, n, figsize=(2.9 * n, 2.8), squeeze=False)
         x = m.get("tokens", m.get("step"))
+        ylab = {"l0": "L0 (active latents per token)", "fvu": "FVU (fraction of variance unexplained)",
+                "dead_fraction": "dead latents (fraction of d_sae)", "dense_fraction": "dense latents (fraction)"}
         for a, k in zip(axs[0], keys):
             a.plot(x if x is not None and len(x) == len(m[k]) else np.arange(len(m[k])), m[k], "o-", ms=3)
             a.set_title(k, fontsize=9)
-            a.set_xlabel("tokens" if "tokens" in m else "step")
+            a.set_xlabel("training tokens" if "tokens" in m else "training step")
+            a.set_ylabel(ylab.get(k, k), fontsize=8)
         if hist is not None:
             a = axs[0][-1]
             lo, st = float(s.get("hist_lo", -10.0)), float(s.get("hist_step", 0.25))
             edges = lo + st * np.arange(len(hist) + 1)
             a.bar(edges[:-1], hist, width=st, align="edge", color="C1")
-            a.set_xlabel("log10 firing density")
+            a.set_xlabel("log10 firing density (fraction of tokens)")
+            a.set_ylabel("latents (count)", fontsize=8)
             a.set_title("density (never fired: %d)" % zero, fontsize=9)
         R.figure("sae", fig, "%s: training metrics and log10 feature density histogram" % name)
+
+
+DENSE_L0 = 0.10      # L0 above this fraction of d_sae: a dense SAE
+DENSE_FEATURES = 0.01  # dense latents above this fraction: too many dense features
+
+
+def dense_warnings(s):
+    """Why an SAE looks dense: L0 above 10% of its width, or more than 1% dense latents (from the
+    held-out /metrics/eval when present, else the last training log row)."""
+    m, e = s.get("metrics", {}), s.get("eval", {})
+
+    def val(k):
+        if e.get(k) is not None:
+            return float(e[k])
+        return float(m[k][-1]) if k in m and len(m[k]) else None
+    out = []
+    l0, dense, width = val("l0"), val("dense_fraction"), s.get("d_sae")
+    if l0 is not None and width and l0 > DENSE_L0 * float(width):
+        out.append("dense codes: L0 %s is above 10%% of its %d latents (%s%%)" % (num(l0), int(width),
+                                                                                num(100 * l0 / float(width), 3)))
+    if dense is not None and dense > DENSE_FEATURES:
+        out.append("%s%% of its latents are dense (fire on more than the dense threshold of the tokens; "
+                   "warning above 1%%)" % num(100 * dense, 3))
+    return out
+
+
+def load_sae_evals(R):
+    """sae-eval result files (format mergelens.sae_eval) anywhere one level under the run directory."""
+    out = []
+    for p in sorted(set(glob.glob(os.path.join(R.run, "*", "*.h5")))):
+        if fmt_of(p) != "mergelens.sae_eval":
+            continue
+        with h5py.File(p, "r") as f:
+            e = {k: attr(f, k) for k in ("sae", "model", "hook_name", "split", "order", "seed", "context",
+                                         "n_windows", "n_targets", "loss_clean", "loss_zero", "loss_spliced",
+                                         "ce_recovered")}
+            e["path"] = p
+            e["domains"] = attr_json(f, "domains", []) or []
+            pd = f["per_domain"] if "per_domain" in f else None
+            e["per_domain"] = {k: np.asarray(pd[k][()]) for k in pd if isinstance(pd[k], h5py.Dataset)} if pd else {}
+        out.append(e)
+    return out
+
+
+def sec_ce_recovered(R, saes):
+    evs = load_sae_evals(R)
+    if not evs:
+        R.note("sae", "no sae-eval file (format mergelens.sae_eval, written by `mergelens sae-eval --out`): "
+               "CE loss recovered not shown.")
+        return
+    body = []
+    for e in evs:
+        body.append([stem(e["sae"] or e["path"]), stem(e["model"] or ""), e["hook_name"] or "",
+                     num(e["loss_clean"]), num(e["loss_zero"]), num(e["loss_spliced"]), num(e["ce_recovered"]),
+                     e["n_windows"], tokens_text(e["n_targets"]), "%s (seed %s)" % (e["order"], e["seed"]),
+                     os.path.relpath(e["path"], R.run)])
+    R.add("sae", "<h3>CE loss recovered</h3><p>loss in nats/token with the MLP activation as is (clean), "
+          "zero-ablated (zero) and replaced by the SAE's reconstruction (spliced); CE recovered = "
+          "(zero - spliced) / (zero - clean): 1 = the reconstruction loses nothing.</p>")
+    R.add("sae", table(["SAE", "model", "hook", "clean loss", "zero-ablated loss", "spliced loss", "CE recovered",
+                        "windows", "tokens", "windows drawn", "file"], body))
+    doms = sorted({d for e in evs for d in e["domains"]})
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(evs) + 3), 3.4))
+    wd = 0.8 / max(1, len(doms) + 1)
+    x = np.arange(len(evs))
+    ax.bar(x, [e["ce_recovered"] if e["ce_recovered"] is not None else np.nan for e in evs], wd, color="k",
+           label="all domains")
+    for j, d in enumerate(doms):
+        v = []
+        for e in evs:
+            cr = e["per_domain"].get("ce_recovered")
+            v.append(float(cr[e["domains"].index(d)]) if cr is not None and d in e["domains"] else np.nan)
+        ax.bar(x + (j + 1) * wd, v, wd, color="C%d" % j, label=d)
+    ax.set_xticks(x + wd * len(doms) / 2)
+    ax.set_xticklabels([stem(e["sae"] or e["path"]) for e in evs], fontsize=8)
+    ax.set_xlabel("SAE")
+    ax.set_ylabel("CE loss recovered (fraction)")
+    ax.axhline(1.0, ls="--", color="#888", lw=1)
+    ax.legend(fontsize=7)
+    R.figure("sae", fig, "CE loss recovered per SAE, in total and per domain (1 = the spliced model's loss equals "
+             "the clean model's)")
 
 
 def shade(tok, ids, acts, vmax, center):
@@ -613,6 +892,84 @@ def feature_card(R, f, fid, label, ncontexts=5):
         lines.append('<div class="ctx note">no firing on the evaluation rows</div>')
     return ('<div class="card"><div class="fh">%s feature %d &middot; density %s &middot; max %s</div>%s</div>'
             % (esc(label), fid, num(dens, 3), num(mx, 3), "".join(lines)))
+
+
+def resolve(R, path):
+    """A path stored in a file: as given, relative to the run directory, or its base name under acts/."""
+    if not path:
+        return None
+    for c in (path, os.path.join(R.run, path), os.path.join(R.run, "acts", os.path.basename(path))):
+        if os.path.isfile(c):
+            return c
+    return None
+
+
+def sae_feature_acts(f, x, fid):
+    """Activation of latent fid of the SAE file f on rows x (n, d_in), by the encoder of docs/FORMAT.md:
+    relu((x - b_dec) W_enc + b_enc) (b_dec subtracted when apply_b_dec_to_input, default 1 except
+    anthropic); topk keeps the k largest pre-activations of each row."""
+    arch = attr(f, "architecture", "standard")
+    sub = int(attr(f, "apply_b_dec_to_input", 0 if arch == "anthropic" else 1))
+    W, be, bd = f["W_enc"], np.asarray(f["b_enc"][()], np.float64), np.asarray(f["b_dec"][()], np.float64)
+    xin = np.asarray(x, np.float64) - (bd if sub else 0.0)
+    if arch == "topk":
+        pre = xin @ np.asarray(W[()], np.float64) + be
+        k = int(attr(f, "k", 0))
+        kth = np.sort(pre, axis=1)[:, -k] if 0 < k < pre.shape[1] else np.full(len(pre), -np.inf)
+        v = pre[:, fid]
+        return np.where(v >= kth, np.maximum(v, 0.0), 0.0)
+    return np.maximum(xin @ np.asarray(W[:, fid], np.float64) + be[fid], 0.0)
+
+
+def read_rows(path, hook, rows):
+    """Activation rows (sorted unique indices) of one hook from an activations file, and their tokens."""
+    with h5py.File(path, "r") as f:
+        d = f["hooks"][hook]["acts"]
+        x = d[rows, :]
+        if attr(d, "encoding") == "float16":
+            x = np.asarray(x, np.uint16).view(np.float16)
+        return np.asarray(x, np.float64), np.asarray(f["tokens"][rows])
+
+
+def pair_same_tokens(R, ed, fp, fc, pid, cid, ncontexts=5):
+    """The parent's top examples of feature pid with the child's feature cid computed on the same tokens
+    (the captures of a lineage share their token rows). None when the activation files are missing."""
+    pa, ca = resolve(R, ed.get("parent_acts")), resolve(R, ed.get("child_acts"))
+    hook = attr(fc, "hook_name", "")
+    if pa is None or ca is None or not hook:
+        return None
+    fe = fp["features"]
+    L = int(attr(fe, "ctx_left", 0))
+    ids = np.asarray(fe["top_tokens"][pid])[:ncontexts]
+    pacts = np.asarray(fe["top_window_acts"][pid])[:ncontexts]
+    top = np.asarray(fe["top_rows"][pid])[:ncontexts]
+    want = sorted({int(r) - L + j for i, r in enumerate(top) if r >= 0 for j in range(ids.shape[1])
+                   if ids[i, j] >= 0})
+    if not want:
+        return None
+    xc, tc = read_rows(ca, hook, want)
+    with h5py.File(pa, "r") as g:
+        tp = np.asarray(g["tokens"][want])
+    if not np.array_equal(tp, tc):
+        return '<p class="note">%s and %s hold different tokens on these rows: no same-token view.</p>' % (
+            esc(os.path.basename(pa)), esc(os.path.basename(ca)))
+    cval = dict(zip(want, sae_feature_acts(fc, xc, cid)))
+    tok = R.tokenizer()
+    pmax = float(fp["features/max_act"][pid]) if "max_act" in fe else float(np.max(pacts))
+    cmax = float(fc["features/max_act"][cid]) if "features/max_act" in fc else 0.0
+    cmax = cmax if cmax > 0 else max(1e-12, max(cval.values()))
+    lines = []
+    for i, r in enumerate(top):
+        if r < 0:
+            continue
+        cacts = np.array([cval.get(int(r) - L + j, 0.0) if ids[i, j] >= 0 else 0.0 for j in range(ids.shape[1])])
+        lines.append('<div class="ctx"><span class="act">%s</span> %s</div><div class="ctx"><span class="act">%s'
+                     '</span> %s</div>' % (num(pacts[i, L], 3), shade(tok, ids[i], pacts[i], pmax, L),
+                                           num(cacts[L], 3), shade(tok, ids[i], cacts, cmax, L)))
+    return ('<div class="card"><div class="fh">same tokens: %s feature %d (first line of each pair, stored '
+            'activations) and %s feature %d (second line, computed from %s with the SAE\'s encoder) on the '
+            "parent feature's top examples</div>%s</div>" % (esc(stem(fp.filename)), pid, esc(stem(fc.filename)),
+                                                              cid, esc(os.path.basename(ca)), "".join(lines)))
 
 
 def find_sae(saes, model, explicit):
@@ -670,8 +1027,12 @@ def sec_features(R, saes, tracks):
                         if other is not None and ed["parent_partner"] is not None:
                             partner = int(ed["parent_partner"][fid])
                             if 0 <= partner < other["features/top_tokens"].shape[0]:
-                                card = '<div class="pair">%s%s<div class="sc">r = %s</div></div>' % (
-                                    card, feature_card(R, other, partner, "%s partner" % stem(other.filename)),
+                                same = pair_same_tokens(R, ed, f, other, int(fid), partner)
+                                if same is None:
+                                    same = ('<p class="note">activation files of the edge not found: each '
+                                            "feature's own top examples.</p>")
+                                card = '%s<div class="pair">%s%s<div class="sc">r = %s</div></div>' % (
+                                    same, card, feature_card(R, other, partner, "%s partner" % stem(other.filename)),
                                     num(ed["parent_score"][fid], 3))
                         R.add("features", card)
                         shown += 1
@@ -733,7 +1094,9 @@ def sec_tables(R):
                         lab = attr_json(d, "labels", None) or attr_json(f, "models", None)
                         fig, ax = plt.subplots(figsize=(4.5, 3.8))
                         im = ax.imshow(d[()], cmap="viridis")
-                        fig.colorbar(im, ax=ax)
+                        fig.colorbar(im, ax=ax).set_label("%s (%s)" % (dk, attr(d, "units", "as stored")))
+                        ax.set_xlabel("column (model)")
+                        ax.set_ylabel("row (model)")
                         if lab and len(lab) == d.shape[0] == d.shape[1]:
                             ax.set_xticks(range(len(lab)))
                             ax.set_xticklabels(lab, rotation=60, fontsize=7)
@@ -770,7 +1133,9 @@ def sec_region(R):
     names = ["%s#%d (c%d)" % (labels[i], i, assign[i]) for i in order]
     fig, ax = plt.subplots(figsize=(5, 4.2))
     im = ax.imshow(cos[np.ix_(order, order)], cmap="viridis", vmin=min(0.0, float(cos.min())), vmax=1)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax).set_label("cosine similarity (unitless)")
+    ax.set_xlabel("task vector (model#index, cluster)")
+    ax.set_ylabel("task vector (model#index, cluster)")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=70, fontsize=7)
     ax.set_yticks(range(len(names)))
@@ -789,7 +1154,7 @@ def sec_region(R):
             ax.axvspan(0, 1, color="#eee", zorder=0)
             ax.set_title("%s#%d -> %s#%d" % (labels[a], a, labels[b], b), fontsize=9)
             ax.set_xlabel("alpha ((1-alpha) x_i + alpha x_j)")
-        axs[0][0].set_ylabel("validation loss")
+        axs[0][0].set_ylabel("validation loss (nats/token)")
         axs[0][0].legend(fontsize=7)
         R.figure("tables", fig, "interpolation (shaded, alpha in [0, 1]) and extrapolation between model pairs: "
                  "loss per domain")
@@ -873,6 +1238,8 @@ def sec_peft(R):
             ax[0, k].set_xticks(x + 0.33)
             ax[0, k].set_xticklabels(["%s->%s" % (stem(sources[a]), stem(hosts[t])) for a, t in pairs], fontsize=7)
             ax[0, k].set_title("%s: %s loss" % (methods[m] if m < len(methods) else m, doms[0]))
+            ax[0, k].set_xlabel("adapter source -> target host")
+            ax[0, k].set_ylabel("%s loss (nats/token)" % doms[0])
             lo = np.nanmin(loss[:, 0])
             ax[0, k].set_ylim(lo - 0.05 * abs(lo), None)
         ax[0, 0].legend(fontsize=6)
@@ -883,9 +1250,11 @@ def sec_peft(R):
 # ---------------------------------------------------------------- page
 PAGE_HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>%s</title><style>
 body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
-table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}table.t td,table.t th{border:1px solid #ccc;
+table.t{border-collapse:collapse;font-size:13px;margin:.5em 0;display:block;max-width:100%%;overflow-x:auto}
+table.t td.wrap{text-align:left;white-space:normal;overflow-wrap:anywhere;word-break:break-all;min-width:20em}
+.warn{color:#a00;font-weight:bold}table.t td,table.t th{border:1px solid #ccc;
 padding:2px 6px;text-align:right}table.t th{background:#eee}table.t td:first-child{text-align:left}
-figure{margin:1em 0}img{max-width:100%%}.note{color:#777;font-style:italic}
+figure{margin:1em 0}img{max-width:100%%;height:auto}.note{color:#777;font-style:italic}
 .card{border:1px solid #ddd;margin:6px 0;padding:4px;font-size:13px}.fh{font-weight:bold;margin-bottom:3px}
 .ctx{font-family:monospace;white-space:pre-wrap;margin:1px 0}.act{color:#888;display:inline-block;width:4em}
 .tk{border-radius:2px}.tk.c{outline:1px solid #c00}.pair{display:flex;gap:8px;align-items:flex-start}
@@ -921,6 +1290,7 @@ def build(run, out, args):
     guard("sweeps", sec_track_sweeps, R)
     tracks = guard("flow", load_tracking, R) or []
     guard("flow", sec_flow, R, tracks)
+    guard("flow", sec_calibration, R, tracks)
     guard("correlations", sec_correlations, R, tracks)
     saes = guard("sae", load_saes, R) or {}
     guard("sae", sec_sae, R, saes)

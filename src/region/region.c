@@ -426,7 +426,8 @@ static int ml_region_main(MPI_Comm comm, int argc, char **argv) {
     if (D > 0) {
         ml_eval_config ec = ml_eval_point_config(D, (const char *const *)domains, ml_opt_str(o, "split"), T,
                                                  (int)ml_opt_int(o, "batch"), (int)ml_opt_int(o, "micro_batch"),
-                                                 ml_opt_int(o, "eval_windows"));
+                                                 ml_opt_int(o, "eval_windows"), ml_opt_str(o, "eval_order"),
+                                                 ml_opt_int(o, "eval_seed"));
         r.loss = ml_calloc((size_t)p.Q * D, sizeof *r.loss);
         r.acc = ml_calloc((size_t)p.Q * D, sizeof *r.acc);
         r.tokens = ml_calloc((size_t)D, sizeof *r.tokens);

@@ -93,10 +93,10 @@ static int ml_keep_write(const char *path, const ml_model *m, const char *parent
 
 /* Everything `sweep` needs once the options are read. */
 typedef struct {
-    const char *param, *out, *split, *reference, *keep_dir;
+    const char *param, *out, *split, *reference, *keep_dir, *eval_order;
     double from, to;
     int count, T, batch, micro_batch, task, tasks, resume;
-    int64_t eval_windows, raise_at, checkpoint_every;
+    int64_t eval_windows, eval_seed, raise_at, checkpoint_every;
     int D;
     char **domains;
     int n_keep;
@@ -269,7 +269,7 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
     if (rc == ML_OK && a->T == 0) a->T = ml_eval_context(0, ml_sweep_train_context(MPI_COMM_SELF, mpaths[0]), mc);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ml_eval_config ec = ml_eval_point_config(a->D, (const char *const *)a->domains, a->split, a->T, a->batch,
-                                             a->micro_batch, a->eval_windows);
+                                             a->micro_batch, a->eval_windows, a->eval_order, a->eval_seed);
     rc = ml_model_create(mc, &merged);
     if (rc == ML_OK) rc = ml_evaluator_create(MPI_COMM_SELF, mc, &ec, NULL, &ev);
     if (rc == ML_OK && a->reference && *a->reference && rank == P - 1) {
@@ -457,6 +457,8 @@ int ml_cmd_sweep(MPI_Comm comm, int argc, char **argv) {
     a.batch = (int)ml_opt_int(o, "batch");
     a.micro_batch = (int)ml_opt_int(o, "micro_batch");
     a.eval_windows = ml_opt_int(o, "eval_windows");
+    a.eval_order = ml_opt_str(o, "eval_order");
+    a.eval_seed = ml_opt_int(o, "eval_seed");
     a.task = (int)ml_opt_int(o, "task");
     a.tasks = (int)ml_opt_int(o, "tasks");
     a.resume = ml_opt_bool(o, "resume");

@@ -1,9 +1,21 @@
-/* Evaluation: per-domain loss and next-token accuracy over the windows of a
- * split (the loader's sequential mode, so every rank count sees the same
- * windows), `mergelens eval`, and reading a checkpoint's model.
+/* Evaluation: per-domain loss and next-token accuracy over windows of a
+ * split, `mergelens eval`, and reading a checkpoint's model.
+ *
+ * Windows are the loader's: window k of a split of N tokens covers tokens
+ * [k T, k T + T + 1), k < W = (N - 1) / T. A domain evaluates n of its W
+ * windows (n = W, or max_batches x G when that is smaller): in random order
+ * (the default) the first n of a seeded Fisher-Yates permutation of [0, W)
+ * (uniform, without replacement; the permutation's seed is the config's seed
+ * and its stream a hash of the store's `domain` name, so every model and
+ * every command evaluated with one seed sees the same windows of a domain,
+ * and the windows of a smaller n are a subset of those of a larger one),
+ * sorted ascending; in sequential order windows 0 .. n-1. Slot g of the list
+ * is read in step g / G by rank (g mod G) / B, so the windows do not depend
+ * on the rank count.
  *
  * Dimension letters: G windows per evaluation step (all ranks), B rows per
- * rank (G / P), M rows per forward pass, T context, K domains. */
+ * rank (G / P), M rows per forward pass, T context, K domains, W windows of a
+ * domain's split, n windows evaluated. */
 #include "train_internal.h"
 
 #include <jansson.h>
@@ -16,9 +28,11 @@ struct ml_evaluator {
     int rank, nranks;
     int K, T, G, B, M;
     ml_model_config mc;
-    ml_loader **ld;      /* (K) sequential loaders */
+    ml_loader **ld;      /* (K) sequential loaders over this rank alone, global batch 1: seek(k) reads window k */
+    int64_t **wins;      /* (K) (n) window indices evaluated, ascending */
     int64_t *steps;      /* (K) evaluation steps per domain */
-    int64_t *n_windows;  /* (K) windows evaluated per domain */
+    int64_t *n_windows;  /* (K) windows evaluated per domain (n) */
+    int64_t *available;  /* (K) windows of the split (W) */
     char (*names)[64];   /* (K) */
     ml_workspace *ws;
     int own_ws;
@@ -31,9 +45,12 @@ void ml_evaluator_destroy(ml_evaluator **evp) {
     if (!evp || !*evp) return;
     ml_evaluator *ev = *evp;
     for (int d = 0; ev->ld && d < ev->K; d++) ml_loader_destroy(&ev->ld[d]);
+    for (int d = 0; ev->wins && d < ev->K; d++) ml_free(ev->wins[d]);
     ml_free(ev->ld);
+    ml_free(ev->wins);
     ml_free(ev->steps);
     ml_free(ev->n_windows);
+    ml_free(ev->available);
     ml_free(ev->names);
     if (ev->own_ws) ml_workspace_destroy(&ev->ws);
     ml_free(ev->win);
@@ -45,6 +62,40 @@ void ml_evaluator_destroy(ml_evaluator **evp) {
 }
 
 int ml_evaluator_n_domains(const ml_evaluator *ev) { return ev->K; }
+
+static int ml_cmp_i64(const void *x, const void *y) {
+    const int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+static uint64_t ml_eval_domain_stream(const char *domain) {
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64 of the name */
+    for (const unsigned char *c = (const unsigned char *)domain; *c; c++) h = (h ^ *c) * 0x100000001b3ULL;
+    return h ^ 0x6576616c77696eULL; /* "evalwin" */
+}
+
+int ml_eval_windows_choose(int64_t W, int64_t n, int sequential, uint64_t seed, const char *domain, int64_t *out) {
+    if (n < 0 || n > W) return ML_FAIL(ML_ERR_ARG, "eval: %lld windows asked of %lld", (long long)n, (long long)W);
+    if (sequential || n == W) {
+        for (int64_t i = 0; i < n; i++) out[i] = i;
+        return ML_OK;
+    }
+    int64_t *perm = ml_malloc(sizeof *perm * (size_t)W);
+    if (!perm) return ML_FAIL(ML_ERR_NOMEM, "eval: out of memory for a permutation of %lld windows", (long long)W);
+    ml_rng rng;
+    ml_rng_seed(&rng, seed, ml_eval_domain_stream(domain));
+    for (int64_t i = 0; i < W; i++) perm[i] = i;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t j = i + (int64_t)ml_rng_below(&rng, (uint64_t)(W - i)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        out[i] = perm[i];
+    }
+    ml_free(perm);
+    /* ascending: the reads walk the file forward */
+    qsort(out, (size_t)n, sizeof *out, ml_cmp_i64);
+    return ML_OK;
+}
 
 int ml_evaluator_create(MPI_Comm comm, const ml_model_config *mc, const ml_eval_config *cfg, ml_workspace *ws,
                         ml_evaluator **out) {
@@ -71,14 +122,17 @@ int ml_evaluator_create(MPI_Comm comm, const ml_model_config *mc, const ml_eval_
     if (ws && cfg->micro_batch <= 0)
         ML_FAIL_GOTO(fail, ML_ERR_ARG, "eval: a shared workspace needs micro_batch <= its B_max");
     ev->ld = ml_calloc((size_t)ev->K, sizeof *ev->ld);
+    ev->wins = ml_calloc((size_t)ev->K, sizeof *ev->wins);
     ev->steps = ml_calloc((size_t)ev->K, sizeof *ev->steps);
     ev->n_windows = ml_calloc((size_t)ev->K, sizeof *ev->n_windows);
+    ev->available = ml_calloc((size_t)ev->K, sizeof *ev->available);
     ev->names = ml_calloc((size_t)ev->K, sizeof *ev->names);
     ev->win = ml_malloc(sizeof(int32_t) * (size_t)ev->B * (size_t)(ev->T + 1));
     ev->tok = ml_malloc(sizeof(int32_t) * (size_t)ev->M * (size_t)ev->T);
     ev->tgt = ml_malloc(sizeof(int32_t) * (size_t)ev->M * (size_t)ev->T);
     ev->sums = ml_calloc((size_t)ev->K * 3, sizeof(double));
-    rc = (!ev->ld || !ev->steps || !ev->n_windows || !ev->names || !ev->win || !ev->tok || !ev->tgt || !ev->sums)
+    rc = (!ev->ld || !ev->wins || !ev->steps || !ev->n_windows || !ev->available || !ev->names || !ev->win ||
+          !ev->tok || !ev->tgt || !ev->sums)
              ? ML_FAIL(ML_ERR_NOMEM, "eval: out of memory for %d domains, batch %d x %d", ev->K, ev->B, ev->T + 1)
              : ML_OK;
     ML_CHECK_GOTO(ml_agree(comm, rc), fail);
@@ -92,17 +146,23 @@ int ml_evaluator_create(MPI_Comm comm, const ml_model_config *mc, const ml_eval_
                          cfg->paths[d], (long long)info.vocab_size, mc->vocab_size);
         memcpy(ev->names[d], info.name, sizeof ev->names[d]);
         ml_loader_config lc = {.n_domains = 1, .paths = &cfg->paths[d], .weights = NULL, .split = split,
-                               .global_batch = ev->G, .T = ev->T, .seed = 0, .sequential = 1};
-        rc = ml_loader_create(comm, &lc, &ev->ld[d]);
+                               .global_batch = 1, .T = ev->T, .seed = 0, .sequential = 1};
+        rc = ml_agree(comm, ml_loader_create(MPI_COMM_SELF, &lc, &ev->ld[d]));
         if (rc != ML_OK) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", ml_error_message());
             ML_FAIL_GOTO(fail, rc, "%s: cannot evaluate on split '%s': %s", cfg->paths[d], split, msg);
         }
-        int64_t W = ml_loader_domain_windows(ev->ld[d], 0);
-        ev->steps[d] = (W + ev->G - 1) / ev->G;
-        if (cfg->max_batches > 0 && ev->steps[d] > cfg->max_batches) ev->steps[d] = cfg->max_batches;
-        ev->n_windows[d] = ev->steps[d] * ev->G < W ? ev->steps[d] * ev->G : W;
+        const int64_t W = ml_loader_domain_windows(ev->ld[d], 0);
+        int64_t n = W;
+        if (cfg->max_batches > 0 && cfg->max_batches < (W + ev->G - 1) / ev->G) n = cfg->max_batches * ev->G;
+        ev->available[d] = W;
+        ev->n_windows[d] = n;
+        ev->steps[d] = (n + ev->G - 1) / ev->G;
+        ev->wins[d] = ml_malloc(sizeof **ev->wins * (size_t)(n > 0 ? n : 1));
+        rc = ev->wins[d] ? ml_eval_windows_choose(W, n, cfg->sequential, cfg->seed, ev->names[d], ev->wins[d])
+                         : ML_FAIL(ML_ERR_NOMEM, "eval: out of memory for %lld windows", (long long)n);
+        ML_CHECK_GOTO(ml_agree(comm, rc), fail);
     }
     if (ws) {
         ev->ws = ws;
@@ -124,10 +184,17 @@ static int ml_eval_local(ml_evaluator *ev, const ml_model *m) {
     const int T = ev->T;
     memset(ev->sums, 0, sizeof(double) * 3 * (size_t)ev->K);
     for (int d = 0; d < ev->K; d++) {
-        ML_CHECK(ml_loader_seek(ev->ld[d], 0));
         for (int64_t s = 0; s < ev->steps[d]; s++) {
+            const int64_t g0 = s * ev->G + (int64_t)ev->rank * ev->B;
             int nrows = 0;
-            ML_CHECK(ml_loader_next(ev->ld[d], ev->win, &nrows, NULL));
+            for (int64_t g = g0; g < g0 + ev->B && g < ev->n_windows[d]; g++, nrows++) {
+                int one = 0;
+                ML_CHECK(ml_loader_seek(ev->ld[d], ev->wins[d][g]));
+                ML_CHECK(ml_loader_next(ev->ld[d], ev->win + (size_t)nrows * (T + 1), &one, NULL));
+                if (one != 1)
+                    return ML_FAIL(ML_ERR_INTERNAL, "eval: window %lld of domain %s could not be read",
+                                   (long long)ev->wins[d][g], ev->names[d]);
+            }
             for (int r0 = 0; r0 < nrows; r0 += ev->M) {
                 const int n = nrows - r0 < ev->M ? nrows - r0 : ev->M;
                 ml_windows_split(ev->win + (size_t)r0 * (T + 1), n, T, ev->tok, ev->tgt);
@@ -156,6 +223,7 @@ int ml_evaluator_run(ml_evaluator *ev, const ml_model *m, ml_eval_result *result
         memcpy(r->domain, ev->names[d], sizeof r->domain);
         r->n_targets = (int64_t)ev->sums[3 * d + 1];
         r->n_windows = ev->n_windows[d];
+        r->n_available = ev->available[d];
         r->loss = r->n_targets > 0 ? ev->sums[3 * d] / (double)r->n_targets : NAN;
         r->accuracy = r->n_targets > 0 ? ev->sums[3 * d + 2] / (double)r->n_targets : NAN;
     }
@@ -205,14 +273,17 @@ int ml_eval_context(int requested, int trained, const ml_model_config *mc) {
 }
 
 ml_eval_config ml_eval_point_config(int n_domains, const char *const *paths, const char *split, int T, int batch,
-                                    int micro_batch, int64_t eval_windows) {
+                                    int micro_batch, int64_t eval_windows, const char *eval_order,
+                                    int64_t eval_seed) {
     return (ml_eval_config){.n_domains = n_domains,
                             .paths = paths,
                             .split = split,
                             .T = T,
                             .batch = batch,
                             .micro_batch = micro_batch,
-                            .max_batches = eval_windows > 0 && batch > 0 ? (eval_windows + batch - 1) / batch : 0};
+                            .max_batches = eval_windows > 0 && batch > 0 ? (eval_windows + batch - 1) / batch : 0,
+                            .sequential = eval_order && !strcmp(eval_order, "sequential"),
+                            .seed = (uint64_t)eval_seed};
 }
 
 int ml_checkpoint_train_context(ml_h5 *h) {
@@ -239,6 +310,7 @@ static const ml_option_spec ml_eval_opts[] = {
     {"batch", ML_OPT_INT, "0", 0, 1 << 20, NULL, "windows per step over all ranks (0 = 8 per rank)"},
     {"micro_batch", ML_OPT_INT, "0", 0, 1 << 20, NULL, "rows per forward pass on a rank (0 = batch / ranks)"},
     {"max_batches", ML_OPT_INT, "0", 0, 1e15, NULL, "at most this many steps per domain (0 = the whole split)"},
+    ML_EVAL_WINDOW_OPTIONS,
     {"out", ML_OPT_STRING, "", 0, -1, NULL, "write the results to this HDF5 file (format mergelens.eval)"},
     ML_OPT_END,
 };
@@ -260,6 +332,7 @@ static int ml_eval_write(MPI_Comm comm, const char *path, const char *model, con
     if (rc == ML_OK) rc = ml_list_to_json(names, K, &names_json);
     if (rc == ML_OK) rc = ml_list_to_json(paths, K, &paths_json);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
+    ML_CHECK_GOTO(ml_mkdir_parent(comm, path), done);
     ML_CHECK_GOTO(ml_h5_create(comm, path, "mergelens.eval", 1, &h), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "model", model), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "config", cfg), done);
@@ -267,6 +340,8 @@ static int ml_eval_write(MPI_Comm comm, const char *path, const char *model, con
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "paths", paths_json), done);
     ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "split", ml_opt_str(o, "split")), done);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "context", T), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "eval_order", ml_opt_str(o, "eval_order")), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "eval_seed", ml_opt_int(o, "eval_seed")), done);
     hsize_t dims[1] = {(hsize_t)K};
     for (int d = 0; d < K; d++) buf[d] = r[d].loss;
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "loss", ML_F64, 1, dims, buf), done);
@@ -274,8 +349,11 @@ static int ml_eval_write(MPI_Comm comm, const char *path, const char *model, con
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "accuracy", ML_F64, 1, dims, buf), done);
     for (int d = 0; d < K; d++) ibuf[d] = r[d].n_targets;
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "n_targets", ML_I64, 1, dims, ibuf), done);
+    ML_CHECK_GOTO(ml_h5_write_tensor(h, "n_tokens", ML_I64, 1, dims, ibuf), done); /* = n_targets */
     for (int d = 0; d < K; d++) ibuf[d] = r[d].n_windows;
     ML_CHECK_GOTO(ml_h5_write_tensor(h, "n_windows", ML_I64, 1, dims, ibuf), done);
+    for (int d = 0; d < K; d++) ibuf[d] = r[d].n_available;
+    ML_CHECK_GOTO(ml_h5_write_tensor(h, "windows_available", ML_I64, 1, dims, ibuf), done);
     ML_CHECK_GOTO(ml_h5_write_profile(h, "/profile"), done);
     ML_CHECK_GOTO(ml_h5_close(&h), done);
 done:
@@ -301,7 +379,10 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
                                       "usage: mergelens eval MODEL.h5 --domains a.h5,b.h5 [--out results.h5] "
                                       "[options]\n\n"
                                       "Per-domain loss (nats per token) and next-token accuracy of a checkpoint "
-                                      "over every window of each store's validation split.",
+                                      "over the windows of each store's validation split: all of them, or with "
+                                      "--max_batches N at most N x batch windows drawn at random (seeded by "
+                                      "--eval_seed, the same windows for every model) or, with --eval_order "
+                                      "sequential, the first ones.",
                                       ml_eval_opts, argc, argv, &o, &npos, &pos, &help), done);
     if (help) goto done;
     if (npos != 1)
@@ -325,14 +406,19 @@ int ml_cmd_eval(MPI_Comm comm, int argc, char **argv) {
                          .T = T,
                          .batch = (int)ml_opt_int(o, "batch"),
                          .micro_batch = (int)ml_opt_int(o, "micro_batch"),
-                         .max_batches = ml_opt_int(o, "max_batches")};
+                         .max_batches = ml_opt_int(o, "max_batches"),
+                         .sequential = !strcmp(ml_opt_str(o, "eval_order"), "sequential"),
+                         .seed = (uint64_t)ml_opt_int(o, "eval_seed")};
     double t0 = ml_wtime();
     ML_AGREE_GOTO(comm, ml_eval_model(comm, m, &ec, res), done);
     if (rank == 0) {
-        printf("%-20s %10s %10s %12s\n", "domain", "loss", "accuracy", "targets");
-        for (int d = 0; d < K; d++)
-            printf("%-20s %10.4f %10.4f %12lld\n", res[d].domain, res[d].loss, res[d].accuracy,
-                   (long long)res[d].n_targets);
+        printf("%-20s %10s %10s %12s %16s\n", "domain", "loss", "accuracy", "tokens", "windows");
+        for (int d = 0; d < K; d++) {
+            char w[48];
+            snprintf(w, sizeof w, "%lld/%lld", (long long)res[d].n_windows, (long long)res[d].n_available);
+            printf("%-20s %10.4f %10.4f %12lld %16s\n", res[d].domain, res[d].loss, res[d].accuracy,
+                   (long long)res[d].n_targets, w);
+        }
         fflush(stdout);
     }
     ml_info("eval: %s on %d domain%s (T = %d) in %.1f s", pos[0], K, K > 1 ? "s" : "", T, ml_wtime() - t0);

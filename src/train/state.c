@@ -14,7 +14,7 @@
  * micro_batch changes only the float summation order. */
 static const char *const ml_resume_free_keys[] = {"out",        "resume",      "stop_after", "raise_at",
                                                   "checkpoint_every", "eval", "eval_every", "eval_batches",
-                                                  "eval_batch", "micro_batch", NULL};
+                                                  "eval_batch", "eval_order", "eval_seed", "micro_batch", NULL};
 
 int ml_train_logs_alloc(ml_trainer *tr) {
     ml_train_log *l = &tr->log;
@@ -30,8 +30,9 @@ int ml_train_logs_alloc(ml_trainer *tr) {
     e->domain = ml_malloc(ne * sizeof *e->domain);
     e->loss = ml_malloc(ne * sizeof *e->loss);
     e->accuracy = ml_malloc(ne * sizeof *e->accuracy);
+    e->n_tokens = ml_malloc(ne * sizeof *e->n_tokens);
     if (!l->step || !l->tokens || !l->loss || !l->lr || !l->grad_norm || !l->tokens_per_s || !e->step || !e->domain ||
-        !e->loss || !e->accuracy)
+        !e->loss || !e->accuracy || !e->n_tokens)
         return ML_FAIL(ML_ERR_NOMEM, "train: out of memory for the metrics of %lld steps", (long long)l->cap);
     return ML_OK;
 }
@@ -49,13 +50,14 @@ void ml_train_logs_free(ml_trainer *tr) {
     ml_free(e->domain);
     ml_free(e->loss);
     ml_free(e->accuracy);
+    ml_free(e->n_tokens);
     memset(l, 0, sizeof *l);
     memset(e, 0, sizeof *e);
 }
 
 /* ---- save -------------------------------------------------------------------------- */
 /* The columns of /train/log and /train/eval (rows: the log's row count). */
-#define ML_LOG_COLS 10
+#define ML_LOG_COLS 11
 typedef struct {
     const char *path;
     ml_dtype type;
@@ -77,6 +79,7 @@ static int ml_log_columns(ml_trainer *tr, ml_log_col *c) {
     c[n++] = (ml_log_col){"/train/eval/domain", ML_I32, e->domain, &e->n};
     c[n++] = (ml_log_col){"/train/eval/loss", ML_F64, e->loss, &e->n};
     c[n++] = (ml_log_col){"/train/eval/accuracy", ML_F64, e->accuracy, &e->n};
+    c[n++] = (ml_log_col){"/train/eval/n_tokens", ML_I64, e->n_tokens, &e->n};
     return n;
 }
 
@@ -236,8 +239,13 @@ int ml_trainer_restore(ml_trainer *tr, ml_h5 *h) {
     ml_eval_log *e = &tr->elog;
     ML_CHECK(ml_log_rows(h, "/train/eval/step", e->cap, &e->n));
     ml_log_col cols[ML_LOG_COLS];
-    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++)
+    for (int i = 0, n = ml_log_columns(tr, cols); i < n; i++) {
+        if (*cols[i].rows > 0 && cols[i].data == e->n_tokens && !ml_h5_exists(h, cols[i].path)) {
+            for (int64_t r = 0; r < e->n; r++) e->n_tokens[r] = -1; /* written before the column existed */
+            continue;
+        }
         if (*cols[i].rows > 0) ML_CHECK(ml_read_col(h, cols[i].path, cols[i].type, *cols[i].rows, cols[i].data));
+    }
     ML_CHECK(ml_read_col(h, "/data/tokens_seen", ML_I64, tr->K, tr->dom_tokens));
     /* the data subset (the option is checked above; older checkpoints have no attributes: 0/1) */
     int64_t si = 0, sn = 1;

@@ -58,6 +58,7 @@ static const ml_option_spec ml_train_opts[] = {
     {"eval_every", ML_OPT_INT, "0", 0, 1e15, NULL, "evaluate every this many steps (0 = only at the end)"},
     {"eval_batches", ML_OPT_INT, "0", 0, 1e15, NULL, "evaluation steps per domain (0 = the whole val split)"},
     {"eval_batch", ML_OPT_INT, "0", 0, 1 << 24, NULL, "windows per evaluation step over all ranks (0 = global_batch)"},
+    ML_EVAL_WINDOW_OPTIONS,
     {"checkpoint_every", ML_OPT_INT, "500", 0, 1e15, NULL, "write the checkpoint every this many steps (0 = only at the end)"},
     {"resume", ML_OPT_BOOL, "true", 0, -1, NULL, "continue from --out when it holds an incomplete checkpoint"},
     {"stop_after", ML_OPT_INT, "0", 0, 1e15, NULL,
@@ -282,6 +283,7 @@ static int ml_run_eval(ml_trainer *tr) {
         e->domain[e->n] = d;
         e->loss[e->n] = tr->eval_res[d].loss;
         e->accuracy[e->n] = tr->eval_res[d].accuracy;
+        e->n_tokens[e->n] = tr->eval_res[d].n_targets;
         e->n++;
         if (k < (int)sizeof line)
             k += snprintf(line + k, sizeof line - k, " %s loss %.4f acc %.4f", tr->eval_res[d].domain,
@@ -494,7 +496,9 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
         int eb = (int)ml_opt_int(tr->opt, "eval_batch");
         ml_eval_config ec = {.n_domains = tr->K, .paths = (const char *const *)tr->paths, .split = "val", .T = tr->T,
                              .batch = eb > 0 ? eb : tr->G, .micro_batch = tr->M,
-                             .max_batches = ml_opt_int(tr->opt, "eval_batches")};
+                             .max_batches = ml_opt_int(tr->opt, "eval_batches"),
+                             .sequential = !strcmp(ml_opt_str(tr->opt, "eval_order"), "sequential"),
+                             .seed = (uint64_t)ml_opt_int(tr->opt, "eval_seed")};
         ML_AGREE_GOTO(comm, ml_evaluator_create(comm, &tr->mc, &ec, tr->ws, &tr->eval), done);
     }
     char subset_note[64] = "";

@@ -48,6 +48,7 @@ typedef struct {
     int64_t *step;
     int32_t *domain;
     double *loss, *accuracy;
+    int64_t *n_tokens; /* targets behind each row (-1: a checkpoint written before the column existed) */
 } ml_eval_log;
 
 typedef struct {

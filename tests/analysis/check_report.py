@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Check a report: every <img> the HTML pages reference exists, is a valid PNG, and is not blank
 (pixel variance > 0); the index has every section; expected texts are present.
-usage: check_report.py REPORT_DIR [--expect TEXT]... [--expect-figures N]"""
+With --max-width W, no PNG is wider than W pixels (the page is 1200 px wide).
+usage: check_report.py REPORT_DIR [--expect TEXT]... [--expect-figures N] [--max-width W]"""
 import argparse
 import os
 import re
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("report")
     ap.add_argument("--expect", action="append", default=[])
     ap.add_argument("--expect-figures", type=int, default=-1)
+    ap.add_argument("--max-width", type=int, default=0)
     ap.add_argument("--sections", default=",".join(SECTIONS))
     a = ap.parse_args()
     bad = []
@@ -94,6 +96,8 @@ def main():
                 v = variance(rows)
                 if w < 50 or h < 50 or v <= 0:
                     bad.append("%s: blank or tiny (%dx%d, variance %g)" % (src, w, h, v))
+                if a.max_width and w > a.max_width:
+                    bad.append("%s: %d px wide, wider than %d" % (src, w, a.max_width))
             except (OSError, ValueError, KeyError, zlib.error) as e:
                 bad.append("%s: %s" % (src, e))
     for s in a.sections.split(","):

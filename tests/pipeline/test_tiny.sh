@@ -27,7 +27,7 @@ check "export hf writes the stores' tokenizer as tokenizer.json" test -s "$tmp/h
 "$bin" tokenizer export --in "$run/data/tokenizer.h5" --out "$tmp/direct.json" > /dev/null 2>&1
 check "exported tokenizer.json equals the tokenizer's own export" cmp -s "$tmp/hf/tokenizer.json" "$tmp/direct.json"
 ins=$("$bin" inspect "$run/experiment.h5" 2>/dev/null)
-check "experiment.h5: all 18 stages done" bash -c "[ \$(grep -c '@status = \"done\"' <<<\"\$0\") -eq 18 ]" "$ins"
+check "experiment.h5: all 26 stages done" bash -c "[ \$(grep -c '@status = \"done\"' <<<\"\$0\") -eq 26 ]" "$ins"
 check "experiment.h5 links the merged model" bash -c "'$bin' inspect '$run/experiment.h5' 2>/dev/null | grep -q 'outputs'"
 if command -v h5ls >/dev/null; then
   check "external link resolves (h5ls)" bash -c "cd '$run' && h5ls experiment.h5/outputs/merge/merge/params 2>/dev/null | grep -q lm_head.weight"
@@ -56,7 +56,7 @@ else
 fi
 "${mpi[@]}" "$bin" run "$src/jobs/tiny.yaml" --out "$run" > "$tmp/rerun.log" 2>&1; rc=$?
 check "rerun succeeds" test $rc -eq 0
-check "rerun skips all 18 complete stages" bash -c "[ \$(grep -c 'complete, skipped' '$tmp/rerun.log') -eq 18 ]"
+check "rerun skips all 26 complete stages" bash -c "[ \$(grep -c 'complete, skipped' '$tmp/rerun.log') -eq 26 ]"
 rm -rf "$tmp"
 echo "tiny pipeline: $pass passed, $fail failed"
 [ $fail -eq 0 ]

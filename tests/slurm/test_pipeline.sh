@@ -41,10 +41,10 @@ sub=$(cd "$src" && "$submit" jobs/tiny.yaml --out "$tiny" 2>&1); rc=$?
 check "slurm/submit jobs/tiny.yaml" test $rc -eq 0
 [ $rc -eq 0 ] || echo "$sub" | sed 's/^/  | /'
 nstages=$(grep -c '^  [a-z_]* *job [0-9]' <<<"$sub")
-check "one batch job per stage (18)" test "$nstages" = 18
-st=$("$status" "$tiny" --wait --timeout 240); rc=$?
+check "one batch job per stage (26)" test "$nstages" = 26
+st=$("$status" "$tiny" --wait --timeout 330); rc=$?
 echo "  (tiny pipeline finished $((SECONDS - t0)) s after submission)"
-check "slurm/status --wait: every stage COMPLETED" bash -c '[ $0 -eq 0 ] && [ "$(grep -c " COMPLETED" <<<"$1")" = 18 ]' "$rc" "$st"
+check "slurm/status --wait: every stage COMPLETED" bash -c '[ $0 -eq 0 ] && [ "$(grep -c " COMPLETED" <<<"$1")" = 26 ]' "$rc" "$st"
 [ $rc -eq 0 ] || echo "$st" | sed 's/^/  | /'
 for f in models/base.h5 models/stories.h5 models/lua.h5 models/merge.h5 saes/base.h5 saes/stories.h5 saes/lua.h5 saes/merge.h5 \
          tracking/summary.h5 experiment.h5; do
@@ -52,7 +52,7 @@ for f in models/base.h5 models/stories.h5 models/lua.h5 models/merge.h5 saes/bas
 done
 check "the train stages ran on 2 MPI ranks under srun" bash -c 'grep -q "2 ranks" "$0"/slurm/logs/base-*.out' "$tiny"
 ins=$("$bin" inspect "$tiny/experiment.h5" 2>/dev/null)
-check "experiment.h5: all 18 stages done" bash -c '[ "$(grep -c "@status = \"done\"" <<<"$0")" = 18 ]' "$ins"
+check "experiment.h5: all 26 stages done" bash -c '[ "$(grep -c "@status = \"done\"" <<<"$0")" = 26 ]' "$ins"
 check "merged model has parameters" bash -c '"$0" inspect "$1" 2>/dev/null | grep -q lm_head.weight' "$bin" "$tiny/models/merge.h5"
 
 # ---- 2. preemption during training, then USR1 before the time limit ----
