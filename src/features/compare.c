@@ -16,6 +16,7 @@ void ml_compare_result_free(ml_compare_result *r) {
     ml_best_free(&r->token_profile);
     ml_best_free(&r->decoder);
     ml_best_free(&r->logit);
+    ml_free(r->cand);
     memset(r, 0, sizeof *r);
 }
 
@@ -113,6 +114,7 @@ int ml_compare_run(MPI_Comm comm, const ml_compare_config *cfg, ml_codes_stream 
     ml_progress_end(&prog, NULL);
     ML_CHECK_GOTO(ml_agree(comm, ml_corr_finalize(corr)), fail);
     ML_CHECK_GOTO(ml_corr_best(corr, &out->activation), fail);
+    if (cfg->n_cand > 0) ML_CHECK_GOTO(ml_corr_candidates(corr, cfg->n_cand, &out->cand, &out->n_cand), fail);
     if (cfg->matrix_file) ML_CHECK_GOTO(ml_corr_write_matrix(corr, cfg->matrix_file, cfg->matrix_name, 0), fail);
     if (cfg->match_floor <= 1) ML_CHECK_GOTO(ml_compare_one_to_one(corr, cfg, out), fail);
     ml_corr_destroy(&corr); /* one block at a time */
