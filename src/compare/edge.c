@@ -301,10 +301,13 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
                  "child replica 0 vs child replica 1 (%s vs %s)", rc_paths[0], rc_paths[1]);
     else
         snprintf(info->ceiling_child_source, sizeof info->ceiling_child_source, "none (no replicas)");
-    if (np <= 1 && nc <= 1)
-        ml_warn("compare: %s: neither %s nor %s has replicas (%s-rep1.h5 ...): no seed ceiling, the calibration's "
-                "ceiling and normalised persistence are NaN; train SAEs with --replicas 2 or more",
-                edge, parent->sae_path, child->sae_path, parent->name);
+    if (np <= 1 && nc <= 1) {
+        char r1[1100];
+        ml_sae_replica_path(parent->sae_path, 1, r1, sizeof r1);
+        ml_warn("compare: %s: neither %s nor %s has replicas (e.g. %s, attribute `replicas`): no seed ceiling, the "
+                "calibration's ceiling and normalised persistence are NaN; train SAEs with --replicas 2 or more",
+                edge, parent->sae_path, child->sae_path, r1);
+    }
     /* 3. masks, bootstrap */
     c.mask_p = ml_malloc((size_t)(T * Fp));
     c.mask_c = ml_malloc((size_t)(T * Fc));

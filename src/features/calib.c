@@ -121,8 +121,10 @@ int ml_corr_candidates(ml_corr *c, int k, ml_pair **pairs, int64_t *npairs) {
     /* global top-k per A feature, then per B feature, marked in place (r := NAN drops) */
     uint8_t *keep = ml_calloc((size_t)(nall ? nall : 1), 1);
     ML_CHECK_GOTO(ml_agree(g->comm, keep ? ML_OK : ML_ERR_NOMEM), done);
+    /* a pair can arrive twice (a row's and a column's list): duplicates are adjacent after sorting and count once */
     qsort(all, (size_t)nall, sizeof *all, ml_cand_cmp_a);
     for (int64_t s = 0, run = 0; s < nall; s++) {
+        if (s > 0 && all[s].a == all[s - 1].a && all[s].b == all[s - 1].b) continue;
         run = (s > 0 && all[s].a == all[s - 1].a) ? run + 1 : 0;
         if (run < k) keep[s] = 1;
     }
@@ -136,6 +138,7 @@ int ml_corr_candidates(ml_corr *c, int k, ml_pair **pairs, int64_t *npairs) {
     ml_free(keep);
     qsort(all, (size_t)nall, sizeof *all, ml_cand_cmp_b);
     for (int64_t s = 0, run = 0; s < nall; s++) {
+        if (s > 0 && all[s].a == all[s - 1].a && all[s].b == all[s - 1].b) continue;
         run = (s > 0 && all[s].b == all[s - 1].b) ? run + 1 : 0;
         if (run < k) sel[nk++] = all[s];
     }
