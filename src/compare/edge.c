@@ -256,16 +256,23 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
         ml_cache_stream_init(&sb_, cc, info->shift, 0);
         ml_cache_stream_init(&sa_, cp, 0, N - sb_.shift);
         sb_.cut = sa_.cut;
-        ML_CHECK_GOTO(ml_compare_run(comm, &cf, &sa_.stream, &sb_.stream, &c.floor), done);
+        ml_prof_begin("controls_floor");
+        rc = ml_compare_run(comm, &cf, &sa_.stream, &sb_.stream, &c.floor);
+        ml_prof_end("controls_floor", 0, 0);
+        if (rc != ML_OK) goto done;
     }
-    ML_CHECK_GOTO(ml_ctl_bstats(comm, cp, cc, info->shift, &c.floor, o->block_tokens, &c.bs_floor), done);
-    ML_CHECK_GOTO(ml_ctl_bstats(comm, cp, cc, 0, mainr, o->block_tokens, &c.bs_main), done);
+    ml_prof_begin("controls_bstats");
+    rc = ml_ctl_bstats(comm, cp, cc, info->shift, &c.floor, o->block_tokens, &c.bs_floor);
+    if (rc == ML_OK) rc = ml_ctl_bstats(comm, cp, cc, 0, mainr, o->block_tokens, &c.bs_main);
+    ml_prof_end("controls_bstats", 0, 0);
+    if (rc != ML_OK) goto done;
     snprintf(info->floor_source, sizeof info->floor_source,
              "activation measures: child codes circularly shifted by %lld of %lld rows against the parent's; weight "
              "measures: child decoder times a random orthogonal matrix (same singular values); seed %llu",
              (long long)info->shift, (long long)N, (unsigned long long)o->seed);
     /* 2. ceilings: replica 0 vs replica 1 of each model on its own activations */
     int need_stab = o->stable_min > 0;
+    ml_prof_begin("controls_replicas");
     if (np > 1) {
         if (need_stab) {
             c.stab_p = ml_malloc(sizeof(float) * (size_t)((np - 1) * Fp));
@@ -288,6 +295,7 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
                                            &c.ceil_child, &c.bs_ceil_child, c.stab_c),
                       done);
     }
+    ml_prof_end("controls_replicas", 0, 0);
     if (np > 1)
         snprintf(info->ceiling_source, sizeof info->ceiling_source, "parent replica 0 vs parent replica 1 (%s vs %s)",
                  rp[0], rp[1]);
@@ -326,7 +334,10 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
                           .mask_parent = c.mask_p,
                           .mask_child = c.mask_c};
     info->n_blocks = ml_bstats_blocks(c.bs_main);
-    ML_CHECK_GOTO(ml_calib_run(comm, &kc, &c.cr), done);
+    ml_prof_begin("controls_bootstrap");
+    rc = ml_calib_run(comm, &kc, &c.cr);
+    ml_prof_end("controls_bootstrap", 0, 0);
+    if (rc != ML_OK) goto done;
     ML_CHECK_GOTO(ml_ctl_write_calibration(h, edge, o, &c.cr, info), done);
     ML_CHECK_GOTO(ml_ctl_write_scores(h, edge, mainr, np > 1 ? &c.ceil : NULL, nc > 1 ? &c.ceil_child : NULL,
                                       &c.floor),
