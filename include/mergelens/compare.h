@@ -79,11 +79,20 @@ typedef struct {
 } ml_compare_opts;
 void ml_compare_opts_default(ml_compare_opts *o);
 
+/* The seed-ceiling comparison of one model (its SAE's replica 0 against its
+ * replicas, on its own activations) is the same in every edge the model is
+ * part of: a cache per model lets `track` compute it once per model and row
+ * range. Opaque; create/destroy pairs. */
+typedef struct ml_replica_cache ml_replica_cache;
+int ml_replica_cache_create(ml_replica_cache **out);
+void ml_replica_cache_destroy(ml_replica_cache **c);
+
 typedef struct {
     const char *name;      /* model name (lineage node) */
     const char *sae_path;  /* saes/<name>.h5 */
     const char *acts_path; /* acts/<name>.h5 */
     const char *model_path; /* model checkpoint for the logit cosine; NULL or "" = the SAE's `model` attribute */
+    ml_replica_cache *replicas; /* NULL: the ceiling is computed for this edge alone */
 } ml_compare_model;
 
 typedef struct {

@@ -330,7 +330,8 @@ typedef struct {
 /* Collective: the full-data values and B block-bootstrap resamples (resample
  * b on rank b mod P, every comparison under the same weights, so the
  * normalised persistence is computed per resample); percentile intervals
- * over the resamples that are not NAN. Identical for any number of ranks. */
+ * over the resamples, NAN unless the full-data value and >= 97.5% of the
+ * resamples are defined. Identical for any number of ranks. */
 int ml_calib_run(MPI_Comm comm, const ml_calib_config *cfg, ml_calib_result *out);
 void ml_calib_result_free(ml_calib_result *r);
 

@@ -147,8 +147,8 @@ int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
     else ml_stem(pb, nb, sizeof nb);
     if (ml_opt_str(o, "edge")[0]) snprintf(edge, sizeof edge, "%s", ml_opt_str(o, "edge"));
     else snprintf(edge, sizeof edge, "%s__%s", na, nb);
-    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a"), ml_opt_str(o, "model_a")},
-                     mb = {nb, pb, ml_opt_str(o, "acts_b"), ml_opt_str(o, "model_b")};
+    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a"), ml_opt_str(o, "model_a"), NULL},
+                     mb = {nb, pb, ml_opt_str(o, "acts_b"), ml_opt_str(o, "model_b"), NULL};
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
@@ -208,6 +208,7 @@ typedef struct {
     double support[ML_TRACK_MAX_EDGES]; /* best flow support of each edge */
     double consistency;                 /* the support a map needs */
     int path[ML_TRACK_MAX_MODELS];
+    ml_replica_cache *ceiling[ML_TRACK_MAX_MODELS]; /* each model's seed ceiling, computed once */
     ml_h5 *h;
 } ml_lineage;
 
@@ -322,11 +323,13 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_tracking_create(comm, out, json, c.tau, &h), done);
+    for (int m = 0; m < g.n_models && rc == ML_OK; m++) rc = ml_replica_cache_create(&g.ceiling[m]);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
     for (int e = 0; e < edges.n; e++) {
         ml_compare_model mp = {edges.key[e], ml_kv_get(&saes, edges.key[e]), ml_kv_get(&acts, edges.key[e]),
-                               ml_kv_get(&models, edges.key[e])};
+                               ml_kv_get(&models, edges.key[e]), g.ceiling[g.from[e]]};
         ml_compare_model mc = {edges.val[e], ml_kv_get(&saes, edges.val[e]), ml_kv_get(&acts, edges.val[e]),
-                               ml_kv_get(&models, edges.val[e])};
+                               ml_kv_get(&models, edges.val[e]), g.ceiling[g.to[e]]};
         ML_CHECK_GOTO(ml_compare_edge(comm, &c, &mp, &mc, h, enames[e], &res[e]), done);
         g.n_feat[g.from[e]] = res[e].track.n_parent;
         g.n_feat[g.to[e]] = res[e].track.n_child;
@@ -350,6 +353,7 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
 done:
     if (h) ml_h5_discard(&h);
     for (int e = 0; res && e < edges.n; e++) ml_compare_edge_result_free(&res[e]);
+    for (int m = 0; m < ML_TRACK_MAX_MODELS; m++) ml_replica_cache_destroy(&g.ceiling[m]);
     for (int e = 0; enames && e < edges.n; e++) ml_free(enames[e]);
     ml_free(res);
     ml_free(enames);

@@ -112,30 +112,97 @@ static int ml_edge_replicas(MPI_Comm comm, const char *sae_path, const ml_sae_me
     return ML_OK;
 }
 
+struct ml_replica_cache {
+    int valid, n;                 /* replicas compared (replica 0 included) */
+    int64_t r0, r1, block;        /* rows and block size the entry was computed for */
+    int stable, logit;            /* stable_min > 0 (all replicas), logit cosine on */
+    ml_compare_result res;        /* replica 0 vs 1, every measure */
+    ml_bstats *bs;                /* its block statistics */
+    float *stab;                  /* (n - 1, F) replica 0's best activation r against replica r */
+};
+
+static void ml_replica_cache_clear(ml_replica_cache *c) {
+    ml_compare_result_free(&c->res);
+    ml_bstats_destroy(&c->bs);
+    ml_free(c->stab);
+    memset(c, 0, sizeof *c);
+}
+
+int ml_replica_cache_create(ml_replica_cache **out) {
+    *out = ml_calloc(1, sizeof **out);
+    return *out ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+}
+
+void ml_replica_cache_destroy(ml_replica_cache **c) {
+    if (!c || !*c) return;
+    ml_replica_cache_clear(*c);
+    ml_free(*c);
+    *c = NULL;
+}
+
 /* Everything the controls of an edge own. */
 typedef struct {
-    ml_compare_result floor, ceil, ceil_child;
-    ml_bstats *bs_main, *bs_floor, *bs_ceil, *bs_ceil_child;
+    ml_compare_result floor;
+    ml_replica_cache own_p, own_c; /* the ceilings when the models bring no cache */
+    ml_replica_cache *rp, *rc;     /* the ceilings used: a model's cache or own_* */
+    ml_bstats *bs_main, *bs_floor;
     float *rot;                  /* (F_child, d) rotated child decoder */
-    float *stab_p, *stab_c;      /* (R - 1, F) best scores of replica 0 against replica r (r >= 1) */
     uint8_t *mask_p, *mask_c;    /* (T, F) */
     ml_calib_result cr;
 } ml_edge_ctl;
 
 static void ml_edge_ctl_free(ml_edge_ctl *c) {
     ml_compare_result_free(&c->floor);
-    ml_compare_result_free(&c->ceil);
-    ml_compare_result_free(&c->ceil_child);
+    ml_replica_cache_clear(&c->own_p);
+    ml_replica_cache_clear(&c->own_c);
     ml_bstats_destroy(&c->bs_main);
     ml_bstats_destroy(&c->bs_floor);
-    ml_bstats_destroy(&c->bs_ceil);
-    ml_bstats_destroy(&c->bs_ceil_child);
     ml_free(c->rot);
-    ml_free(c->stab_p);
-    ml_free(c->stab_c);
     ml_free(c->mask_p);
     ml_free(c->mask_c);
     ml_calib_result_free(&c->cr);
+}
+
+static int ml_edge_replica_runs(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_config *base,
+                                const ml_compare_model *m, const ml_code_cache *c0, const ml_logit_side *l0, int n,
+                                ml_rep_path *paths, int64_t r0, int64_t nrows, int64_t chunk, int need_stab,
+                                ml_compare_result *res, ml_bstats **bs, float *stab);
+
+/* The ceiling entry of one model: its cache when valid for these rows and
+ * settings, else (re)computed into the cache or into own. */
+static int ml_edge_ceiling(MPI_Comm comm, const ml_compare_opts *o, const ml_compare_config *base,
+                           const ml_compare_model *m, const ml_code_cache *c0, const ml_logit_side *l0, int n,
+                           ml_rep_path *paths, int64_t r0, int64_t chunk, ml_replica_cache *own,
+                           ml_replica_cache **use) {
+    ml_replica_cache *e = m->replicas ? m->replicas : own;
+    int stable = o->stable_min > 0, logit = l0->ok;
+    int64_t r1 = r0 + c0->n;
+    if (e->valid && e->n == n && e->r0 == r0 && e->r1 == r1 && e->block == o->block_tokens && e->stable == stable &&
+        e->logit == logit) {
+        ml_info("compare: seed ceiling of %s reused (rows [%lld, %lld))", m->sae_path, (long long)r0, (long long)r1);
+        *use = e;
+        return ML_OK;
+    }
+    ml_replica_cache_clear(e);
+    if (stable) {
+        e->stab = ml_malloc(sizeof(float) * (size_t)((n - 1) * c0->F));
+        ML_CHECK(ml_agree(comm, e->stab ? ML_OK : ML_ERR_NOMEM));
+    }
+    int rc = ml_edge_replica_runs(comm, o, base, m, c0, l0, n, paths, r0, c0->n, chunk, stable, &e->res, &e->bs,
+                                  e->stab);
+    if (rc != ML_OK) {
+        ml_replica_cache_clear(e);
+        return rc;
+    }
+    e->valid = 1;
+    e->n = n;
+    e->r0 = r0;
+    e->r1 = r1;
+    e->block = o->block_tokens;
+    e->stable = stable;
+    e->logit = logit;
+    *use = e;
+    return ML_OK;
 }
 
 /* Replica 0 of one model (cache c0, SAE s0, logit side l0) against its
@@ -271,31 +338,22 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
              "measures: child decoder times a random orthogonal matrix (same singular values); seed %llu",
              (long long)info->shift, (long long)N, (unsigned long long)o->seed);
     /* 2. ceilings: replica 0 vs replica 1 of each model on its own activations */
-    int need_stab = o->stable_min > 0;
     ml_prof_begin("controls_replicas");
     if (np > 1) {
-        if (need_stab) {
-            c.stab_p = ml_malloc(sizeof(float) * (size_t)((np - 1) * Fp));
-            ML_CHECK_GOTO(ml_agree(comm, c.stab_p ? ML_OK : ML_ERR_NOMEM), done);
-        }
-        ML_CHECK_GOTO(ml_edge_replica_runs(comm, o, base, parent, cp, la, np, rp, r0, N, chunk, need_stab, &c.ceil,
-                                           &c.bs_ceil, c.stab_p),
-                      done);
+        ml_compare_config pc = *base; /* the parent's model on both sides */
+        pc.dec_a = base->dec_a ? sa->W_dec : NULL;
+        pc.logit_a = pc.logit_b = NULL;
+        rc = ml_edge_ceiling(comm, o, &pc, parent, cp, la, np, rp, r0, chunk, &c.own_p, &c.rp);
     }
-    if (nc > 1) {
+    if (rc == ML_OK && nc > 1) {
         ml_compare_config bc = *base; /* the child's model on both sides */
         bc.dec_a = base->dec_b;
         bc.d_in = sb->d_in;
         bc.logit_a = bc.logit_b = NULL;
-        if (need_stab) {
-            c.stab_c = ml_malloc(sizeof(float) * (size_t)((nc - 1) * Fc));
-            ML_CHECK_GOTO(ml_agree(comm, c.stab_c ? ML_OK : ML_ERR_NOMEM), done);
-        }
-        ML_CHECK_GOTO(ml_edge_replica_runs(comm, o, &bc, child, cc, lb, nc, rc_paths, r0, N, chunk, need_stab,
-                                           &c.ceil_child, &c.bs_ceil_child, c.stab_c),
-                      done);
+        rc = ml_edge_ceiling(comm, o, &bc, child, cc, lb, nc, rc_paths, r0, chunk, &c.own_c, &c.rc);
     }
     ml_prof_end("controls_replicas", 0, 0);
+    if (rc != ML_OK) goto done;
     if (np > 1)
         snprintf(info->ceiling_source, sizeof info->ceiling_source, "parent replica 0 vs parent replica 1 (%s vs %s)",
                  rp[0], rp[1]);
@@ -320,17 +378,17 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
     c.mask_p = ml_malloc((size_t)(T * Fp));
     c.mask_c = ml_malloc((size_t)(T * Fc));
     ML_CHECK_GOTO(ml_agree(comm, c.mask_p && c.mask_c ? ML_OK : ML_ERR_NOMEM), done);
-    ml_edge_mask(o, Fp, mainr->activation.a_dead, np, c.stab_p, c.mask_p);
-    ml_edge_mask(o, Fc, mainr->activation.b_dead, nc, c.stab_c, c.mask_c);
+    ml_edge_mask(o, Fp, mainr->activation.a_dead, np, c.rp ? c.rp->stab : NULL, c.mask_p);
+    ml_edge_mask(o, Fc, mainr->activation.b_dead, nc, c.rc ? c.rc->stab : NULL, c.mask_c);
     ml_calib_config kc = {.n_tau = T,
                           .tau = o->tau_grid,
                           .n_boot = o->bootstrap,
                           .seed = o->seed,
                           .main = c.bs_main,
                           .floor = c.bs_floor,
-                          .ceiling = np > 1 ? c.bs_ceil : c.bs_ceil_child,
+                          .ceiling = np > 1 ? c.rp->bs : nc > 1 ? c.rc->bs : NULL,
                           .ceiling_is_child = np <= 1,
-                          .ceiling_child = c.bs_ceil_child,
+                          .ceiling_child = nc > 1 ? c.rc->bs : NULL,
                           .mask_parent = c.mask_p,
                           .mask_child = c.mask_c};
     info->n_blocks = ml_bstats_blocks(c.bs_main);
@@ -339,7 +397,7 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
     ml_prof_end("controls_bootstrap", 0, 0);
     if (rc != ML_OK) goto done;
     ML_CHECK_GOTO(ml_ctl_write_calibration(h, edge, o, &c.cr, info), done);
-    ML_CHECK_GOTO(ml_ctl_write_scores(h, edge, mainr, np > 1 ? &c.ceil : NULL, nc > 1 ? &c.ceil_child : NULL,
+    ML_CHECK_GOTO(ml_ctl_write_scores(h, edge, mainr, np > 1 ? &c.rp->res : NULL, nc > 1 ? &c.rc->res : NULL,
                                       &c.floor),
                   done);
     int tb = 0; /* the grid point nearest the classification's tau */
@@ -354,6 +412,13 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
             ML_Q(ML_CALIB_CEILING, 1), ML_Q(ML_CALIB_CEILING, 2), ML_Q(ML_CALIB_FLOOR, 0), ML_Q(ML_CALIB_FLOOR, 1),
             ML_Q(ML_CALIB_FLOOR, 2), ML_Q(ML_CALIB_NORMALISED, 0), ML_Q(ML_CALIB_NORMALISED, 1),
             ML_Q(ML_CALIB_NORMALISED, 2));
+    double gap = ML_Q(ML_CALIB_CEILING, 0) - ML_Q(ML_CALIB_FLOOR, 0);
+    if (!isnan(gap) && gap < 0.05)
+        ml_warn("compare: %s: at tau %.2f the seed ceiling (%.3f) is within %.3f of the floor (%.3f): even replicas of "
+                "one SAE rarely match at this tau, so the persist share cannot be told from seed noise and the "
+                "normalised persistence is %s; try a lower tau or larger/longer-trained SAEs",
+                edge, o->tau_grid[tb], ML_Q(ML_CALIB_CEILING, 0), gap, ML_Q(ML_CALIB_FLOOR, 0),
+                gap > 0 ? "ill-conditioned" : "undefined");
 #undef ML_Q
 done:
     ml_edge_ctl_free(&c);

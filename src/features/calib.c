@@ -527,8 +527,12 @@ int ml_calib_run(MPI_Comm comm, const ml_calib_config *cfg, ml_calib_result *out
             qsort(sorted, (size_t)n, sizeof(double), ml_dbl_cmp);
             double *o = out->v + (qi * 3) * T;
             o[t] = point[qi * T + t];
-            o[T + t] = ml_quantile(sorted, n, 0.025);
-            o[2 * T + t] = ml_quantile(sorted, n, 0.975);
+            /* an interval needs the quantity defined (not NAN) in the full data and in at
+             * least 97.5% of the resamples; else the percentiles would describe only the
+             * resamples where, e.g., the ceiling happened to exceed the floor */
+            int ok = !isnan(o[t]) && (double)n >= 0.975 * (double)B;
+            o[T + t] = ok ? ml_quantile(sorted, n, 0.025) : NAN;
+            o[2 * T + t] = ok ? ml_quantile(sorted, n, 0.975) : NAN;
         }
 done:
     ml_free(bufs);
