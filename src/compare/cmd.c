@@ -335,6 +335,11 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
         g.n_feat[g.to[e]] = res[e].track.n_child;
         g.map[e] = res[e].flow_partner;
         g.support[e] = res[e].flow_best_support;
+        for (int m = 0; m < g.n_models; m++) { /* a model's ceiling after its last edge: free it */
+            int later = 0;
+            for (int f = e + 1; f < edges.n; f++) later |= g.from[f] == m || g.to[f] == m;
+            if (!later) ml_replica_cache_destroy(&g.ceiling[m]);
+        }
     }
     const ml_track_edge *tr[ML_TRACK_MAX_EDGES];
     for (int e = 0; e < edges.n; e++) tr[e] = &res[e].track;

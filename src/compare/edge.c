@@ -205,7 +205,7 @@ static int ml_edge_ceiling(MPI_Comm comm, const ml_compare_opts *o, const ml_com
     return ML_OK;
 }
 
-/* Replica 0 of one model (cache c0, SAE s0, logit side l0) against its
+/* Replica 0 of one model (codes c0, logit side l0) against its
  * replicas 1..n-1 on the same activations: the full comparison for replica
  * 1 (res, bstats), activation best scores only for the others (stab rows),
  * and replica 1's scores in stab row 0. */
@@ -230,10 +230,12 @@ static int ml_edge_replica_runs(MPI_Comm comm, const ml_compare_opts *o, const m
         cfg.matrix_name = NULL;
         cfg.logit_a = cfg.logit_b = NULL;
         cfg.gram = NULL;
-        if (r == 1) {
+        if (rc != ML_OK) {
+            /* nothing to configure: the SAE or its codes failed (agreed) */
+        } else if (r == 1) {
             cfg.dec_b = base->dec_a ? sr->W_dec : NULL;
             if (cfg.dec_b && sr->d_in != base->d_in) cfg.dec_a = cfg.dec_b = NULL;
-            if (rc == ML_OK && l0->ok) {
+            if (l0->ok) {
                 rc = ml_agree(comm, ml_logit_side_open(comm, sr, paths[r], m->model_path, o->hook, l0, &lr));
                 if (rc == ML_OK && lr.ok) {
                     cfg.logit_a = &l0->map;
