@@ -36,10 +36,6 @@ void ml_sae_codes_close(ml_sae_codes **c);
 ml_codes_stream *ml_sae_codes_stream(ml_sae_codes *c);
 /* The chunk last returned (CSR, full width); NULL before the first. */
 const ml_fcodes *ml_sae_codes_chunk(const ml_sae_codes *c);
-/* Called (collectively) after every chunk of c with both chunks; used to
- * feed the feature flow from the same pass. A failure must be agreed. */
-typedef int (*ml_sae_codes_hook)(void *ctx, const ml_fcodes *mine, const ml_fcodes *other);
-void ml_sae_codes_set_hook(ml_sae_codes *c, const ml_sae_codes *other, ml_sae_codes_hook hook, void *ctx);
 
 /* Collective: the two activations files hold the same /tokens (same row
  * count, same ids), compared chunk by chunk (each rank its share). The

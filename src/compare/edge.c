@@ -1,6 +1,10 @@
 /* One lineage edge parent -> child: load both SAEs, check the token
- * positions, stream both code sources through ml_compare_run (and the
- * feature flow, fed from the same pass), classify and write /edges/<edge>.
+ * positions, choose the rows (held out by every SAE read), encode each SAE's
+ * codes once into memory, run ml_compare_run and the feature flow on them,
+ * classify and write /edges/<edge>; then the controls: the null floor (the
+ * child's codes shifted along the token axis, its decoder rotated), the seed
+ * ceilings (replica 0 vs 1 of each model, cached per model by `track`), the
+ * block statistics and the calibrated shares (/edges/<edge>/calibration).
  *
  * Legend: F_A, F_B = features of the parent's and the child's SAE, T =
  * rows of one flow sample.

@@ -29,9 +29,6 @@ struct ml_sae_codes {
     ml_fcodes chunk;
     int has_chunk;
     ml_codes_stream stream;
-    const ml_sae_codes *other;
-    ml_sae_codes_hook hook;
-    void *hook_ctx;
 };
 
 static void ml_codes_split(int64_t n, int P, int r, int64_t *r0, int64_t *cnt) {
@@ -111,8 +108,6 @@ static int ml_codes_next(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml
     c->pos += n;
     *out = c->chunk;
     if (tokens) *tokens = c->tokens;
-    if (c->hook && c->other && c->other->has_chunk && c->other->chunk.n == n)
-        ML_CHECK(c->hook(c->hook_ctx, &c->chunk, &c->other->chunk));
     return ML_OK;
 }
 
@@ -180,12 +175,6 @@ void ml_sae_codes_close(ml_sae_codes **cp) {
 
 ml_codes_stream *ml_sae_codes_stream(ml_sae_codes *c) { return &c->stream; }
 const ml_fcodes *ml_sae_codes_chunk(const ml_sae_codes *c) { return c->has_chunk ? &c->chunk : NULL; }
-
-void ml_sae_codes_set_hook(ml_sae_codes *c, const ml_sae_codes *other, ml_sae_codes_hook hook, void *ctx) {
-    c->other = other;
-    c->hook = hook;
-    c->hook_ctx = ctx;
-}
 
 /* ---- token check --------------------------------------------------------------------------- */
 static int ml_tokens_rows(ml_h5 *h, const char *path, int64_t *n) {
