@@ -27,9 +27,8 @@
 #include <limits.h>
 #include <math.h>
 
-#include "../common/ml_test.h"
+#include "cmp_test_util.h"
 #include "mergelens/compare.h"
-#include "mergelens/io.h"
 
 #define N 12288
 #define F 160
@@ -39,14 +38,6 @@
 static char g_dir[1024];
 static int g_perm_pos[F]; /* position u of atom k in the permutation */
 
-static int run_cmd(int (*cmd)(MPI_Comm, int, char **), MPI_Comm comm, const char **args) {
-    char *argv[64];
-    int argc = 0;
-    for (; args[argc]; argc++) argv[argc] = (char *)args[argc];
-    argv[argc] = NULL;
-    return cmd(comm, argc, argv);
-}
-
 /* acts file: x_t = sum_k z_tk e_dir(k); dir (F) atom directions; fires p 0.05 */
 static void write_acts(const char *path, const float *z /* (N, F) */, const int *dir) {
     float *x = calloc((size_t)N * D, sizeof(float));
@@ -55,16 +46,7 @@ static void write_acts(const char *path, const float *z /* (N, F) */, const int 
         tok[t] = t % 97;
         for (int k = 0; k < F; k++) x[(size_t)t * D + dir[k]] += z[(size_t)t * F + k];
     }
-    ml_h5 *h = NULL;
-    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.activations", 1, &h));
-    hsize_t dims[2] = {N, D}, n1[1] = {N};
-    ml_h5_layout lay = {.chunk_rows = 1024};
-    ML_ASSERT_OK(ml_h5_create_dataset(h, "/hooks/" HOOK "/acts", ML_F32, 2, dims, &lay));
-    int rank;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    ML_ASSERT_OK(ml_h5_write_rows(h, "/hooks/" HOOK "/acts", ML_F32, 0, rank == 0 ? N : 0, x));
-    ML_ASSERT_OK(ml_h5_write_tensor(h, "/tokens", ML_I32, 1, n1, tok));
-    ML_ASSERT_OK(ml_h5_close(&h));
+    cmp_write_acts(path, HOOK, x, tok, N, D, 1024);
     free(x);
     free(tok);
 }
