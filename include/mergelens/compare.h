@@ -24,22 +24,18 @@
 
 /* ---- codes of one SAE on one activations file --------------------------- */
 typedef struct ml_sae_codes ml_sae_codes;
-/* Collective. hook NULL or "" = the SAE's hook_name. n_rows 0 = every row
- * of the file, else the first n_rows. chunk_rows: most rows per chunk
+/* Collective. hook NULL or "" = the SAE's hook_name. Rows [row0, row0 +
+ * n_rows) of the file (n_rows 0 = to the end). chunk_rows: most rows per chunk
  * (all ranks together). The SAE's d_in must equal the hook's width (the
  * error names both files). sae must outlive the stream. */
 int ml_sae_codes_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, const char *acts_path,
-                      const char *hook, int64_t n_rows, int64_t chunk_rows, ml_sae_codes **out);
+                      const char *hook, int64_t row0, int64_t n_rows, int64_t chunk_rows, ml_sae_codes **out);
 void ml_sae_codes_close(ml_sae_codes **c);
 /* The stream (for ml_compare_run); it gives full-width CSR chunks and token
  * ids. next() is collective and agrees on failure internally. */
 ml_codes_stream *ml_sae_codes_stream(ml_sae_codes *c);
 /* The chunk last returned (CSR, full width); NULL before the first. */
 const ml_fcodes *ml_sae_codes_chunk(const ml_sae_codes *c);
-/* Called (collectively) after every chunk of c with both chunks; used to
- * feed the feature flow from the same pass. A failure must be agreed. */
-typedef int (*ml_sae_codes_hook)(void *ctx, const ml_fcodes *mine, const ml_fcodes *other);
-void ml_sae_codes_set_hook(ml_sae_codes *c, const ml_sae_codes *other, ml_sae_codes_hook hook, void *ctx);
 
 /* Collective: the two activations files hold the same /tokens (same row
  * count, same ids), compared chunk by chunk (each rank its share). The
@@ -65,14 +61,34 @@ typedef struct {
     double flow_consistency; /* 0 = 0.8 */
     int logit;             /* logit-weight cosine (each SAE through its own model's unembedding) */
     int logit_center;      /* centre the logit vectors over the vocabulary */
+    double flow_tie_tol;   /* flow: tie tolerance on the mean absolute difference (0 = 1e-6) */
+    /* controls and calibrated shares (docs/modules/features.md, "How to read the numbers") */
+    int calibrate;         /* seed ceiling, null floor, bootstrap (1) */
+    int n_tau;             /* tau grid of the calibrated shares (default 0.5 0.6 0.7 0.8 0.9) */
+    double tau_grid[32];
+    int64_t bootstrap;     /* resamples B (200) */
+    int64_t block_tokens;  /* contiguous rows per bootstrap block (256) */
+    uint64_t seed;         /* bootstrap, floor shift and rotation seed (1) */
+    int candidates;        /* partners per feature kept for the bootstrap (4) */
+    int stable_min;        /* > 0: track only features found at tau in >= stable_min replicas of their model */
+    int allow_train_rows;  /* use all rows when no row is held out by every SAE (else refuse) */
 } ml_compare_opts;
 void ml_compare_opts_default(ml_compare_opts *o);
+
+/* The seed-ceiling comparison of one model (its SAE's replica 0 against its
+ * replicas, on its own activations) is the same in every edge the model is
+ * part of: a cache per model lets `track` compute it once per model and row
+ * range. Opaque; create/destroy pairs. */
+typedef struct ml_replica_cache ml_replica_cache;
+int ml_replica_cache_create(ml_replica_cache **out);
+void ml_replica_cache_destroy(ml_replica_cache **c);
 
 typedef struct {
     const char *name;      /* model name (lineage node) */
     const char *sae_path;  /* saes/<name>.h5 */
     const char *acts_path; /* acts/<name>.h5 */
     const char *model_path; /* model checkpoint for the logit cosine; NULL or "" = the SAE's `model` attribute */
+    ml_replica_cache *replicas; /* NULL: the ceiling is computed for this edge alone */
 } ml_compare_model;
 
 typedef struct {
@@ -81,7 +97,32 @@ typedef struct {
     double dec_mean_max_a, dec_mean_max_b; /* decoder cosine mean-max (NAN if not computed) */
     double logit_mean_max_a, logit_mean_max_b; /* logit-weight cosine mean-max (NAN if not computed) */
     int32_t *flow_partner; /* (n_parent) flow map parent -> child or -1 (opts.flow), ml_malloc'd */
+    double flow_best_support; /* largest flow support over the parent's features (NAN without flow) */
+    int64_t rows_start, rows_end; /* rows of the activations files used */
 } ml_compare_edge_result;
+
+/* ---- SAE replicas and held-out rows ------------------------------------------ */
+#define ML_COMPARE_MAX_REPLICAS 16 /* replicas of one SAE a comparison reads */
+/* Root attributes of an SAE file written by `sae --replicas` (all -1 when
+ * absent: an SAE without them is one replica with no held-out information). */
+typedef struct {
+    int64_t replica, replicas;            /* index r, count R */
+    int64_t train_row_start, train_row_end;     /* rows of the activations file trained on */
+    int64_t heldout_row_start, heldout_row_end; /* rows held out */
+} ml_sae_meta;
+/* Collective: read the attributes of an SAE file (absent ones stay -1). */
+int ml_sae_meta_read(MPI_Comm comm, const char *path, ml_sae_meta *m);
+/* Replica r >= 1 of saes/x.h5 is saes/x-rep<r>.h5 (r = 0: the path itself). */
+void ml_sae_replica_path(const char *path, int r, char *buf, size_t cap);
+/* Rows [*r0, *r1) of n_rows that none of the n SAEs trained on: the
+ * intersection of their held-out ranges (an SAE with no held-out range but
+ * a known training range contributes the larger part of [0, n_rows) outside
+ * it; one with neither is unconstrained and named in *note). An empty
+ * intersection fails naming the files unless allow_train, which uses every
+ * row. *heldout = 1 when every SAE states its rows and the range is held
+ * out. what names the command in messages. note (cap) is always set. */
+int ml_heldout_rows(const char *what, int n, const char *const *paths, const ml_sae_meta *meta, int64_t n_rows,
+                    int allow_train, int64_t *r0, int64_t *r1, int *heldout, char *note, size_t cap);
 void ml_compare_edge_result_free(ml_compare_edge_result *r);
 
 /* ---- logit map of one side (logit-weight cosine) ------------------------------ */

@@ -239,6 +239,8 @@ typedef struct {
     double mad_threshold; /* 0 = 0.05 */
     double consistency;   /* 0 = 0.8 */
     int64_t min_samples;  /* 0 = 1 */
+    double tie_tol;       /* candidates whose mean absolute difference is within tie_tol of the
+                           * smallest are tied; the lowest B feature index wins. 0 = 1e-6; < 0 = exact */
 } ml_flow_config;
 typedef struct ml_flow ml_flow;
 int ml_flow_create(MPI_Comm comm, const ml_flow_config *cfg, ml_flow **out);
@@ -246,15 +248,92 @@ void ml_flow_destroy(ml_flow **f);
 /* One sample: A and B hold the same T rows, full width. Local. */
 int ml_flow_add_sample(ml_flow *f, const ml_fcodes *A, const ml_fcodes *B);
 /* Collective. partner (n_a): the kept B partner or -1; support (n_a): the
- * share of active samples won by the most frequent partner; active (n_a,
+ * share of active samples won by the most frequent partner (wins of the most
+ * frequent winner / samples where the A feature fired; 0 if it never fired;
+ * ties between partners with equal wins go to the lowest index); active (n_a,
  * may be NULL): samples where the A feature fired. */
 int ml_flow_result(ml_flow *f, int32_t *partner, float *support, int64_t *active);
+/* Local, after samples: sample matches of this rank's A features decided
+ * among tied candidates (more than one within tie_tol of the best). */
+int64_t ml_flow_tied(const ml_flow *f);
 /* Chain per-edge maps model k -> k+1 into traces. maps[k] (n_feat[k]).
  * A trace starts at a feature that is no earlier feature's partner and has a
  * partner itself; traces (n_traces, n_models) get feature ids, -1 where the
  * chain has not started or has ended. *traces is ml_malloc'd. */
 int ml_flow_traces(int n_models, const int64_t *n_feat, const int32_t *const *maps, int32_t **traces,
                    int64_t *n_traces);
+
+/* ---- calibration: candidate pairs, block statistics, bootstrap ------------- */
+/* Collective, after ml_corr_finalize: the union of every live A feature's k
+ * best B partners and every live B feature's k best A partners (by r, ties
+ * to the smaller index), sorted by (a, b), unique, on every rank. k in [1, 64]. */
+int ml_corr_candidates(ml_corr *c, int k, ml_pair **pairs, int64_t *npairs);
+
+/* Per-block sufficient statistics of one comparison A vs B over a stream of
+ * n_tokens rows cut into blocks of block_tokens contiguous rows (the last
+ * may be shorter): per block the row count, each feature's sum and sum of
+ * squares (both sides) and the cross sum of every candidate pair. Memory:
+ * (2 n_a + 2 n_b + npairs) x blocks doubles on every rank. A bootstrap
+ * resample is then a weighted sum of block statistics (docs/modules/features.md). */
+typedef struct ml_bstats ml_bstats;
+/* Collective. pairs sorted by a (ml_corr_candidates). */
+int ml_bstats_create(MPI_Comm comm, int64_t n_a, int64_t n_b, const ml_pair *pairs, int64_t npairs, int64_t n_tokens,
+                     int64_t block_tokens, ml_bstats **out);
+void ml_bstats_destroy(ml_bstats **s);
+/* Local: rows [row0, row0 + A->n) of the stream, full width on both sides.
+ * Every rank adds every row; a rank keeps only blocks k with k mod P = rank. */
+int ml_bstats_add(ml_bstats *s, int64_t row0, const ml_fcodes *A, const ml_fcodes *B);
+/* Collective: sum the blocks over the ranks (exact: one contributor per
+ * block); checks that every row was added; sets the full-data dead flags. */
+int ml_bstats_reduce(ml_bstats *s);
+int64_t ml_bstats_blocks(const ml_bstats *s);
+int64_t ml_bstats_pairs(const ml_bstats *s);
+const uint8_t *ml_bstats_dead(const ml_bstats *s, int side); /* side 0 = A (n_a), 1 = B (n_b) */
+/* Local: each feature's best r over its candidate pairs under block weights
+ * w (blocks; NULL = every block once, the full data). a_best (n_a), b_best
+ * (n_b); 0 for a dead feature or when no candidate has r > 0. */
+int ml_bstats_best(const ml_bstats *s, const double *w, double *a_best, double *b_best);
+/* Weights of resample k: n_blocks draws with replacement from an ml_rng
+ * seeded with (seed, stream k + 1); w (n_blocks) = times each block drawn. */
+void ml_boot_weights(uint64_t seed, int64_t k, int64_t n_blocks, double *w);
+
+/* Calibrated shares of one edge parent (A) -> child (B) at each tau. */
+enum {
+    ML_CALIB_PERSIST = 0,  /* share of tracked parent features with best >= tau (main) */
+    ML_CALIB_EMERGE,       /* share of tracked child features with best < tau (main) */
+    ML_CALIB_DISAPPEAR,    /* 1 - persist */
+    ML_CALIB_CEILING,      /* persist share of the replica comparison (ceiling) */
+    ML_CALIB_FLOOR,        /* persist share under no correspondence (floor) */
+    ML_CALIB_NORMALISED,   /* (persist - floor) / (ceiling - floor); NAN if ceiling <= floor */
+    ML_CALIB_CEILING_CHILD,/* persist share of the child's replica comparison (NAN without) */
+    ML_CALIB_NQ
+};
+typedef struct {
+    int n_tau;
+    const double *tau;          /* (n_tau) */
+    int64_t n_boot;             /* resamples B */
+    uint64_t seed;
+    const ml_bstats *main;      /* A = parent, B = child */
+    const ml_bstats *floor;     /* A = parent, B = child without correspondence */
+    const ml_bstats *ceiling;   /* NULL, or A = replica 0, B = replica 1 of one model */
+    int ceiling_is_child;       /* the ceiling's model is the child (mask_child applies) */
+    const ml_bstats *ceiling_child; /* NULL, or the child's replica 0 vs 1 */
+    const uint8_t *mask_parent; /* (n_tau, n_a) 1 = tracked at tau (live, and stable if asked) */
+    const uint8_t *mask_child;  /* (n_tau, n_b) */
+} ml_calib_config;
+typedef struct {
+    int n_tau;
+    int64_t n_boot;
+    double *v;    /* (ML_CALIB_NQ, 3, n_tau): {full-data value, 2.5% and 97.5% percentile} */
+    double *boot; /* (n_boot, ML_CALIB_NQ, n_tau) every resample's values */
+} ml_calib_result;
+/* Collective: the full-data values and B block-bootstrap resamples (resample
+ * b on rank b mod P, every comparison under the same weights, so the
+ * normalised persistence is computed per resample); percentile intervals
+ * over the resamples, NAN unless the full-data value and >= 97.5% of the
+ * resamples are defined. Identical for any number of ranks. */
+int ml_calib_run(MPI_Comm comm, const ml_calib_config *cfg, ml_calib_result *out);
+void ml_calib_result_free(ml_calib_result *r);
 
 /* ---- tracking/<name>.h5 (format mergelens.tracking v1) ---------------------- */
 typedef struct ml_h5 ml_h5;
@@ -308,6 +387,7 @@ typedef struct {
     int logit_center;
     double match_floor;       /* one-to-one matching on pairs with r >= floor; 0 = 0.2; > 1 = skip */
     int64_t max_component;    /* see ml_assign_pairs; 0 = 8192 */
+    int n_cand;               /* > 0: also return each feature's n_cand best activation partners (cand) */
     ml_h5 *matrix_file;       /* non-NULL: write the full r matrix there ... */
     const char *matrix_name;  /* ... as this dataset */
 } ml_compare_config;
@@ -321,6 +401,8 @@ typedef struct {
     ml_best token_profile;    /* Pearson r of per-token-id mean activations */
     ml_best decoder;          /* decoder-direction cosine */
     ml_best logit;            /* logit-weight cosine */
+    ml_pair *cand;            /* (n_cand) ml_corr_candidates of the activation r (cfg.n_cand > 0) */
+    int64_t n_cand;
 } ml_compare_result;
 
 /* Collective: stream both code sources once and compute every requested

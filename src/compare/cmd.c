@@ -37,7 +37,18 @@ static const char ml_track_usage[] =
         {"match_floor", ML_OPT_FLOAT, "0.2", -1, 2, NULL, "one-to-one matching on pairs with r >= floor (> 1: skip)"}, \
         {"logit", ML_OPT_BOOL, "true", 0, -1, NULL,                                                                    \
          "logit-weight cosine (decoder rows through each model's down_proj, final norm weight and lm_head)"},          \
-        {"logit_center", ML_OPT_BOOL, "false", 0, -1, NULL, "logit cosine: centre the logit vectors over the vocabulary"}
+        {"logit_center", ML_OPT_BOOL, "false", 0, -1, NULL, "logit cosine: centre the logit vectors over the vocabulary"}, \
+        {"calibrate", ML_OPT_BOOL, "true", 0, -1, NULL,                                                                \
+         "controls: seed ceiling (SAE replicas), null floor, bootstrap intervals (/edges/<edge>/calibration)"},       \
+        {"tau_grid", ML_OPT_STRING, "0.5,0.6,0.7,0.8,0.9", 0, -1, NULL, "tau values of the calibrated shares"},        \
+        {"bootstrap", ML_OPT_INT, "200", 1, 100000, NULL, "bootstrap resamples"},                                      \
+        {"block_tokens", ML_OPT_INT, "256", 1, 1 << 30, NULL, "contiguous token rows per bootstrap block"},            \
+        {"seed", ML_OPT_INT, "1", 0, 1e15, NULL, "seed of the bootstrap, the floor's shift and rotation"},             \
+        {"candidates", ML_OPT_INT, "4", 1, 64, NULL, "best partners per feature kept for the bootstrap"},              \
+        {"stable_min", ML_OPT_INT, "0", 0, ML_COMPARE_MAX_REPLICAS, NULL,                                              \
+         "track only features found at tau in at least this many replicas of their model (0: all live features)"},    \
+        {"allow_train_rows", ML_OPT_BOOL, "false", 0, -1, NULL,                                                        \
+         "use every row when no row is held out by every SAE (default: refuse)"}
 
 static const ml_option_spec ml_compare_opts_spec[] = {
     {"a", ML_OPT_STRING, NULL, 0, -1, NULL, "SAE file of model A (parent)"},
@@ -63,13 +74,34 @@ static const ml_option_spec ml_track_opts_spec[] = {
     {"flow", ML_OPT_BOOL, "true", 0, -1, NULL, "feature-flow maps per edge and traces along chains"},
     {"flow_window", ML_OPT_INT, "64", 1, 1 << 20, NULL, "token rows per flow sample"},
     {"flow_mad", ML_OPT_FLOAT, "0.05", 0, 2, NULL, "flow: largest mean absolute difference of a match"},
-    {"flow_consistency", ML_OPT_FLOAT, "0.8", 0, 1, NULL, "flow: share of samples the partner must win"},
+    {"flow_consistency", ML_OPT_FLOAT, "0.8", 0, 1, NULL, "flow: share of samples the partner must win (support)"},
+    {"flow_tie_tol", ML_OPT_FLOAT, "1e-6", 0, 1, NULL,
+     "flow: candidates within this mean absolute difference of the best are tied (lowest index wins)"},
     ML_COMPARE_ENGINE_OPTS,
     ML_OPT_END,
 };
 
-static void ml_engine_opts(const ml_options *o, ml_compare_opts *c) {
+static int ml_engine_opts(const ml_options *o, ml_compare_opts *c) {
     ml_compare_opts_default(c);
+    c->calibrate = ml_opt_bool(o, "calibrate");
+    c->bootstrap = ml_opt_int(o, "bootstrap");
+    c->block_tokens = ml_opt_int(o, "block_tokens");
+    c->seed = (uint64_t)ml_opt_int(o, "seed");
+    c->candidates = (int)ml_opt_int(o, "candidates");
+    c->stable_min = (int)ml_opt_int(o, "stable_min");
+    c->allow_train_rows = ml_opt_bool(o, "allow_train_rows");
+    const char *grid = ml_opt_str(o, "tau_grid");
+    c->n_tau = 0;
+    for (const char *p = grid; *p;) {
+        char *end = NULL;
+        double v = strtod(p, &end);
+        if (end == p || !(v > 0 && v <= 1) || c->n_tau == 32)
+            return ML_FAIL(ML_ERR_ARG, "--tau_grid '%s': expected up to 32 comma-separated values in (0, 1]", grid);
+        c->tau_grid[c->n_tau++] = v;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    if (c->n_tau == 0) return ML_FAIL(ML_ERR_ARG, "--tau_grid is empty");
     c->tau = ml_opt_float(o, "tau");
     c->chunk_rows = ml_opt_int(o, "chunk_rows");
     c->max_tokens = ml_opt_int(o, "max_tokens");
@@ -82,6 +114,7 @@ static void ml_engine_opts(const ml_options *o, ml_compare_opts *c) {
     c->match_floor = ml_opt_float(o, "match_floor");
     c->logit = ml_opt_bool(o, "logit");
     c->logit_center = ml_opt_bool(o, "logit_center");
+    return ML_OK;
 }
 
 /* "saes/base.h5" -> "base" */
@@ -105,7 +138,7 @@ int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
                   done);
     if (help) goto done;
     ml_compare_opts c;
-    ml_engine_opts(o, &c);
+    ML_CHECK_GOTO(ml_engine_opts(o, &c), done);
     char na[256], nb[256], edge[600];
     const char *pa = ml_opt_str(o, "a"), *pb = ml_opt_str(o, "b");
     if (ml_opt_str(o, "name_a")[0]) snprintf(na, sizeof na, "%s", ml_opt_str(o, "name_a"));
@@ -114,8 +147,8 @@ int ml_cmd_compare(MPI_Comm comm, int argc, char **argv) {
     else ml_stem(pb, nb, sizeof nb);
     if (ml_opt_str(o, "edge")[0]) snprintf(edge, sizeof edge, "%s", ml_opt_str(o, "edge"));
     else snprintf(edge, sizeof edge, "%s__%s", na, nb);
-    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a"), ml_opt_str(o, "model_a")},
-                     mb = {nb, pb, ml_opt_str(o, "acts_b"), ml_opt_str(o, "model_b")};
+    ml_compare_model ma = {na, pa, ml_opt_str(o, "acts_a"), ml_opt_str(o, "model_a"), NULL},
+                     mb = {nb, pb, ml_opt_str(o, "acts_b"), ml_opt_str(o, "model_b"), NULL};
     const char *out = ml_opt_str(o, "out");
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
@@ -172,7 +205,10 @@ typedef struct {
     int64_t n_feat[ML_TRACK_MAX_MODELS];
     int from[ML_TRACK_MAX_EDGES], to[ML_TRACK_MAX_EDGES];
     int32_t *map[ML_TRACK_MAX_EDGES];
+    double support[ML_TRACK_MAX_EDGES]; /* best flow support of each edge */
+    double consistency;                 /* the support a map needs */
     int path[ML_TRACK_MAX_MODELS];
+    ml_replica_cache *ceiling[ML_TRACK_MAX_MODELS]; /* each model's seed ceiling, computed once */
     ml_h5 *h;
 } ml_lineage;
 
@@ -189,20 +225,33 @@ static int ml_write_chain(ml_lineage *g, int len) {
     const int32_t *maps[ML_TRACK_MAX_MODELS];
     int64_t nf[ML_TRACK_MAX_MODELS];
     const char *names[ML_TRACK_MAX_MODELS];
-    char tname[2048] = "";
+    char tname[2048] = "", why[2048] = "";
     for (int k = 0; k < len; k++) {
         names[k] = g->model[g->path[k]];
         nf[k] = g->n_feat[g->path[k]];
         snprintf(tname + strlen(tname), sizeof tname - strlen(tname), "%s%s", k ? "__" : "", names[k]);
         if (k + 1 < len)
             for (int e = 0; e < g->n_edges; e++)
-                if (g->from[e] == g->path[k] && g->to[e] == g->path[k + 1]) maps[k] = g->map[e];
+                if (g->from[e] == g->path[k] && g->to[e] == g->path[k + 1]) {
+                    maps[k] = g->map[e];
+                    snprintf(why + strlen(why), sizeof why - strlen(why), "%s%s -> %s %.3f", k ? ", " : "",
+                             g->model[g->from[e]], g->model[g->to[e]], g->support[e]);
+                }
     }
     int32_t *traces = NULL;
     int64_t nt = 0;
     int rc = ml_agree(ml_h5_comm(g->h), ml_flow_traces(len, nf, maps, &traces, &nt));
     if (rc == ML_OK) rc = ml_tracking_write_traces(g->h, tname, len, names, traces, nt);
-    if (rc == ML_OK) ml_info("track: %lld feature-flow traces along %s", (long long)nt, tname);
+    if (rc == ML_OK && nt > 0) ml_info("track: %lld feature-flow traces along %s", (long long)nt, tname);
+    if (rc == ML_OK && nt == 0)
+        ml_warn("track: 0 feature-flow traces along %s: no feature keeps a partner on every edge; best support per edge "
+                "(%s) vs the required %.2f (--flow_consistency)",
+                tname, why, g->consistency);
+    char tg[2100];
+    snprintf(tg, sizeof tg, "/traces/%s", tname);
+    if (rc == ML_OK) rc = ml_h5_set_attr_str(g->h, tg, "best_support_per_edge", why);
+    if (rc == ML_OK) rc = ml_h5_set_attr_double(g->h, tg, "consistency", g->consistency);
+    if (rc == ML_OK) rc = ml_h5_set_attr_int(g->h, tg, "n_traces", nt);
     ml_free(traces);
     return rc;
 }
@@ -238,11 +287,12 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
                   done);
     if (help) goto done;
     ml_compare_opts c;
-    ml_engine_opts(o, &c);
+    ML_CHECK_GOTO(ml_engine_opts(o, &c), done);
     c.flow = ml_opt_bool(o, "flow");
     c.flow_window = ml_opt_int(o, "flow_window");
     c.flow_mad = ml_opt_float(o, "flow_mad");
     c.flow_consistency = ml_opt_float(o, "flow_consistency");
+    c.flow_tie_tol = ml_opt_float(o, "flow_tie_tol");
     /* every rank parses the same text: failures are the same everywhere */
     ML_CHECK_GOTO(ml_kv_parse("edges", ml_opt_str(o, "edges"), ':', &edges), done);
     ML_CHECK_GOTO(ml_kv_parse("saes", ml_opt_str(o, "saes"), '=', &saes), done);
@@ -273,21 +323,30 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
     ML_CHECK_GOTO(ml_tracking_create(comm, out, json, c.tau, &h), done);
+    for (int m = 0; m < g.n_models && rc == ML_OK; m++) rc = ml_replica_cache_create(&g.ceiling[m]);
+    ML_CHECK_GOTO(ml_agree(comm, rc), done);
     for (int e = 0; e < edges.n; e++) {
         ml_compare_model mp = {edges.key[e], ml_kv_get(&saes, edges.key[e]), ml_kv_get(&acts, edges.key[e]),
-                               ml_kv_get(&models, edges.key[e])};
+                               ml_kv_get(&models, edges.key[e]), g.ceiling[g.from[e]]};
         ml_compare_model mc = {edges.val[e], ml_kv_get(&saes, edges.val[e]), ml_kv_get(&acts, edges.val[e]),
-                               ml_kv_get(&models, edges.val[e])};
+                               ml_kv_get(&models, edges.val[e]), g.ceiling[g.to[e]]};
         ML_CHECK_GOTO(ml_compare_edge(comm, &c, &mp, &mc, h, enames[e], &res[e]), done);
         g.n_feat[g.from[e]] = res[e].track.n_parent;
         g.n_feat[g.to[e]] = res[e].track.n_child;
         g.map[e] = res[e].flow_partner;
+        g.support[e] = res[e].flow_best_support;
+        for (int m = 0; m < g.n_models; m++) { /* a model's ceiling after its last edge: free it */
+            int later = 0;
+            for (int f = e + 1; f < edges.n; f++) later |= g.from[f] == m || g.to[f] == m;
+            if (!later) ml_replica_cache_destroy(&g.ceiling[m]);
+        }
     }
     const ml_track_edge *tr[ML_TRACK_MAX_EDGES];
     for (int e = 0; e < edges.n; e++) tr[e] = &res[e].track;
     ML_CHECK_GOTO(ml_tracking_write_summary(h, edges.n, (const char *const *)enames, tr), done);
     if (c.flow) {
         g.h = h;
+        g.consistency = c.flow_consistency > 0 ? c.flow_consistency : 0.8;
         for (int m = 0; m < g.n_models; m++) {
             int has_parent = 0;
             for (int e = 0; e < g.n_edges; e++) has_parent |= g.to[e] == m;
@@ -299,6 +358,7 @@ int ml_cmd_track(MPI_Comm comm, int argc, char **argv) {
 done:
     if (h) ml_h5_discard(&h);
     for (int e = 0; res && e < edges.n; e++) ml_compare_edge_result_free(&res[e]);
+    for (int m = 0; m < ML_TRACK_MAX_MODELS; m++) ml_replica_cache_destroy(&g.ceiling[m]);
     for (int e = 0; enames && e < edges.n; e++) ml_free(enames[e]);
     ml_free(res);
     ml_free(enames);

@@ -16,7 +16,7 @@ struct ml_sae_codes {
     const ml_sae *sae;
     ml_acts_source *src;
     const ml_row_source *rows;
-    int64_t n_rows, pos, chunk_rows;
+    int64_t row0, n_rows, pos, chunk_rows; /* rows [row0, row0 + n_rows) of the file */
     float *x;          /* (chunk_rows / P + 1, D) this rank's activation rows */
     ml_sae_csr csr;    /* this rank's codes */
     int64_t *row_ptr;  /* (chunk_rows + 1) the chunk's codes, all ranks' rows */
@@ -29,9 +29,6 @@ struct ml_sae_codes {
     ml_fcodes chunk;
     int has_chunk;
     ml_codes_stream stream;
-    const ml_sae_codes *other;
-    ml_sae_codes_hook hook;
-    void *hook_ctx;
 };
 
 static void ml_codes_split(int64_t n, int P, int r, int64_t *r0, int64_t *cnt) {
@@ -69,8 +66,8 @@ static int ml_codes_next(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml
     int64_t r0, m;
     ml_codes_split(n, c->size, c->rank, &r0, &m);
     ml_prof_begin("compare_read");
-    int rc = c->rows->read(c->rows->ctx, c->pos + r0, m, c->x);
-    if (rc == ML_OK) rc = c->rows->read_meta(c->rows->ctx, c->pos, n, c->tokens, NULL, NULL);
+    int rc = c->rows->read(c->rows->ctx, c->row0 + c->pos + r0, m, c->x);
+    if (rc == ML_OK) rc = c->rows->read_meta(c->rows->ctx, c->row0 + c->pos, n, c->tokens, NULL, NULL);
     ml_prof_end("compare_read", 0, (double)m * c->rows->d * 4);
     ML_CHECK(ml_agree(c->comm, rc));
     ml_prof_begin("compare_encode");
@@ -111,13 +108,11 @@ static int ml_codes_next(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml
     c->pos += n;
     *out = c->chunk;
     if (tokens) *tokens = c->tokens;
-    if (c->hook && c->other && c->other->has_chunk && c->other->chunk.n == n)
-        ML_CHECK(c->hook(c->hook_ctx, &c->chunk, &c->other->chunk));
     return ML_OK;
 }
 
 int ml_sae_codes_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, const char *acts_path,
-                      const char *hook, int64_t n_rows, int64_t chunk_rows, ml_sae_codes **out) {
+                      const char *hook, int64_t row0, int64_t n_rows, int64_t chunk_rows, ml_sae_codes **out) {
     *out = NULL;
     int rc = ML_OK;
     if (chunk_rows <= 0) return ML_FAIL(ML_ERR_ARG, "compare: chunk rows must be > 0 (got %lld)", (long long)chunk_rows);
@@ -135,7 +130,11 @@ int ml_sae_codes_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, co
         ML_FAIL_GOTO(fail, ML_ERR_SHAPE,
                      "compare: SAE %s has d_in %d but the activations %s (hook '%s') have width %d", sae_path,
                      sae->d_in, acts_path, hk, c->rows->d);
-    c->n_rows = n_rows > 0 && n_rows < c->rows->n_rows ? n_rows : c->rows->n_rows;
+    if (row0 < 0 || row0 >= c->rows->n_rows)
+        ML_FAIL_GOTO(fail, ML_ERR_ARG, "compare: first row %lld is outside the %lld rows of %s", (long long)row0,
+                     (long long)c->rows->n_rows, acts_path);
+    c->row0 = row0;
+    c->n_rows = n_rows > 0 && n_rows < c->rows->n_rows - row0 ? n_rows : c->rows->n_rows - row0;
     c->chunk_rows = chunk_rows;
     int64_t local = chunk_rows / c->size + 1;
     c->x = ml_malloc(sizeof(float) * (size_t)(local * sae->d_in));
@@ -176,12 +175,6 @@ void ml_sae_codes_close(ml_sae_codes **cp) {
 
 ml_codes_stream *ml_sae_codes_stream(ml_sae_codes *c) { return &c->stream; }
 const ml_fcodes *ml_sae_codes_chunk(const ml_sae_codes *c) { return c->has_chunk ? &c->chunk : NULL; }
-
-void ml_sae_codes_set_hook(ml_sae_codes *c, const ml_sae_codes *other, ml_sae_codes_hook hook, void *ctx) {
-    c->other = other;
-    c->hook = hook;
-    c->hook_ctx = ctx;
-}
 
 /* ---- token check --------------------------------------------------------------------------- */
 static int ml_tokens_rows(ml_h5 *h, const char *path, int64_t *n) {

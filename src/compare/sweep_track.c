@@ -46,6 +46,8 @@ static const ml_option_spec ml_sweep_track_opts[] = {
     {"tau", ML_OPT_FLOAT, "0.8", 0.0, 1.0, NULL, "present threshold on the correlation"},
     {"max_tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "use the first rows only, whole windows (0: all)"},
     {"batch", ML_OPT_INT, "8", 1, 1 << 16, NULL, "windows per forward pass"},
+    {"allow_train_rows", ML_OPT_BOOL, "false", 0, -1, NULL,
+     "use every row when the SAE holds out none (default: refuse)"},
     ML_OPT_END,
 };
 
@@ -177,6 +179,9 @@ typedef struct {
     double *present;    /* (K) */
     int64_t *n_present; /* (K) */
     double *mean_r;     /* (K) over live features */
+    int64_t rows_start, rows_end; /* rows of the activations file used (whole windows) */
+    int rows_heldout;
+    char rows_note[4096];
 } ml_sweep_track_result;
 
 static void ml_sweep_track_result_free(ml_sweep_track_result *s) {
@@ -234,6 +239,10 @@ static int ml_sweep_track_write(MPI_Comm comm, const char *out, const ml_sweep_t
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_tokens", s->n_tokens), done);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_features", s->F), done);
     ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "n_live", s->n_live), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "rows_start", s->rows_start), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "rows_end", s->rows_end), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_int(h, "/", "rows_heldout", s->rows_heldout), done);
+    ML_CHECK_GOTO(ml_h5_set_attr_str(h, "/", "rows_note", s->rows_note), done);
     ML_CHECK_GOTO(ml_h5_write_profile(h, "/profile"), done);
     ML_CHECK_GOTO(ml_h5_close(&h), done);
 done:
@@ -243,9 +252,10 @@ done:
     return rc;
 }
 
-/* Read the token windows: n_win windows of T tokens from acts' /tokens. */
-static int ml_sweep_tokens(MPI_Comm comm, const char *acts, int64_t max_tokens, int *T, int64_t *n_win,
-                           int32_t **tokens, char **acts_model) {
+/* Read the token windows: n_win windows of T tokens from acts' /tokens,
+ * whole windows inside the rows the SAE did not train on (s->rows_*). */
+static int ml_sweep_tokens(MPI_Comm comm, const char *acts, const char *sae_path, int allow_train, int64_t max_tokens,
+                           int *T, int64_t *n_win, int32_t **tokens, char **acts_model, ml_sweep_track_result *s) {
     ml_h5 *h = NULL;
     ML_CHECK(ml_h5_open(comm, acts, "mergelens.activations", 1, 1, &h));
     int64_t ctx = 0;
@@ -265,13 +275,31 @@ static int ml_sweep_tokens(MPI_Comm comm, const char *acts, int64_t max_tokens, 
         rc = ML_FAIL(ML_ERR_FORMAT, "track-sweep: %s: context %lld and %lld token rows give no whole window", acts,
                      (long long)ctx, (long long)N);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    int64_t use = max_tokens > 0 && max_tokens < N ? max_tokens : N;
+    ml_sae_meta meta;
+    int64_t r0 = 0, r1 = N;
+    ML_CHECK_GOTO(ml_sae_meta_read(comm, sae_path, &meta), done);
+    ML_CHECK_GOTO(ml_agree(comm, ml_heldout_rows("track-sweep", 1, (const char *const[]){sae_path}, &meta, N,
+                                                 allow_train, &r0, &r1, &s->rows_heldout, s->rows_note,
+                                                 sizeof s->rows_note)),
+                  done);
+    int64_t w0 = (r0 + ctx - 1) / ctx, w1 = r1 / ctx; /* whole windows inside [r0, r1) */
+    if (w1 <= w0)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "track-sweep: rows [%lld, %lld) of %s (%s) hold no whole window of %lld tokens",
+                     (long long)r0, (long long)r1, acts, s->rows_note, (long long)ctx);
+    int64_t use = (w1 - w0) * ctx;
+    if (max_tokens > 0 && max_tokens < use) use = max_tokens;
     *T = (int)ctx;
     *n_win = use / ctx;
+    s->rows_start = w0 * ctx;
+    s->rows_end = s->rows_start + *n_win * ctx;
+    if (s->rows_heldout) ml_info("track-sweep: rows [%lld, %lld); %s", (long long)s->rows_start, (long long)s->rows_end, s->rows_note);
+    else ml_warn("track-sweep: rows [%lld, %lld); %s", (long long)s->rows_start, (long long)s->rows_end, s->rows_note);
     *tokens = ml_malloc(sizeof(int32_t) * (size_t)N);
     rc = *tokens ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
     ML_CHECK_GOTO(ml_h5_read_tensor(h, "/tokens", ML_I32, 1, dims, *tokens), done);
+    if (s->rows_start > 0)
+        memmove(*tokens, *tokens + s->rows_start, sizeof(int32_t) * (size_t)(*n_win * ctx));
 done:
     ml_h5_close(&h);
     return rc;
@@ -338,7 +366,8 @@ int ml_cmd_track_sweep(MPI_Comm comm, int argc, char **argv) {
                      sweep_path, model_path);
 
     /* 3. token windows and the own model's codes (every rank) */
-    ML_CHECK_GOTO(ml_sweep_tokens(comm, acts, ml_opt_int(o, "max_tokens"), &run.T, &run.n_win, &tokens, &acts_model),
+    ML_CHECK_GOTO(ml_sweep_tokens(comm, acts, sae_path, ml_opt_bool(o, "allow_train_rows"), ml_opt_int(o, "max_tokens"),
+                                  &run.T, &run.n_win, &tokens, &acts_model, &s),
                   done);
     if (acts_model && strcmp(acts_model, model_path))
         ml_warn("track-sweep: %s was captured from %s, not %s (only its token windows are used)", acts, acts_model,

@@ -16,6 +16,7 @@ void ml_compare_result_free(ml_compare_result *r) {
     ml_best_free(&r->token_profile);
     ml_best_free(&r->decoder);
     ml_best_free(&r->logit);
+    ml_free(r->cand);
     memset(r, 0, sizeof *r);
 }
 
@@ -103,8 +104,10 @@ int ml_compare_run(MPI_Comm comm, const ml_compare_config *cfg, ml_codes_stream 
         int64_t n = 0;
         rc = ml_compare_next(a, b, g, max_rows, want_tokens, &ca, &cb, &ta, &tb, &n);
         if (rc == ML_OK && n > 0) rc = ml_corr_add(corr, &ca, &cb);
+        ml_prof_begin("compare_tprof_add");
         if (rc == ML_OK && n > 0 && want_tokens) rc = ml_tprof_add(pa, ta, &ca);
         if (rc == ML_OK && n > 0 && want_tokens) rc = ml_tprof_add(pb, tb, &cb);
+        ml_prof_end("compare_tprof_add", 0, 0);
         ML_CHECK_GOTO(ml_agree(comm, rc), fail);
         if (n == 0) break;
         out->n_tokens += n;
@@ -113,14 +116,21 @@ int ml_compare_run(MPI_Comm comm, const ml_compare_config *cfg, ml_codes_stream 
     ml_progress_end(&prog, NULL);
     ML_CHECK_GOTO(ml_agree(comm, ml_corr_finalize(corr)), fail);
     ML_CHECK_GOTO(ml_corr_best(corr, &out->activation), fail);
+    if (cfg->n_cand > 0) ML_CHECK_GOTO(ml_corr_candidates(corr, cfg->n_cand, &out->cand, &out->n_cand), fail);
     if (cfg->matrix_file) ML_CHECK_GOTO(ml_corr_write_matrix(corr, cfg->matrix_file, cfg->matrix_name, 0), fail);
-    if (cfg->match_floor <= 1) ML_CHECK_GOTO(ml_compare_one_to_one(corr, cfg, out), fail);
+    ml_prof_begin("compare_one_to_one");
+    if (cfg->match_floor <= 1) rc = ml_compare_one_to_one(corr, cfg, out);
+    ml_prof_end("compare_one_to_one", 0, 0);
+    if (rc != ML_OK) goto fail;
     ml_corr_destroy(&corr); /* one block at a time */
     if (want_tokens) {
         cc.path = ML_CORR_AUTO;
         ML_CHECK_GOTO(ml_corr_create(comm, &cc, &corr), fail);
         int64_t nc = 0;
-        ML_CHECK_GOTO(ml_agree(comm, ml_tprof_feed(pa, pb, corr, &nc)), fail);
+        ml_prof_begin("compare_tprof_corr");
+        rc = ml_agree(comm, ml_tprof_feed(pa, pb, corr, &nc));
+        ml_prof_end("compare_tprof_corr", 0, 0);
+        if (rc != ML_OK) goto fail;
         ML_CHECK_GOTO(ml_agree(comm, ml_corr_finalize(corr)), fail);
         ML_CHECK_GOTO(ml_corr_best(corr, &out->token_profile), fail);
         out->n_common_ids = nc;

@@ -9,10 +9,14 @@
 
 #include <string.h>
 
+/* Profiles of at most this many (id, feature) sums are kept dense (16 MB). */
+#define ML_TPROF_DENSE_MAX ((int64_t)1 << 21)
+
 struct ml_tprof {
     int64_t vocab, f0, nf, max_rows;
     int64_t *count;  /* (V) rows seen per token id */
-    ml_feat_hash h;  /* key v * nf + (f - f0) -> activation sum */
+    ml_feat_hash h;  /* key v * nf + (f - f0) -> activation sum (when dense is NULL) */
+    double *dense;   /* (V, nf) the same sums, when V x nf <= ML_TPROF_DENSE_MAX (no hashing) */
     int consumed;
 };
 
@@ -28,7 +32,13 @@ int ml_tprof_create(const ml_corr *corr, int side, int64_t vocab, ml_tprof **out
     p->nf = side == 0 ? g->na : g->nb;
     p->max_rows = ml_feat_corr_max_rows(corr);
     p->count = ml_calloc((size_t)vocab, sizeof(int64_t));
-    int rc = p->count ? ml_feat_hash_init(&p->h, 1 << 16) : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    int rc = p->count ? ML_OK : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    if (rc == ML_OK && vocab * p->nf <= ML_TPROF_DENSE_MAX) {
+        p->dense = ml_calloc((size_t)(vocab * p->nf), sizeof(double));
+        if (!p->dense) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    } else if (rc == ML_OK) {
+        rc = ml_feat_hash_init(&p->h, 1 << 16);
+    }
     if (rc != ML_OK) {
         ml_tprof_destroy(&p);
         return rc;
@@ -40,6 +50,7 @@ int ml_tprof_create(const ml_corr *corr, int side, int64_t vocab, ml_tprof **out
 void ml_tprof_destroy(ml_tprof **pp) {
     if (!pp || !*pp) return;
     ml_free((*pp)->count);
+    ml_free((*pp)->dense);
     ml_feat_hash_free(&(*pp)->h);
     ml_free(*pp);
     *pp = NULL;
@@ -59,14 +70,20 @@ int ml_tprof_add(ml_tprof *p, const int32_t *tokens, const ml_fcodes *x) {
         if (x->x) {
             const float *row = x->x + t * x->ld + off; /* (nf) */
             for (int64_t c = 0; c < p->nf; c++)
-                if (row[c] != 0.0f) ML_CHECK(ml_feat_hash_add(&p->h, base + c, row[c]));
+                if (row[c] != 0.0f) {
+                    if (p->dense) p->dense[base + c] += row[c];
+                    else ML_CHECK(ml_feat_hash_add(&p->h, base + c, row[c]));
+                }
         } else {
             for (int64_t e = x->row_ptr[t]; e < x->row_ptr[t + 1]; e++) {
                 int64_t c = (int64_t)x->col[e] - off;
                 if (x->col[e] < 0 || x->col[e] >= x->nf)
                     return ML_FAIL(ML_ERR_ARG, "token-profile codes: CSR column %d at row %lld is outside [0, %lld)",
                                    x->col[e], (long long)t, (long long)x->nf);
-                if (c >= 0 && c < p->nf && x->val[e] != 0.0f) ML_CHECK(ml_feat_hash_add(&p->h, base + c, x->val[e]));
+                if (c >= 0 && c < p->nf && x->val[e] != 0.0f) {
+                    if (p->dense) p->dense[base + c] += x->val[e];
+                    else ML_CHECK(ml_feat_hash_add(&p->h, base + c, x->val[e]));
+                }
             }
         }
     }
@@ -79,7 +96,23 @@ static int ml_tprof_rows(ml_tprof *p, const uint8_t *common, int64_t n_common, i
                          float **val) {
     int64_t *keys = NULL, m = 0;
     double *sums = NULL;
-    ML_CHECK(ml_feat_hash_sorted(&p->h, &keys, &sums, &m));
+    if (p->dense) { /* the nonzero sums in key order, as the hash would give them */
+        for (int64_t k = 0; k < p->vocab * p->nf; k++) m += p->dense[k] != 0.0;
+        keys = ml_malloc(sizeof(int64_t) * (size_t)(m ? m : 1));
+        sums = ml_malloc(sizeof(double) * (size_t)(m ? m : 1));
+        if (!keys || !sums) {
+            ml_free(keys);
+            ml_free(sums);
+            return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+        }
+        for (int64_t k = 0, e = 0; k < p->vocab * p->nf; k++)
+            if (p->dense[k] != 0.0) {
+                keys[e] = k;
+                sums[e++] = p->dense[k];
+            }
+    } else {
+        ML_CHECK(ml_feat_hash_sorted(&p->h, &keys, &sums, &m));
+    }
     int rc = ML_OK;
     *row_ptr = ml_malloc(sizeof(int64_t) * (size_t)(n_common + 1));
     *col = ml_malloc(sizeof(int32_t) * (size_t)(m ? m : 1));

@@ -80,6 +80,8 @@ struct ml_flow {
     ml_feat_hash votes;  /* key (i - a0) * n_b + j -> samples won by B feature j */
     int32_t *slot_a;     /* (n_a) index in the sample's active list, -1 */
     int32_t *slot_b;     /* (n_b) */
+    int64_t tied;        /* sample matches decided among tied candidates */
+    double *dist;        /* (n_b) distances of one A feature to the sample's active B features */
     int32_t *list_a, *list_b; /* active features of the sample */
     float *seq_a, *seq_b;     /* (n_active, T) sequences, capacity cap_a / cap_b floats */
     int64_t cap_a, cap_b;
@@ -102,6 +104,8 @@ int ml_flow_create(MPI_Comm comm, const ml_flow_config *cfg, ml_flow **out) {
         if (f->cfg.mad_threshold == 0) f->cfg.mad_threshold = 0.05;
         if (f->cfg.consistency == 0) f->cfg.consistency = 0.8;
         if (f->cfg.min_samples == 0) f->cfg.min_samples = 1;
+        if (f->cfg.tie_tol == 0) f->cfg.tie_tol = 1e-6;
+        if (f->cfg.tie_tol < 0) f->cfg.tie_tol = 0;
         f->a0 = ml_feat_split(cfg->n_a, f->rank, f->size);
         f->na = ml_feat_split(cfg->n_a, f->rank + 1, f->size) - f->a0;
         f->active = ml_calloc((size_t)(f->na ? f->na : 1), sizeof(int64_t));
@@ -109,7 +113,8 @@ int ml_flow_create(MPI_Comm comm, const ml_flow_config *cfg, ml_flow **out) {
         f->slot_b = ml_malloc(sizeof(int32_t) * (size_t)cfg->n_b);
         f->list_a = ml_malloc(sizeof(int32_t) * (size_t)cfg->n_a);
         f->list_b = ml_malloc(sizeof(int32_t) * (size_t)cfg->n_b);
-        if (!f->active || !f->slot_a || !f->slot_b || !f->list_a || !f->list_b)
+        f->dist = ml_malloc(sizeof(double) * (size_t)cfg->n_b);
+        if (!f->active || !f->slot_a || !f->slot_b || !f->list_a || !f->list_b || !f->dist)
             rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
         else
             rc = ml_feat_hash_init(&f->votes, 1024);
@@ -136,6 +141,7 @@ void ml_flow_destroy(ml_flow **fp) {
     ml_free(f->slot_b);
     ml_free(f->list_a);
     ml_free(f->list_b);
+    ml_free(f->dist);
     ml_free(f->seq_a);
     ml_free(f->seq_b);
     ml_free(f);
@@ -236,17 +242,25 @@ int ml_flow_add_sample(ml_flow *f, const ml_fcodes *A, const ml_fcodes *B) {
         const float *a = f->seq_a + q * T; /* (T) */
         int64_t i = f->list_a[q] - f->a0;
         f->active[i]++;
-        double best = INFINITY;
-        int64_t bj = -1;
+        /* pass 1: the smallest distance; pass 2: among the candidates within
+         * tie_tol (a mean absolute difference, so tol * T on sums) of it, the
+         * lowest B feature index: float rounding never decides a tie */
+        double best = INFINITY, tol = f->cfg.tie_tol * (double)T;
         for (int64_t p = 0; p < kb; p++) {
-            const float *b = f->seq_b + p * T; /* (T) */
-            double s = ml_flow_l1(a, b, T);
-            if (s < best || (s == best && f->list_b[p] < bj)) {
-                best = s;
-                bj = f->list_b[p];
-            }
+            double s = ml_flow_l1(a, f->seq_b + p * T, T);
+            f->dist[p] = s;
+            if (s < best) best = s;
         }
-        if (bj >= 0 && best <= thr) rc = ml_feat_hash_add(&f->votes, i * f->cfg.n_b + bj, 1.0);
+        int64_t bj = -1, nt = 0;
+        for (int64_t p = 0; p < kb; p++)
+            if (f->dist[p] <= best + tol) {
+                nt++;
+                if (bj < 0 || f->list_b[p] < bj) bj = f->list_b[p];
+            }
+        if (bj >= 0 && best <= thr) {
+            f->tied += nt > 1;
+            rc = ml_feat_hash_add(&f->votes, i * f->cfg.n_b + bj, 1.0);
+        }
     }
     for (int64_t q = 0; q < ka; q++) f->slot_a[f->list_a[q]] = -1;
     for (int64_t p = 0; p < kb; p++) f->slot_b[f->list_b[p]] = -1;
@@ -298,6 +312,8 @@ done:
     ml_free(displs);
     return rc;
 }
+
+int64_t ml_flow_tied(const ml_flow *f) { return f->tied; }
 
 int ml_flow_traces(int n_models, const int64_t *n_feat, const int32_t *const *maps, int32_t **traces,
                    int64_t *n_traces) {

@@ -14,9 +14,8 @@
  */
 #include <math.h>
 
-#include "../common/ml_test.h"
+#include "cmp_test_util.h"
 #include "mergelens/compare.h"
-#include "mergelens/io.h"
 
 #define N 2000
 #define D 32
@@ -63,7 +62,6 @@ static void make_data(void) {
 }
 
 static void write_acts(const char *path, uint64_t noise_seed, int change_token_row) {
-    ml_h5 *h = NULL;
     float *x = malloc(sizeof(float) * N * D);
     int32_t *tok = malloc(sizeof(int32_t) * N);
     ml_rng r;
@@ -74,16 +72,7 @@ static void write_acts(const char *path, uint64_t noise_seed, int change_token_r
             x[t * D + k] = g_c[t * D + k] * (noise_seed ? (float)(1.0 + 0.01 * ml_rng_normal(&r)) : 1.0f);
     }
     if (change_token_row >= 0) tok[change_token_row] = 99;
-    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.activations", 1, &h));
-    hsize_t dims[2] = {N, D}, n1[1] = {N};
-    ml_h5_layout lay = {.chunk_rows = 256};
-    ML_ASSERT_OK(ml_h5_create_dataset(h, "/hooks/" HOOK "/acts", ML_F32, 2, dims, &lay));
-    int rank;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    ML_ASSERT_OK(ml_h5_write_rows(h, "/hooks/" HOOK "/acts", ML_F32, 0, rank == 0 ? N : 0, x));
-    ML_ASSERT_OK(ml_h5_write_tensor(h, "/tokens", ML_I32, 1, n1, tok));
-    ML_ASSERT_OK(ml_h5_set_attr_str(h, "/", "model", "models/x.h5"));
-    ML_ASSERT_OK(ml_h5_close(&h));
+    cmp_write_acts(path, HOOK, x, tok, N, D, 256);
     free(x);
     free(tok);
 }
@@ -120,15 +109,6 @@ static int setup(void **state) {
     snprintf(p_bad_sae, sizeof p_bad_sae, "%s/sae_d16.h5", g_dir_path);
     write_sae(p_bad_sae, g_dir[1], 16);
     return 0;
-}
-
-/* run a command with a NULL-terminated list of arguments */
-static int run_cmd(int (*cmd)(MPI_Comm, int, char **), MPI_Comm comm, const char **args) {
-    char *argv[64];
-    int argc = 0;
-    for (; args[argc]; argc++) argv[argc] = (char *)args[argc];
-    argv[argc] = NULL;
-    return cmd(comm, argc, argv);
 }
 
 static void read_i32(ml_h5 *h, const char *name, int32_t *v, hsize_t n) {

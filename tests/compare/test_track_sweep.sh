@@ -115,6 +115,24 @@ assert np.all(r[:, 7] == 0) and p[0] == 1.0 and f["n_present"][0] == 511
 print("  dead feature 7: flagged, r = 0, present at t = 0: %d of %d live" % (f["n_present"][0], f.attrs["n_live"]))
 EOF
   check "dead feature flagged and excluded from the present fraction" test $? -eq 0
+  # held-out rows: whole windows inside the SAE's held-out range; a range without a whole window is refused
+  cp "$run/saes/lua.h5" "$tmp/sae_held.h5"
+  "$py" -c "import h5py, sys, numpy as np; f = h5py.File(sys.argv[1], 'r+'); f.attrs['heldout_row_start'] = np.int64(4000); f.attrs['heldout_row_end'] = np.int64(16384)" "$tmp/sae_held.h5"
+  ts 2 "$tmp/sweep_held.h5" "$tmp/sae_held.h5" --max-tokens 4096 > "$tmp/held.log" 2>&1; rc=$?
+  check "track-sweep on held-out rows succeeds" test $rc -eq 0
+  "$py" - "$tmp/sweep_held.h5" "$run/acts/lua.h5" <<'EOF'
+import sys, h5py
+f = h5py.File(sys.argv[1], "r")
+T = int(h5py.File(sys.argv[2], "r").attrs["context"])
+r0, r1 = int(f.attrs["rows_start"]), int(f.attrs["rows_end"])
+assert r0 % T == 0 and 4000 <= r0 < 4000 + T, (r0, T)
+assert r1 - r0 == f.attrs["n_tokens"] and f.attrs["n_tokens"] <= 4096 and f.attrs["rows_heldout"] == 1, (r0, r1)
+print("  held-out rows [4000, 16384): windows of rows [%d, %d) used (context %d)" % (r0, r1, T))
+EOF
+  check "held-out rows recorded and inside the range" test $? -eq 0
+  "$py" -c "import h5py, sys, numpy as np; f = h5py.File(sys.argv[1], 'r+'); f.attrs['heldout_row_start'] = np.int64(10); f.attrs['heldout_row_end'] = np.int64(20)" "$tmp/sae_held.h5"
+  out=$(ts 2 "$tmp/sweep_held2.h5" "$tmp/sae_held.h5" --max-tokens 4096 2>&1); rc=$?
+  check "a held-out range without a whole window is refused" bash -c "[ $rc -ne 0 ] && grep -q 'hold no whole window' <<<\"\$0\"" "$out"
 else
   echo "skip numpy checks: no python3 with h5py and numpy"
 fi

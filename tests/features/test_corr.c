@@ -376,38 +376,45 @@ static void test_token_profile(void **state) {
     uint8_t dA[12], dB[10];
     ft_naive_pearson(PA, nc, FA, PB, FB, ref, dA, dB);
 
-    ml_corr_config cfg = {.n_a = FA, .n_b = FB, .max_rows = 4}; /* several chunks of shared ids */
-    ml_corr *c = NULL;
-    ml_tprof *pa = NULL, *pb = NULL;
-    ML_ASSERT_OK(ml_corr_create(MPI_COMM_WORLD, &cfg, &c));
-    ML_ASSERT_OK(ml_tprof_create(c, 0, V, &pa));
-    ML_ASSERT_OK(ml_tprof_create(c, 1, V, &pb));
-    ft_csr cx = ft_to_csr(X, nA, FA, 0, FA);
-    for (int64_t t0 = 0; t0 < nA; t0 += 64) { /* A as CSR, B as dense */
-        int64_t m = nA - t0 < 64 ? nA - t0 : 64;
-        ml_fcodes A = ft_csr_view(&cx, t0, m, 0, FA);
-        ML_ASSERT_OK(ml_tprof_add(pa, tokA + t0, &A));
+    /* pass 0: vocabulary 25 (dense sums); pass 1: a declared vocabulary of 2^20 ids (hashed sums) */
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t VV = pass ? (int64_t)1 << 20 : V;
+        ml_corr_config cfg = {.n_a = FA, .n_b = FB, .max_rows = 4}; /* several chunks of shared ids */
+        ml_corr *c = NULL;
+        ml_tprof *pa = NULL, *pb = NULL;
+        ML_ASSERT_OK(ml_corr_create(MPI_COMM_WORLD, &cfg, &c));
+        ML_ASSERT_OK(ml_tprof_create(c, 0, VV, &pa));
+        ML_ASSERT_OK(ml_tprof_create(c, 1, VV, &pb));
+        ft_csr cx = ft_to_csr(X, nA, FA, 0, FA);
+        for (int64_t t0 = 0; t0 < nA; t0 += 64) { /* A as CSR, B as dense */
+            int64_t m = nA - t0 < 64 ? nA - t0 : 64;
+            ml_fcodes A = ft_csr_view(&cx, t0, m, 0, FA);
+            ML_ASSERT_OK(ml_tprof_add(pa, tokA + t0, &A));
+        }
+        ml_fcodes B = ft_dense_view(Y, 0, nB, FB);
+        ML_ASSERT_OK(ml_tprof_add(pb, tokB, &B));
+        int32_t bad = 25;
+        ml_fcodes B1 = ft_dense_view(Y, 0, 1, FB);
+        if (!pass)
+            ML_ASSERT_FAILS(ml_tprof_add(pb, &bad, &B1), ML_ERR_ARG, "token id 25 at row 0 is outside the vocabulary");
+        int64_t ncom = 0;
+        ML_ASSERT_OK(ml_tprof_feed(pa, pb, c, &ncom));
+        assert_int_equal(ncom, nc);
+        ML_ASSERT_OK(ml_corr_finalize(c));
+        float *r = malloc(sizeof(float) * FA * FB);
+        ML_ASSERT_OK(ml_corr_gather(c, r));
+        double e = max_diff_naive(r, ref, FA * FB);
+        printf("token profile (%s sums): %lld shared ids, max |r - naive| = %.3g, r(1,2) = %.4f\n",
+               pass ? "hashed" : "dense", (long long)nc, e, r[1 * FB + 2]);
+        assert_true(e < 1e-5);
+        assert_true(r[1 * FB + 2] > 0.9f);
+        ML_ASSERT_FAILS(ml_tprof_add(pa, tokA, &B1), ML_ERR_ARG, "already fed");
+        ml_tprof_destroy(&pa);
+        ml_tprof_destroy(&pb);
+        ml_corr_destroy(&c);
+        ft_csr_free(&cx);
+        free(r);
     }
-    ml_fcodes B = ft_dense_view(Y, 0, nB, FB);
-    ML_ASSERT_OK(ml_tprof_add(pb, tokB, &B));
-    int32_t bad = 25;
-    ml_fcodes B1 = ft_dense_view(Y, 0, 1, FB);
-    ML_ASSERT_FAILS(ml_tprof_add(pb, &bad, &B1), ML_ERR_ARG, "token id 25 at row 0 is outside the vocabulary");
-    int64_t ncom = 0;
-    ML_ASSERT_OK(ml_tprof_feed(pa, pb, c, &ncom));
-    assert_int_equal(ncom, nc);
-    ML_ASSERT_OK(ml_corr_finalize(c));
-    float *r = malloc(sizeof(float) * FA * FB);
-    ML_ASSERT_OK(ml_corr_gather(c, r));
-    double e = max_diff_naive(r, ref, FA * FB);
-    printf("token profile: %lld shared ids, max |r - naive| = %.3g, r(1,2) = %.4f\n", (long long)nc, e, r[1 * FB + 2]);
-    assert_true(e < 1e-5);
-    assert_true(r[1 * FB + 2] > 0.9f);
-    ML_ASSERT_FAILS(ml_tprof_add(pa, tokA, &B1), ML_ERR_ARG, "already fed");
-    ml_tprof_destroy(&pa);
-    ml_tprof_destroy(&pb);
-    ml_corr_destroy(&c);
-    ft_csr_free(&cx);
     free(X);
     free(Y);
     free(tokA);
@@ -417,7 +424,6 @@ static void test_token_profile(void **state) {
     free(PA);
     free(PB);
     free(ref);
-    free(r);
 }
 
 static void test_diagcorr(void **state) {
