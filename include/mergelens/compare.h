@@ -112,8 +112,7 @@ typedef struct {
 } ml_sae_meta;
 /* Collective: read the attributes of an SAE file (absent ones stay -1). */
 int ml_sae_meta_read(MPI_Comm comm, const char *path, ml_sae_meta *m);
-/* Replica r >= 1 of saes/x.h5 is saes/x-rep<r>.h5 (r = 0: the path itself). */
-void ml_sae_replica_path(const char *path, int r, char *buf, size_t cap);
+/* Replica paths: ml_sae_replica_path (mergelens/sae.h). */
 /* Rows [*r0, *r1) of n_rows that none of the n SAEs trained on: the
  * intersection of their held-out ranges (an SAE with no held-out range but
  * a known training range contributes the larger part of [0, n_rows) outside

@@ -40,16 +40,6 @@ int ml_sae_meta_read(MPI_Comm comm, const char *path, ml_sae_meta *m) {
     return ML_OK;
 }
 
-void ml_sae_replica_path(const char *path, int r, char *buf, size_t cap) {
-    size_t n = strlen(path);
-    if (r <= 0) {
-        snprintf(buf, cap, "%s", path);
-        return;
-    }
-    if (n > 3 && !strcmp(path + n - 3, ".h5")) n -= 3;
-    snprintf(buf, cap, "%.*s-rep%d.h5", (int)n, path, r);
-}
-
 int ml_heldout_rows(const char *what, int n, const char *const *paths, const ml_sae_meta *meta, int64_t n_rows,
                     int allow_train, int64_t *r0, int64_t *r1, int *heldout, char *note, size_t cap) {
     int64_t lo = 0, hi = n_rows;

@@ -101,7 +101,7 @@ static int ml_edge_replicas(MPI_Comm comm, const char *sae_path, const ml_sae_me
     snprintf(paths[0], sizeof paths[0], "%s", sae_path);
     int n = 1;
     for (int r = 1; r < *R && r < want && r < ML_COMPARE_MAX_REPLICAS; r++) {
-        ml_sae_replica_path(sae_path, r, paths[n], sizeof paths[n]);
+        ML_CHECK(ml_sae_replica_path(sae_path, r, paths[n], sizeof paths[n]));
         int ex = ml_file_exists(paths[n]);
         int all = 0;
         ML_CHECK_MPI(MPI_Allreduce(&ex, &all, 1, MPI_INT, MPI_MIN, comm));
@@ -375,7 +375,7 @@ static int ml_edge_calibrate(MPI_Comm comm, const ml_compare_opts *o, const ml_c
         snprintf(info->ceiling_child_source, sizeof info->ceiling_child_source, "none (no replicas)");
     if (np <= 1 && nc <= 1) {
         char r1[1100];
-        ml_sae_replica_path(parent->sae_path, 1, r1, sizeof r1);
+        if (ml_sae_replica_path(parent->sae_path, 1, r1, sizeof r1) != ML_OK) ml_error_clear();
         ml_warn("compare: %s: neither %s nor %s has replicas (e.g. %s, attribute `replicas`): no seed ceiling, the "
                 "calibration's ceiling and normalised persistence are NaN; train SAEs with --replicas 2 or more",
                 edge, parent->sae_path, child->sae_path, r1);

@@ -136,9 +136,9 @@ static void make_lineage(int p_pct, int replicas, lineage *L) {
     write_sae(L->child_sae, dir_c, lc0, 20, 0, replicas, 12288);
     if (replicas) {
         char rp[1200];
-        ml_sae_replica_path(L->parent_sae, 1, rp, sizeof rp);
+        ML_ASSERT_OK(ml_sae_replica_path(L->parent_sae, 1, rp, sizeof rp));
         write_sae(rp, dir_p, lp1, 11, 1, replicas, 12288);
-        ml_sae_replica_path(L->child_sae, 1, rp, sizeof rp);
+        ML_ASSERT_OK(ml_sae_replica_path(L->child_sae, 1, rp, sizeof rp));
         write_sae(rp, dir_c, lc1, 21, 1, replicas, 10240);
     }
     free(zp);

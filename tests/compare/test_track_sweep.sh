@@ -82,8 +82,9 @@ check(np.all(np.diff(present) <= 0.02) and present[-1] < 0.5 * present[0],
 check(np.all(r[:, dead] == 0), "dead features carry r = 0")
 s = h5py.File(sae, "r")
 W_enc, b_enc, b_dec = s["W_enc"][:].astype(np.float64), s["b_enc"][:].astype(np.float64), s["b_dec"][:].astype(np.float64)
+r0, r1 = int(f.attrs["rows_start"]), int(f.attrs["rows_end"])  # the held-out rows track-sweep used
 def codes(path):
-    x = h5py.File(path, "r")["hooks/blocks.0.mlp.hook_post/acts"][:].astype(np.float64)
+    x = h5py.File(path, "r")["hooks/blocks.0.mlp.hook_post/acts"][r0:r1].astype(np.float64)
     return np.maximum((x - b_dec) @ W_enc + b_enc, 0.0)
 a, b = codes(own), codes(m05)
 a_c, b_c = a - a.mean(0), b - b.mean(0)
