@@ -136,33 +136,44 @@ static int ml_mpi_gather_by_bcasts(MPI_Comm comm, const void *send, void *recv, 
     return ML_OK;
 }
 
-/* int copies of counts / displs when the whole layout fits one chunk (*fits),
- * in stack (size <= ML_MPI_STACK_RANKS) or in *heap (ml_free'd by the caller).
- * The decision is the same on every rank; an allocation failure is agreed. */
-static int ml_mpi_int_layout(MPI_Comm comm, int size, const size_t *counts, const size_t *displs, size_t chunk,
-                             int *stack, int **heap, int **ic, int **id, int *fits) {
+/* The plan of a v-collective: the chunk, and int copies of counts / displs
+ * when the whole layout fits one chunk (fits), in stack (size <=
+ * ML_MPI_STACK_RANKS) or in heap (ml_free'd by the caller). The decision is the
+ * same on every rank; an allocation failure is agreed. */
+typedef struct {
+    size_t ext, chunk;
+    int rank, size, fits;
+    int stack[2 * ML_MPI_STACK_RANKS], *heap, *ic, *id;
+} ml_mpi_vplan;
+
+static int ml_mpi_vplan_make(MPI_Comm comm, MPI_Datatype type, const char *op, const size_t *counts,
+                             const size_t *displs, ml_mpi_vplan *v) {
+    v->heap = NULL;
+    ML_CHECK(ml_mpi_plan(type, op, &v->ext, &v->chunk));
+    MPI_Comm_rank(comm, &v->rank);
+    MPI_Comm_size(comm, &v->size);
+    const size_t chunk = v->chunk;
     size_t span = 0;
-    for (int r = 0; r < size; r++)
+    for (int r = 0; r < v->size; r++)
         if (counts[r] > chunk || displs[r] > chunk - counts[r]) span = chunk + 1;
         else if (displs[r] + counts[r] > span) span = displs[r] + counts[r];
-    *fits = span <= chunk;
-    *heap = NULL;
-    if (!*fits) return ML_OK;
-    int *buf = stack;
-    if (size > ML_MPI_STACK_RANKS) {
-        *heap = buf = ml_malloc(2 * sizeof(int) * (size_t)size);
+    v->fits = span <= chunk;
+    if (!v->fits) return ML_OK;
+    int *buf = v->stack;
+    if (v->size > ML_MPI_STACK_RANKS) {
+        v->heap = buf = ml_malloc(2 * sizeof(int) * (size_t)v->size);
         int rc = ml_agree(comm, buf ? ML_OK : ML_ERR_NOMEM);
         if (rc != ML_OK) {
-            ml_free(*heap);
-            *heap = NULL;
+            ml_free(v->heap);
+            v->heap = NULL;
             return ml_error_trace(rc, __FILE__, __LINE__, __func__);
         }
     }
-    *ic = buf;
-    *id = buf + size;
-    for (int r = 0; r < size; r++) {
-        (*ic)[r] = (int)counts[r];
-        (*id)[r] = (int)displs[r];
+    v->ic = buf;
+    v->id = buf + v->size;
+    for (int r = 0; r < v->size; r++) {
+        v->ic[r] = (int)counts[r];
+        v->id[r] = (int)displs[r];
     }
     return ML_OK;
 }
@@ -182,33 +193,25 @@ int ml_mpi_allgather(MPI_Comm comm, const void *send, void *recv, size_t count, 
 
 int ml_mpi_allgatherv(MPI_Comm comm, const void *send, void *recv, const size_t *counts, const size_t *displs,
                       MPI_Datatype type) {
-    size_t ext = 1, chunk = 1;
-    ML_CHECK(ml_mpi_plan(type, "MPI_Allgatherv", &ext, &chunk));
-    int rank, size, fits;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    int stack[2 * ML_MPI_STACK_RANKS], *heap, *ic = NULL, *id = NULL;
-    ML_CHECK(ml_mpi_int_layout(comm, size, counts, displs, chunk, stack, &heap, &ic, &id, &fits));
-    if (!fits) return ml_mpi_gather_by_bcasts(comm, send, recv, counts, displs, 0, type, ext, chunk);
-    int mrc = send == MPI_IN_PLACE ? MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, recv, ic, id, type, comm)
-                                   : MPI_Allgatherv(send, ic[rank], type, recv, ic, id, type, comm);
-    ml_free(heap);
-    if (mrc != MPI_SUCCESS) return ml_mpi_fail(mrc, "MPI_Allgatherv", counts[rank], 0, 1);
+    ml_mpi_vplan v;
+    ML_CHECK(ml_mpi_vplan_make(comm, type, "MPI_Allgatherv", counts, displs, &v));
+    if (!v.fits) return ml_mpi_gather_by_bcasts(comm, send, recv, counts, displs, 0, type, v.ext, v.chunk);
+    int mrc = send == MPI_IN_PLACE ? MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, recv, v.ic, v.id, type, comm)
+                                   : MPI_Allgatherv(send, v.ic[v.rank], type, recv, v.ic, v.id, type, comm);
+    ml_free(v.heap);
+    if (mrc != MPI_SUCCESS) return ml_mpi_fail(mrc, "MPI_Allgatherv", counts[v.rank], 0, 1);
     return ML_OK;
 }
 
 int ml_mpi_gatherv(MPI_Comm comm, const void *send, void *recv, const size_t *counts, const size_t *displs,
                    MPI_Datatype type, int root) {
-    size_t ext = 1, chunk = 1;
-    ML_CHECK(ml_mpi_plan(type, "MPI_Gatherv", &ext, &chunk));
-    int rank, size, fits;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    int stack[2 * ML_MPI_STACK_RANKS], *heap, *ic = NULL, *id = NULL;
-    ML_CHECK(ml_mpi_int_layout(comm, size, counts, displs, chunk, stack, &heap, &ic, &id, &fits));
-    if (fits) {
-        int mrc = MPI_Gatherv(send, send == MPI_IN_PLACE ? 0 : ic[rank], type, recv, ic, id, type, root, comm);
-        ml_free(heap);
+    ml_mpi_vplan v;
+    ML_CHECK(ml_mpi_vplan_make(comm, type, "MPI_Gatherv", counts, displs, &v));
+    const int rank = v.rank, size = v.size;
+    const size_t ext = v.ext, chunk = v.chunk;
+    if (v.fits) {
+        int mrc = MPI_Gatherv(send, send == MPI_IN_PLACE ? 0 : v.ic[rank], type, recv, v.ic, v.id, type, root, comm);
+        ml_free(v.heap);
         if (mrc != MPI_SUCCESS) return ml_mpi_fail(mrc, "MPI_Gatherv", counts[rank], 0, 1);
         return ML_OK;
     }
