@@ -509,8 +509,7 @@ int ml_corr_pairs(ml_corr *c, double floor, ml_pair **pairs, int64_t *npairs) {
     }
     all = ml_malloc(sizeof(ml_pair) * (size_t)(total ? total : 1));
     ML_CHECK_GOTO(ml_agree(g->comm, all ? ML_OK : ML_ERR_NOMEM), done);
-    if (ml_mpi_allgatherv(g->comm, mine, all, counts, displs, MPI_BYTE) != ML_OK)
-        ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_pairs: MPI_Allgatherv of %lld pairs failed", (long long)total);
+    ML_CHECK_GOTO(ml_mpi_allgatherv(g->comm, mine, all, counts, displs, MPI_BYTE), done);
     qsort(all, (size_t)total, sizeof(ml_pair), ml_pair_cmp);
     *pairs = all;
     *npairs = total;
