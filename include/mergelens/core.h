@@ -231,7 +231,8 @@ int ml_mpi_allgatherv(MPI_Comm comm, const void *send, void *recv, const size_t 
 int ml_mpi_gatherv(MPI_Comm comm, const void *send, void *recv, const size_t *counts, const size_t *displs,
                    MPI_Datatype type, int root);
 /* Test hook: chunk limit in elements (0 restores the default INT_MAX; values
- * above INT_MAX are clamped). Set it to the same value on every rank. */
+ * above INT_MAX are clamped). Set it to the same value on every rank. Until
+ * it is called, env ML_MPI_CHUNK_LIMIT=N (if set) gives the limit. */
 void ml_mpi_set_chunk_limit(size_t elements);
 /* The chunk size used for type: min(limit, 1 GiB / extent), at least 1. */
 size_t ml_mpi_chunk_elements(MPI_Datatype type);

@@ -25,6 +25,7 @@
  * returned by the rank that saw it (after it the communicator is in MPI's
  * undefined error state, as for any failed collective). */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mergelens/core.h"
@@ -34,9 +35,22 @@
 #define ML_MPI_STACK_RANKS 256
 
 static size_t ml_mpi_limit = INT_MAX;
+static int ml_mpi_limit_set; /* by ml_mpi_set_chunk_limit or ML_MPI_CHUNK_LIMIT */
 
 void ml_mpi_set_chunk_limit(size_t elements) {
     ml_mpi_limit = elements == 0 || elements > (size_t)INT_MAX ? (size_t)INT_MAX : elements;
+    ml_mpi_limit_set = 1;
+}
+
+/* Test hook for whole commands: env ML_MPI_CHUNK_LIMIT=N (same on every rank)
+ * chunks every transfer at N elements, e.g. to run a module's tests through
+ * the chunked paths. */
+static size_t ml_mpi_limit_now(void) {
+    if (!ml_mpi_limit_set) {
+        const char *e = getenv("ML_MPI_CHUNK_LIMIT");
+        ml_mpi_set_chunk_limit(e && *e ? (size_t)strtoull(e, NULL, 10) : 0);
+    }
+    return ml_mpi_limit;
 }
 
 size_t ml_mpi_chunk_count(size_t count, size_t limit) {
@@ -62,7 +76,8 @@ static int ml_mpi_plan(MPI_Datatype type, const char *op, size_t *extent, size_t
     *extent = (size_t)ext;
     size_t by_bytes = ML_MPI_CHUNK_BYTES / (size_t)ext;
     if (by_bytes == 0) by_bytes = 1;
-    *chunk = ml_mpi_limit < by_bytes ? ml_mpi_limit : by_bytes;
+    const size_t limit = ml_mpi_limit_now();
+    *chunk = limit < by_bytes ? limit : by_bytes;
     return ML_OK;
 }
 
