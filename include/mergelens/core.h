@@ -216,4 +216,39 @@ int ml_blas_check(char *advice, size_t n);
 int ml_mkdirs(const char *path);
 int ml_file_exists(const char *path);
 
+/* ---- MPI collectives with size_t counts (src/core/mpi.c) ----------------- */
+/* MPI counts are int. These take size_t element counts and split a transfer
+ * into chunks of at most ml_mpi_chunk_elements(type) elements (INT_MAX, and at
+ * most 1 GiB per chunk); a transfer that fits is one unchanged MPI call. Each
+ * is collective (same count / counts on every rank) and returns ML_OK or
+ * ML_ERR_MPI with a message naming the operation, the count and MPI's error
+ * string. Datatypes must have lower bound 0 (every predefined type does).
+ * docs/RELIABILITY.md "Counts past 2^31". */
+int ml_mpi_allreduce(MPI_Comm comm, const void *send /* MPI_IN_PLACE ok */, void *recv, size_t count,
+                     MPI_Datatype type, MPI_Op op);
+int ml_mpi_bcast(MPI_Comm comm, void *buf, size_t count, MPI_Datatype type, int root);
+/* recv (size * count) gets rank r's count elements at r * count. */
+int ml_mpi_allgather(MPI_Comm comm, const void *send, void *recv, size_t count, MPI_Datatype type);
+/* Rank r contributes counts[r] elements (send, or MPI_IN_PLACE: already at
+ * recv + displs[r]); recv gets them at displs[r]. counts and displs (in
+ * elements) are read on every rank and must be the same everywhere. A layout
+ * whose span exceeds one chunk goes by one chunked broadcast per rank. */
+int ml_mpi_allgatherv(MPI_Comm comm, const void *send, void *recv, const size_t *counts, const size_t *displs,
+                      MPI_Datatype type);
+/* The same, to root only (recv significant at root; counts and displs on
+ * every rank). A layout past one chunk goes by chunked point-to-point sends. */
+int ml_mpi_gatherv(MPI_Comm comm, const void *send, void *recv, const size_t *counts, const size_t *displs,
+                   MPI_Datatype type, int root);
+/* Test hook: chunk limit in elements (0 restores the default INT_MAX; values
+ * above INT_MAX are clamped). Set it to the same value on every rank. Until
+ * it is called, env ML_MPI_CHUNK_LIMIT=N (if set) gives the limit. */
+void ml_mpi_set_chunk_limit(size_t elements);
+/* The chunk size used for type: min(limit, 1 GiB / extent), at least 1. */
+size_t ml_mpi_chunk_elements(MPI_Datatype type);
+/* The chunk plan (pure arithmetic, used by every helper): count elements in
+ * chunks of at most limit (>= 1) are ceil(count / limit) chunks (0 for count
+ * 0); chunk i starts at i * limit (*offset) and has the returned length. */
+size_t ml_mpi_chunk_count(size_t count, size_t limit);
+size_t ml_mpi_chunk_span(size_t count, size_t limit, size_t i, size_t *offset);
+
 #endif

@@ -391,8 +391,8 @@ static int ml_capture_write(ml_h5 *h, const ml_capture_config *c, ml_hook_set *h
     return ML_OK;
 }
 
-int ml_capture_sum(MPI_Comm comm, const double *in, double *out, int n) {
-    ML_CHECK_MPI(MPI_Allreduce(in, out, n, MPI_DOUBLE, MPI_SUM, comm));
+int ml_capture_sum(MPI_Comm comm, const double *in, double *out, size_t n) {
+    ML_CHECK(ml_mpi_allreduce(comm, in, out, n, MPI_DOUBLE, MPI_SUM));
     return ML_OK;
 }
 

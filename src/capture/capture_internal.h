@@ -5,7 +5,7 @@
 #include "mergelens/capture.h"
 
 /* out (n) = sum over the ranks of comm of in (n). */
-int ml_capture_sum(MPI_Comm comm, const double *in, double *out, int n);
+int ml_capture_sum(MPI_Comm comm, const double *in, double *out, size_t n);
 /* JSON list of strings (caller ml_free()s). */
 int ml_capture_json_list(const char *const *items, int n, char **out);
 

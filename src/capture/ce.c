@@ -136,7 +136,7 @@ int ml_capture_ce_recovered(MPI_Comm comm, const ml_model *model, const ml_sae *
         int64_t done_w = (s + 1) * P * (int64_t)B;
         ml_progress_update(&pg, (double)(done_w < n_windows ? done_w : n_windows), NULL);
     }
-    ML_CHECK_GOTO(ml_capture_sum(comm, sums, total, (int)ML_SUMS(D)), done);
+    ML_CHECK_GOTO(ml_capture_sum(comm, sums, total, ML_SUMS(D)), done);
     memset(out, 0, sizeof *out);
     out->n_domains = D;
     double tl[ML_RUNS] = {0}, tc[ML_RUNS] = {0}, tt = 0, tw = 0;

@@ -25,7 +25,7 @@ struct ml_sae_codes {
     float *val;        /* (cap_nnz) */
     int64_t cap_nnz;
     int32_t *tokens;   /* (chunk_rows) */
-    int *counts, *displs; /* (P) */
+    size_t *counts, *displs; /* (P) */
     ml_fcodes chunk;
     int has_chunk;
     ml_codes_stream stream;
@@ -80,28 +80,23 @@ static int ml_codes_next(void *ctx, int64_t f0, int64_t nf, int64_t max_rows, ml
     for (int p = 0; p < c->size; p++) {
         int64_t p0, pc;
         ml_codes_split(n, c->size, p, &p0, &pc);
-        c->counts[p] = (int)pc;
-        c->displs[p] = (int)p0;
+        c->counts[p] = (size_t)pc;
+        c->displs[p] = (size_t)p0;
     }
-    ML_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, c->row_nnz, c->counts, c->displs, MPI_INT64_T,
-                                c->comm));
+    ML_CHECK(ml_mpi_allgatherv(c->comm, MPI_IN_PLACE, c->row_nnz, c->counts, c->displs, MPI_INT64_T));
     c->row_ptr[0] = 0;
     for (int64_t i = 0; i < n; i++) c->row_ptr[i + 1] = c->row_ptr[i] + c->row_nnz[i];
     int64_t nnz = c->row_ptr[n];
-    if (nnz > INT_MAX)
-        rc = ML_FAIL(ML_ERR_UNSUPPORTED, "compare: %lld nonzero codes in a chunk of %lld rows; use a smaller --chunk-rows",
-                     (long long)nnz, (long long)n);
-    if (rc == ML_OK) rc = ml_codes_reserve(c, nnz);
+    rc = ml_codes_reserve(c, nnz);
     ML_CHECK(ml_agree(c->comm, rc));
     for (int p = 0; p < c->size; p++) {
         int64_t p0, pc;
         ml_codes_split(n, c->size, p, &p0, &pc);
-        c->displs[p] = (int)c->row_ptr[p0];
-        c->counts[p] = (int)(c->row_ptr[p0 + pc] - c->row_ptr[p0]);
+        c->displs[p] = (size_t)c->row_ptr[p0];
+        c->counts[p] = (size_t)(c->row_ptr[p0 + pc] - c->row_ptr[p0]);
     }
-    int cnt = (int)c->csr.nnz;
-    ML_CHECK_MPI(MPI_Allgatherv(c->csr.col, cnt, MPI_INT32_T, c->col, c->counts, c->displs, MPI_INT32_T, c->comm));
-    ML_CHECK_MPI(MPI_Allgatherv(c->csr.val, cnt, MPI_FLOAT, c->val, c->counts, c->displs, MPI_FLOAT, c->comm));
+    ML_CHECK(ml_mpi_allgatherv(c->comm, c->csr.col, c->col, c->counts, c->displs, MPI_INT32_T));
+    ML_CHECK(ml_mpi_allgatherv(c->comm, c->csr.val, c->val, c->counts, c->displs, MPI_FLOAT));
     c->chunk = (ml_fcodes){.n = n, .f0 = 0, .nf = c->sae->d_sae, .x = NULL, .ld = 0,
                            .row_ptr = c->row_ptr, .col = c->col, .val = c->val};
     c->has_chunk = 1;
@@ -141,8 +136,8 @@ int ml_sae_codes_open(MPI_Comm comm, const ml_sae *sae, const char *sae_path, co
     c->row_ptr = ml_malloc(sizeof(int64_t) * (size_t)(chunk_rows + 1));
     c->row_nnz = ml_malloc(sizeof(int64_t) * (size_t)chunk_rows);
     c->tokens = ml_malloc(sizeof(int32_t) * (size_t)chunk_rows);
-    c->counts = ml_malloc(sizeof(int) * (size_t)c->size);
-    c->displs = ml_malloc(sizeof(int) * (size_t)c->size);
+    c->counts = ml_malloc(sizeof(size_t) * (size_t)c->size);
+    c->displs = ml_malloc(sizeof(size_t) * (size_t)c->size);
     rc = (c->x && c->row_ptr && c->row_nnz && c->tokens && c->counts && c->displs)
              ? ML_OK
              : ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);

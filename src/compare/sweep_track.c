@@ -199,10 +199,10 @@ static void ml_sweep_track_result_free(ml_sweep_track_result *s) {
 /* Collective: every point was computed by one rank (zeros elsewhere), so
  * the sums are exact and identical for any number of ranks. */
 static int ml_sweep_track_gather(MPI_Comm comm, ml_sweep_track_result *s) {
-    int KF = (int)((int64_t)s->K * s->F);
-    ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, s->r, KF, MPI_DOUBLE, MPI_SUM, comm));
-    ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, s->mdead, KF, MPI_UINT8_T, MPI_SUM, comm));
-    ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, s->dist, s->K, MPI_DOUBLE, MPI_SUM, comm));
+    const size_t KF = (size_t)s->K * (size_t)s->F;
+    ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, s->r, KF, MPI_DOUBLE, MPI_SUM));
+    ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, s->mdead, KF, MPI_UINT8_T, MPI_SUM));
+    ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, s->dist, (size_t)s->K, MPI_DOUBLE, MPI_SUM));
     return ML_OK;
 }
 

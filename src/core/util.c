@@ -95,6 +95,6 @@ int ml_bcast_string(MPI_Comm comm, char **s) {
     int ok = *s != NULL, all = 0;
     ML_CHECK_MPI(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm));
     if (!all) return ml_agree(comm, ok ? ML_OK : ML_FAIL(ML_ERR_NOMEM, "out of memory"));
-    ML_CHECK_MPI(MPI_Bcast(*s, (int)len + 1, MPI_CHAR, 0, comm));
+    ML_CHECK(ml_mpi_bcast(comm, *s, (size_t)len + 1, MPI_CHAR, 0));
     return ML_OK;
 }

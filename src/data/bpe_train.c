@@ -144,7 +144,7 @@ typedef struct {
     size_t n_dkeys, cap_dkeys;
     uint64_t *sendbuf, *recvbuf;
     size_t cap_send, cap_recv;
-    int *rcounts, *rdispls;
+    size_t *rcounts, *rdispls;
     uint64_t *fixed, *fixed_all; /* (1 + ML_SLOTS), (P, 1 + ML_SLOTS) */
 } train_state;
 
@@ -235,20 +235,18 @@ static int exchange_deltas(train_state *s) {
         const uint64_t *f = s->fixed_all + (size_t)r * (size_t)W1;
         size_t cnt = f[0] < ML_SLOTS ? f[0] : ML_SLOTS;
         for (size_t i = 0; i < cnt; i += 2) ML_CHECK(gcount_add(s, f[1 + i], (int64_t)f[2 + i]));
-        s->rcounts[r] = f[0] > ML_SLOTS ? (int)(f[0] - ML_SLOTS) : 0;
-        s->rdispls[r] = (int)over;
-        over += (size_t)s->rcounts[r];
+        s->rcounts[r] = f[0] > ML_SLOTS ? (size_t)(f[0] - ML_SLOTS) : 0;
+        s->rdispls[r] = over;
+        over += s->rcounts[r];
     }
     if (over == 0) return ML_OK;
-    if (over > (size_t)INT32_MAX) return ML_FAIL(ML_ERR_UNSUPPORTED, "BPE merge changed too many pairs at once");
     if (over > s->cap_recv) {
         ml_free(s->recvbuf);
         s->recvbuf = ml_malloc((over + 1024) * sizeof *s->recvbuf);
         if (!s->recvbuf) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
         s->cap_recv = over + 1024;
     }
-    ML_CHECK_MPI(MPI_Allgatherv(s->sendbuf + ML_SLOTS, n > ML_SLOTS ? (int)(n - ML_SLOTS) : 0, MPI_UINT64_T,
-                                s->recvbuf, s->rcounts, s->rdispls, MPI_UINT64_T, s->comm));
+    ML_CHECK(ml_mpi_allgatherv(s->comm, s->sendbuf + ML_SLOTS, s->recvbuf, s->rcounts, s->rdispls, MPI_UINT64_T));
     for (size_t i = 0; i < over; i += 2) ML_CHECK(gcount_add(s, s->recvbuf[i], (int64_t)s->recvbuf[i + 1]));
     return ML_OK;
 }

@@ -151,7 +151,7 @@ static int sample_domain(MPI_Comm comm, const ml_domain *d, int64_t budget, uint
         rc = s.v ? ML_OK : ML_ERR_NOMEM;
     }
     ML_CHECK(ml_agree(comm, rc));
-    ML_CHECK_MPI(MPI_Bcast(s.v, (int)s.n, MPI_INT64_T, 0, comm));
+    ML_CHECK(ml_mpi_bcast(comm, s.v, s.n, MPI_INT64_T, 0));
     int64_t *perm = ml_malloc(((size_t)s.n + 1) * sizeof *perm);
     uint8_t *t = ml_calloc((size_t)s.n + 1, 1);
     if (!perm || !t) {

@@ -120,8 +120,7 @@ int ml_store_write(MPI_Comm comm, ml_tokenizer *tok, const ml_domain *dom, const
         sizes.n = sizes.cap = (size_t)ndocs;
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    if (MPI_Bcast(sizes.v, (int)ndocs, MPI_INT64_T, 0, comm) != MPI_SUCCESS)
-        ML_FAIL_GOTO(done, ML_ERR_MPI, "MPI_Bcast of %lld document sizes failed", (long long)ndocs);
+    ML_CHECK_GOTO(ml_mpi_bcast(comm, sizes.v, (size_t)ndocs, MPI_INT64_T, 0), done);
 
     ml_debug("tokenize %s: scanned %lld documents in %.3f s", dom->name, (long long)ndocs, ml_wtime() - t0);
     /* 2. contiguous slice of about total/P bytes */

@@ -151,11 +151,10 @@ static double ml_feat_best_side(const ml_feat_vi *vi, const uint8_t *dead, int64
 int ml_feat_cand_reduce(MPI_Comm comm, ml_feat_cand *c, ml_best *out) {
     ML_CHECK(ml_agree(comm, ml_best_alloc(out, c->n_a, c->n_b)));
     int rc = ML_OK;
-    /* counts fit int: n_a, n_b < 2^31 is checked by the grid */
-    if (MPI_Allreduce(MPI_IN_PLACE, c->a, (int)c->n_a, MPI_DOUBLE_INT, MPI_MAXLOC, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, c->b, (int)c->n_b, MPI_DOUBLE_INT, MPI_MAXLOC, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, c->a_dead, (int)c->n_a, MPI_UINT8_T, MPI_MAX, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, c->b_dead, (int)c->n_b, MPI_UINT8_T, MPI_MAX, comm) != MPI_SUCCESS) {
+    if (ml_mpi_allreduce(comm, MPI_IN_PLACE, c->a, (size_t)c->n_a, MPI_DOUBLE_INT, MPI_MAXLOC) != ML_OK ||
+        ml_mpi_allreduce(comm, MPI_IN_PLACE, c->b, (size_t)c->n_b, MPI_DOUBLE_INT, MPI_MAXLOC) != ML_OK ||
+        ml_mpi_allreduce(comm, MPI_IN_PLACE, c->a_dead, (size_t)c->n_a, MPI_UINT8_T, MPI_MAX) != ML_OK ||
+        ml_mpi_allreduce(comm, MPI_IN_PLACE, c->b_dead, (size_t)c->n_b, MPI_UINT8_T, MPI_MAX) != ML_OK) {
         ml_best_free(out);
         rc = ML_FAIL(ML_ERR_MPI, "MPI_Allreduce of best partners (%lld + %lld features) failed", (long long)c->n_a,
                      (long long)c->n_b);

@@ -479,15 +479,15 @@ int ml_corr_pairs(ml_corr *c, double floor, ml_pair **pairs, int64_t *npairs) {
     const ml_feat_grid *g = &c->g;
     int rc = c->finalized ? ML_OK : ML_FAIL(ML_ERR_ARG, "ml_corr_pairs: call ml_corr_finalize first");
     ml_pair *mine = NULL, *all = NULL;
-    int *counts = NULL, *displs = NULL;
+    size_t *counts = NULL, *displs = NULL;
     int64_t *per = NULL, nmine = 0, total = 0;
     if (rc == ML_OK) {
         for (int64_t i = 0; i < g->na; i++)
             for (int64_t j = 0; j < g->nb; j++)
                 if (!c->dead_a[i] && !c->dead_b[j] && c->S[i * g->nb + j] >= floor) nmine++;
         mine = ml_malloc(sizeof(ml_pair) * (size_t)(nmine ? nmine : 1));
-        counts = ml_malloc(sizeof(int) * (size_t)g->size);
-        displs = ml_malloc(sizeof(int) * (size_t)g->size);
+        counts = ml_malloc(sizeof(size_t) * (size_t)g->size);
+        displs = ml_malloc(sizeof(size_t) * (size_t)g->size);
         per = ml_malloc(sizeof(int64_t) * (size_t)g->size);
         if (!mine || !counts || !displs || !per) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
@@ -502,19 +502,14 @@ int ml_corr_pairs(ml_corr *c, double floor, ml_pair **pairs, int64_t *npairs) {
     if (MPI_Allgather(&nmine, 1, MPI_INT64_T, per, 1, MPI_INT64_T, g->comm) != MPI_SUCCESS)
         ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_pairs: MPI_Allgather of pair counts failed");
     for (int r = 0; r < g->size; r++) total += per[r];
-    if (total * (int64_t)sizeof(ml_pair) > INT32_MAX) /* same decision on every rank */
-        ML_FAIL_GOTO(done, ML_ERR_UNSUPPORTED,
-                     "ml_corr_pairs: %lld pairs with r >= %g are too many to gather; raise the floor",
-                     (long long)total, floor);
-    for (int r = 0, off = 0; r < g->size; r++) {
-        counts[r] = (int)(per[r] * (int64_t)sizeof(ml_pair));
+    for (size_t r = 0, off = 0; r < (size_t)g->size; r++) {
+        counts[r] = (size_t)per[r] * sizeof(ml_pair);
         displs[r] = off;
         off += counts[r];
     }
     all = ml_malloc(sizeof(ml_pair) * (size_t)(total ? total : 1));
     ML_CHECK_GOTO(ml_agree(g->comm, all ? ML_OK : ML_ERR_NOMEM), done);
-    if (MPI_Allgatherv(mine, counts[g->rank], MPI_BYTE, all, counts, displs, MPI_BYTE, g->comm) != MPI_SUCCESS)
-        ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_pairs: MPI_Allgatherv of %lld pairs failed", (long long)total);
+    ML_CHECK_GOTO(ml_mpi_allgatherv(g->comm, mine, all, counts, displs, MPI_BYTE), done);
     qsort(all, (size_t)total, sizeof(ml_pair), ml_pair_cmp);
     *pairs = all;
     *npairs = total;
@@ -536,10 +531,6 @@ int ml_corr_gather(ml_corr *c, float *r_full) {
     for (int64_t i = 0; i < g->na; i++)
         for (int64_t j = 0; j < g->nb; j++) r_full[(g->a0 + i) * g->n_b + g->b0 + j] = (float)c->S[i * g->nb + j];
     /* blocks are disjoint: the sum assembles them exactly */
-    const int64_t piece = (int64_t)1 << 28;
-    for (int64_t off = 0; off < total; off += piece) {
-        int64_t m = total - off < piece ? total - off : piece;
-        ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, r_full + off, (int)m, MPI_FLOAT, MPI_SUM, g->comm));
-    }
+    ML_CHECK(ml_mpi_allreduce(g->comm, MPI_IN_PLACE, r_full, (size_t)total, MPI_FLOAT, MPI_SUM));
     return ML_OK;
 }

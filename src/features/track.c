@@ -273,7 +273,7 @@ int ml_flow_result(ml_flow *f, int32_t *partner, float *support, int64_t *active
     int32_t *mp = ml_malloc(sizeof(int32_t) * (size_t)(na ? na : 1));
     float *ms = ml_malloc(sizeof(float) * (size_t)(na ? na : 1));
     double *bc = ml_calloc((size_t)(na ? na : 1), sizeof(double));
-    int *counts = ml_malloc(sizeof(int) * (size_t)f->size), *displs = ml_malloc(sizeof(int) * (size_t)f->size);
+    size_t *counts = ml_malloc(sizeof(size_t) * (size_t)f->size), *displs = ml_malloc(sizeof(size_t) * (size_t)f->size);
     int rc = (!mp || !ms || !bc || !counts || !displs) ? ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__)
                                                         : ML_OK;
     ML_CHECK_GOTO(ml_agree(f->comm, rc), done);
@@ -295,13 +295,12 @@ int ml_flow_result(ml_flow *f, int32_t *partner, float *support, int64_t *active
             mp[i] = -1;
     }
     for (int r = 0; r < f->size; r++) {
-        displs[r] = (int)ml_feat_split(f->cfg.n_a, r, f->size);
-        counts[r] = (int)ml_feat_split(f->cfg.n_a, r + 1, f->size) - displs[r];
+        displs[r] = (size_t)ml_feat_split(f->cfg.n_a, r, f->size);
+        counts[r] = (size_t)ml_feat_split(f->cfg.n_a, r + 1, f->size) - displs[r];
     }
-    if (MPI_Allgatherv(mp, (int)na, MPI_INT32_T, partner, counts, displs, MPI_INT32_T, f->comm) != MPI_SUCCESS ||
-        MPI_Allgatherv(ms, (int)na, MPI_FLOAT, support, counts, displs, MPI_FLOAT, f->comm) != MPI_SUCCESS ||
-        (active &&
-         MPI_Allgatherv(f->active, (int)na, MPI_INT64_T, active, counts, displs, MPI_INT64_T, f->comm) != MPI_SUCCESS))
+    if (ml_mpi_allgatherv(f->comm, mp, partner, counts, displs, MPI_INT32_T) != ML_OK ||
+        ml_mpi_allgatherv(f->comm, ms, support, counts, displs, MPI_FLOAT) != ML_OK ||
+        (active && ml_mpi_allgatherv(f->comm, f->active, active, counts, displs, MPI_INT64_T) != ML_OK))
         ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_flow_result: MPI_Allgatherv of %lld features failed",
                      (long long)f->cfg.n_a);
 done:

@@ -162,13 +162,10 @@ int ml_corr_write_matrix(ml_corr *c, ml_h5 *h, const char *name, int64_t chunk_r
     float *mine = ml_malloc(sizeof(float) * (size_t)(R * g->nb));
     float *gath = g->q == 0 ? ml_malloc(sizeof(float) * (size_t)(R * g->n_b)) : NULL;
     float *slab = g->q == 0 ? ml_malloc(sizeof(float) * (size_t)(R * g->n_b)) : NULL;
-    int *counts = ml_malloc(sizeof(int) * (size_t)g->pc), *displs = ml_malloc(sizeof(int) * (size_t)g->pc);
+    size_t *counts = ml_malloc(sizeof(size_t) * (size_t)g->pc), *displs = ml_malloc(sizeof(size_t) * (size_t)g->pc);
     int rc = (!mine || (g->q == 0 && (!gath || !slab)) || !counts || !displs)
                  ? ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__)
                  : ML_OK;
-    if (rc == ML_OK && R * g->n_b > INT32_MAX)
-        rc = ML_FAIL(ML_ERR_UNSUPPORTED, "ml_corr_write_matrix: %lld rows x %lld features per slab is too large",
-                     (long long)R, (long long)g->n_b);
     ML_CHECK_GOTO(ml_agree(g->comm, rc), done);
     int64_t max_na = 0;
     for (int p = 0; p < g->pr; p++) {
@@ -180,14 +177,13 @@ int ml_corr_write_matrix(ml_corr *c, ml_h5 *h, const char *name, int64_t chunk_r
         if (rows < 0) rows = 0;
         for (int64_t i = 0; i < rows; i++)
             for (int64_t j = 0; j < g->nb; j++) mine[i * g->nb + j] = (float)r[(s0 + i) * ld + j];
-        for (int q = 0, off = 0; q < g->pc; q++) {
-            int64_t nbq = ml_feat_split(g->n_b, q + 1, g->pc) - ml_feat_split(g->n_b, q, g->pc);
-            counts[q] = (int)(rows * nbq);
+        for (size_t q = 0, off = 0; q < (size_t)g->pc; q++) {
+            int64_t nbq = ml_feat_split(g->n_b, (int)q + 1, g->pc) - ml_feat_split(g->n_b, (int)q, g->pc);
+            counts[q] = (size_t)(rows * nbq);
             displs[q] = off;
             off += counts[q];
         }
-        if (MPI_Gatherv(mine, (int)(rows * g->nb), MPI_FLOAT, gath, counts, displs, MPI_FLOAT, 0, row_comm) !=
-            MPI_SUCCESS)
+        if (ml_mpi_gatherv(row_comm, mine, gath, counts, displs, MPI_FLOAT, 0) != ML_OK)
             ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_write_matrix: MPI_Gatherv of a %lld-row slab failed",
                          (long long)rows);
         if (g->q == 0) /* blocks (rows, nb_q) side by side -> full rows (rows, n_b) */

@@ -55,8 +55,6 @@ static int ml_peft_trainer_alloc(ml_peft_trainer *t, const ml_model_config *host
     ML_CHECK(ml_adamw_create(&a->view, &t->cfg.adamw, &t->opt));
     ml_workspace_config wc = {.B_max = t->M, .T_max = t->cfg.T, .grad = 1};
     ML_CHECK(ml_workspace_create(host, &wc, &t->ws));
-    if (a->view.n_params > (size_t)INT32_MAX)
-        return ML_FAIL(ML_ERR_UNSUPPORTED, "peft: %zu adapter parameters exceed one MPI_Allreduce", a->view.n_params);
     return ML_OK;
 }
 
@@ -128,7 +126,7 @@ static int ml_peft_steps(ml_peft_trainer *t, ml_loader *ld, const ml_model *host
         if (MPI_Allreduce(MPI_IN_PLACE, red, 2, MPI_DOUBLE, MPI_SUM, t->comm) != MPI_SUCCESS)
             rc = ML_FAIL(ML_ERR_MPI, "peft: MPI_Allreduce of the step statistics failed");
         if (red[1] > 0 || rc != ML_OK) return ml_agree(t->comm, rc);
-        ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, a->view.grads, (int)n, MPI_FLOAT, MPI_SUM, t->comm));
+        ML_CHECK(ml_mpi_allreduce(t->comm, MPI_IN_PLACE, a->view.grads, n, MPI_FLOAT, MPI_SUM));
         const double l = red[0] / ((double)c->G * c->T);
         const double gnorm = ml_model_clip_grads(&a->view, c->clip);
         if (!isfinite(l) || !isfinite(gnorm))

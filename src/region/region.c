@@ -345,10 +345,9 @@ static int ml_region_evaluate(MPI_Comm comm, ml_region_set *s, const ml_points *
     snprintf(extra, sizeof extra, "%d points in %.2f s", n, ml_wtime() - t0);
     ml_progress_end(&prog, extra);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    int mrc = MPI_Allreduce(MPI_IN_PLACE, r->loss, p->Q * D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, r->acc, p->Q * D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, r->tokens, D, MPI_INT64_T, MPI_MAX, comm);
-    if (mrc != MPI_SUCCESS) rc = ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
+    rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, r->loss, (size_t)p->Q * D, MPI_DOUBLE, MPI_SUM);
+    if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, r->acc, (size_t)p->Q * D, MPI_DOUBLE, MPI_SUM);
+    if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, r->tokens, (size_t)D, MPI_INT64_T, MPI_MAX);
 done:
     ml_free(buf);
     ml_evaluator_destroy(&ev);

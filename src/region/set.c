@@ -243,8 +243,8 @@ int ml_region_stream(MPI_Comm comm, ml_region_set *s, double *tgram) {
     ml_free(c);
     ml_free(x);
     ML_CHECK(ml_agree(comm, rc));
-    ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, s->table->params, (int)s->table->n_params, MPI_FLOAT, MPI_SUM, comm));
-    if (tgram) ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tgram, s->T * M * M, MPI_DOUBLE, MPI_SUM, comm));
+    ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, s->table->params, s->table->n_params, MPI_FLOAT, MPI_SUM));
+    if (tgram) ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, tgram, (size_t)s->T * M * M, MPI_DOUBLE, MPI_SUM));
     return ML_OK;
 }
 

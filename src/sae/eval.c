@@ -258,18 +258,12 @@ static int ml_merge_examples(MPI_Comm comm, ml_evs *v, const ml_sae_eval_config 
         rc = ML_FAIL(ML_ERR_NOMEM, "sae eval: out of memory merging examples (%d ranks)", P);
         goto done;
     }
-    if ((double)tb > 2e9 || (double)rb > 2e9) {
-        rc = ML_FAIL(ML_ERR_ARG, "sae eval: example tables too large to gather (%zu bytes); lower top_examples",
-                     tb > rb ? tb : rb);
+    rc = ml_mpi_allgather(comm, v->top, gt, tb, MPI_BYTE);
+    if (rc == ML_OK) rc = ml_mpi_allgather(comm, v->res, gr, rb, MPI_BYTE);
+    if (rc != ML_OK) {
+        ml_error_trace(rc, __FILE__, __LINE__, __func__);
         goto done;
     }
-    rc = MPI_Allgather(v->top, (int)tb, MPI_BYTE, gt, (int)tb, MPI_BYTE, comm);
-    if (rc == MPI_SUCCESS) rc = MPI_Allgather(v->res, (int)rb, MPI_BYTE, gr, (int)rb, MPI_BYTE, comm);
-    if (rc != MPI_SUCCESS) {
-        rc = ml_mpi_error(rc, "MPI_Allgather", __FILE__, __LINE__, __func__);
-        goto done;
-    }
-    rc = ML_OK;
     for (int j = 0; j < S; j++) {
         int nc = 0;
         for (int p = 0; p < P; p++)
@@ -474,12 +468,12 @@ int ml_sae_evaluate(MPI_Comm comm, ml_sae *const *saes, int n_saes, const ml_row
         ml_evs *v = &vs[g];
         ml_sae_eval *ev = v->out;
         int Sg = ev->S;
-        rc = MPI_Allreduce(MPI_IN_PLACE, v->count, Sg, MPI_INT64_T, MPI_SUM, comm);
-        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, v->sum, Sg, MPI_DOUBLE, MPI_SUM, comm);
-        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, v->max, Sg, MPI_FLOAT, MPI_MAX, comm);
-        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, v->sq, 3, MPI_DOUBLE, MPI_SUM, comm);
-        if (rc != MPI_SUCCESS) {
-            rc = ml_mpi_error(rc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
+        rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, v->count, (size_t)Sg, MPI_INT64_T, MPI_SUM);
+        if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, v->sum, (size_t)Sg, MPI_DOUBLE, MPI_SUM);
+        if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, v->max, (size_t)Sg, MPI_FLOAT, MPI_MAX);
+        if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, v->sq, 3, MPI_DOUBLE, MPI_SUM);
+        if (rc != ML_OK) {
+            ml_error_trace(rc, __FILE__, __LINE__, __func__);
             goto done;
         }
         rc = ML_OK;
@@ -539,15 +533,13 @@ int ml_sae_evaluate(MPI_Comm comm, ml_sae *const *saes, int n_saes, const ml_row
     ml_prof_end("sae.eval_windows", 2.0 * (double)(b - a) * D * S * n_saes, 0);
     for (int g = 0; g < n_saes; g++) {
         ml_sae_eval *ev = vs[g].out;
-        int nt = ev->S * K * W, nq = ev->S * Q * W;
-        rc = MPI_Allreduce(MPI_IN_PLACE, ev->top_tokens, nt, MPI_INT32_T, MPI_MAX, comm);
-        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, ev->top_window_acts, nt, MPI_FLOAT, MPI_SUM, comm);
-        if (rc == MPI_SUCCESS && nq)
-            rc = MPI_Allreduce(MPI_IN_PLACE, ev->q_tokens, nq, MPI_INT32_T, MPI_MAX, comm);
-        if (rc == MPI_SUCCESS && nq)
-            rc = MPI_Allreduce(MPI_IN_PLACE, ev->q_window_acts, nq, MPI_FLOAT, MPI_SUM, comm);
-        if (rc != MPI_SUCCESS) {
-            rc = ml_mpi_error(rc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
+        size_t nt = (size_t)ev->S * K * W, nq = (size_t)ev->S * Q * W;
+        rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, ev->top_tokens, nt, MPI_INT32_T, MPI_MAX);
+        if (rc == ML_OK) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, ev->top_window_acts, nt, MPI_FLOAT, MPI_SUM);
+        if (rc == ML_OK && nq) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, ev->q_tokens, nq, MPI_INT32_T, MPI_MAX);
+        if (rc == ML_OK && nq) rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, ev->q_window_acts, nq, MPI_FLOAT, MPI_SUM);
+        if (rc != ML_OK) {
+            ml_error_trace(rc, __FILE__, __LINE__, __func__);
             goto done;
         }
         rc = ML_OK;

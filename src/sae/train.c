@@ -254,7 +254,7 @@ static int ml_resample(MPI_Comm comm, ml_slot *sl, ml_resampler *rs, ml_sae_stre
         }
         rs->loss[b] = (float)(e2 / (x2 > 1e-8 ? x2 : 1e-8));
     }
-    ML_CHECK_MPI(MPI_Allgather(rs->loss, nl, MPI_FLOAT, rs->all_loss, nl, MPI_FLOAT, comm));
+    ML_CHECK(ml_mpi_allgather(comm, rs->loss, rs->all_loss, (size_t)nl, MPI_FLOAT));
     /* stream order: global row g = batch*B + r*L + i lives on rank r at local batch*L + i */
     int ng = rs->nb * B;
     double tot = 0;
@@ -283,7 +283,7 @@ static int ml_resample(MPI_Comm comm, ml_slot *sl, ml_resampler *rs, ml_sae_stre
         double nrm = ml_row_norm(d, D);
         for (int k = 0; k < D; k++) d[k] = nrm > 0 ? (float)(d[k] / nrm) : 0.0f;
     }
-    ML_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, rs->dirs, n_dead * D, MPI_FLOAT, MPI_SUM, comm));
+    ML_CHECK(ml_mpi_allreduce(comm, MPI_IN_PLACE, rs->dirs, (size_t)n_dead * D, MPI_FLOAT, MPI_SUM));
     size_t oe, obe, od, obd;
     ml_sae_param_offsets(sae, &oe, &obe, &od, &obd);
     float dscale = sae->normalize_decoder ? 1.0f : (float)dec_alive, escale = (float)(0.2 * enc_alive);
@@ -597,10 +597,10 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
             stv[ST_N] = pend == SIGTERM ? 4096.0f : pend == SIGUSR1 ? 1.0f : 0.0f;
             if (P > 1) {
                 ml_prof_begin("sae.allreduce");
-                rc = MPI_Allreduce(MPI_IN_PLACE, sl->buf, (int)(np + (size_t)S + ST_N + 1), MPI_FLOAT, MPI_SUM, comm);
+                rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, sl->buf, np + (size_t)S + ST_N + 1, MPI_FLOAT, MPI_SUM);
                 ml_prof_end("sae.allreduce", 0, 4.0 * (double)(np + (size_t)S));
-                if (rc != MPI_SUCCESS) {
-                    rc = ml_mpi_error(rc, "MPI_Allreduce", __FILE__, __LINE__, __func__);
+                if (rc != ML_OK) {
+                    ml_error_trace(rc, __FILE__, __LINE__, __func__);
                     goto fail;
                 }
             }

@@ -154,12 +154,13 @@ static int ml_sweep_write(MPI_Comm comm, const ml_merge_recipe *r, const ml_swee
                           const char *models_json, const double *grid, int has_ref, int complete) {
     int rank, rc = ML_OK;
     MPI_Comm_rank(comm, &rank);
-    const int nd = w->n * w->D;
-    int mrc = MPI_Allreduce(w->loss, w->gl, nd, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(w->acc, w->ga, nd, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS && complete) mrc = MPI_Allreduce(MPI_IN_PLACE, w->refv, 2 * w->D, MPI_DOUBLE, MPI_SUM, comm);
-    if (mrc == MPI_SUCCESS) mrc = MPI_Allreduce(MPI_IN_PLACE, w->tokens, w->D, MPI_INT64_T, MPI_MAX, comm);
-    if (mrc != MPI_SUCCESS) return ml_agree(comm, ml_mpi_error(mrc, "MPI_Allreduce", __FILE__, __LINE__, __func__));
+    const size_t nd = (size_t)w->n * (size_t)w->D;
+    int mrc = ml_mpi_allreduce(comm, w->loss, w->gl, nd, MPI_DOUBLE, MPI_SUM);
+    if (mrc == ML_OK) mrc = ml_mpi_allreduce(comm, w->acc, w->ga, nd, MPI_DOUBLE, MPI_SUM);
+    if (mrc == ML_OK && complete)
+        mrc = ml_mpi_allreduce(comm, MPI_IN_PLACE, w->refv, 2 * (size_t)w->D, MPI_DOUBLE, MPI_SUM);
+    if (mrc == ML_OK) mrc = ml_mpi_allreduce(comm, MPI_IN_PLACE, w->tokens, (size_t)w->D, MPI_INT64_T, MPI_MAX);
+    if (mrc != ML_OK) return ml_agree(comm, ml_error_trace(mrc, __FILE__, __LINE__, __func__));
     if (!w->names_json) { /* rank 0 evaluated the run's first point, so it knows the domain names */
         if (rank == 0) {
             const char **dnames = ml_calloc((size_t)w->D, sizeof *dnames);
@@ -234,7 +235,7 @@ static int ml_sweep_check_kept(MPI_Comm comm, const ml_sweep_args *a, const char
             w->done[j] = 0;
             for (int d = 0; d < w->D; d++) w->loss[(size_t)j * w->D + d] = w->acc[(size_t)j * w->D + d] = 0;
         }
-    ML_CHECK_MPI(MPI_Bcast(w->done, w->n, MPI_UNSIGNED_CHAR, 0, comm));
+    ML_CHECK(ml_mpi_bcast(comm, w->done, (size_t)w->n, MPI_UNSIGNED_CHAR, 0));
     return ML_OK;
 }
 

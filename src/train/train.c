@@ -326,11 +326,11 @@ static int ml_train_loop(ml_trainer *tr) {
             return ml_agree(tr->comm, rc);
         }
         ml_prof_begin("train.allreduce");
-        int mrc = MPI_Allreduce(MPI_IN_PLACE, tr->model->grads, (int)n, MPI_FLOAT, MPI_SUM, tr->comm);
+        int mrc = ml_mpi_allreduce(tr->comm, MPI_IN_PLACE, tr->model->grads, n, MPI_FLOAT, MPI_SUM);
         ml_prof_end("train.allreduce", 0, 4.0 * (double)n);
-        if (mrc != MPI_SUCCESS) {
+        if (mrc != ML_OK) {
             ml_prof_end("train.step", 0, 0);
-            return ml_agree(tr->comm, ML_FAIL(ML_ERR_MPI, "train: MPI_Allreduce of %zu gradients failed", n));
+            return ml_agree(tr->comm, ml_error_trace(mrc, __FILE__, __LINE__, __func__));
         }
         const double loss = red[0] / tokens_per_step;
         const double gnorm = ml_model_clip_grads(tr->model, tr->clip);
@@ -469,9 +469,6 @@ int ml_cmd_train(MPI_Comm comm, int argc, char **argv) {
     rc = ml_model_create(&tr->mc, &tr->model);
     if (rc == ML_OK) rc = ml_model_enable_grads(tr->model);
     if (rc == ML_OK) rc = ml_adamw_create(tr->model, &tr->adamw, &tr->opt_state);
-    if (rc == ML_OK && tr->model->n_params > (size_t)INT_MAX)
-        rc = ML_FAIL(ML_ERR_UNSUPPORTED, "train: %zu parameters exceed one MPI_Allreduce (%d)", tr->model->n_params,
-                     INT_MAX);
     ML_AGREE_GOTO(comm, rc, done);
     ml_loader_config lc = {.n_domains = tr->K, .paths = (const char *const *)tr->paths, .weights = tr->weights,
                            .split = "train", .global_batch = tr->G, .T = tr->T, .seed = tr->seed, .sequential = 0,
