@@ -73,13 +73,14 @@ int ml_corr_candidates(ml_corr *c, int k, ml_pair **pairs, int64_t *npairs) {
     if (rc == ML_OK && (k < 1 || k > 64)) rc = ML_FAIL(ML_ERR_ARG, "ml_corr_candidates: k = %d must be in [1, 64]", k);
     int64_t cap = (g->na + g->nb) * (int64_t)k;
     ml_cand_t *mine = NULL, *all = NULL, *colk = NULL;
-    int *lenb = NULL, *counts = NULL, *displs = NULL;
+    int *lenb = NULL;
+    size_t *counts = NULL, *displs = NULL;
     if (rc == ML_OK) {
         mine = ml_malloc(sizeof(ml_cand_t) * (size_t)(cap ? cap : 1));
         colk = ml_malloc(sizeof(ml_cand_t) * (size_t)(g->nb * k + 1));
         lenb = ml_calloc((size_t)g->nb + 1, sizeof(int));
-        counts = ml_malloc(sizeof(int) * (size_t)g->size);
-        displs = ml_malloc(sizeof(int) * (size_t)g->size);
+        counts = ml_malloc(sizeof(size_t) * (size_t)g->size);
+        displs = ml_malloc(sizeof(size_t) * (size_t)g->size);
         if (!mine || !colk || !lenb || !counts || !displs) rc = ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
     }
     ML_CHECK_GOTO(ml_agree(g->comm, rc), done);
@@ -106,18 +107,16 @@ int ml_corr_candidates(ml_corr *c, int k, ml_pair **pairs, int64_t *npairs) {
         ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_candidates: MPI_Allgather failed");
     }
     for (int r = 0; r < g->size; r++) total += per[r];
-    for (int r = 0, off = 0; r < g->size; r++) {
-        counts[r] = (int)per[r];
+    for (size_t r = 0, off = 0; r < (size_t)g->size; r++) {
+        counts[r] = (size_t)per[r];
         displs[r] = off;
         off += counts[r];
     }
     ml_free(per);
-    if (total > INT32_MAX) ML_FAIL_GOTO(done, ML_ERR_UNSUPPORTED, "ml_corr_candidates: too many candidates; lower k");
     int64_t nall = total / (int64_t)sizeof(ml_cand_t);
     all = ml_malloc(sizeof(ml_cand_t) * (size_t)(nall ? nall : 1));
     ML_CHECK_GOTO(ml_agree(g->comm, all ? ML_OK : ML_ERR_NOMEM), done);
-    if (MPI_Allgatherv(mine, (int)per_me, MPI_BYTE, all, counts, displs, MPI_BYTE, g->comm) != MPI_SUCCESS)
-        ML_FAIL_GOTO(done, ML_ERR_MPI, "ml_corr_candidates: MPI_Allgatherv of %lld candidates failed", (long long)nall);
+    ML_CHECK_GOTO(ml_mpi_allgatherv(g->comm, mine, all, counts, displs, MPI_BYTE), done);
     /* global top-k per A feature, then per B feature, marked in place (r := NAN drops) */
     uint8_t *keep = ml_calloc((size_t)(nall ? nall : 1), 1);
     ML_CHECK_GOTO(ml_agree(g->comm, keep ? ML_OK : ML_ERR_NOMEM), done);
@@ -312,15 +311,9 @@ int ml_bstats_add(ml_bstats *s, int64_t row0, const ml_fcodes *A, const ml_fcode
     return ML_OK;
 }
 
-/* Sum in pieces of at most 2^27 doubles (MPI counts are int). */
+/* Sum over ranks (chunked by ml_mpi_allreduce: 2^27 doubles per call). */
 static int ml_bstats_allreduce(MPI_Comm comm, double *x, int64_t n) {
-    const int64_t piece = (int64_t)1 << 27;
-    for (int64_t off = 0; off < n; off += piece) {
-        int64_t m = n - off < piece ? n - off : piece;
-        if (MPI_Allreduce(MPI_IN_PLACE, x + off, (int)m, MPI_DOUBLE, MPI_SUM, comm) != MPI_SUCCESS)
-            return ML_FAIL(ML_ERR_MPI, "ml_bstats_reduce: MPI_Allreduce of %lld statistics failed", (long long)n);
-    }
-    return ML_OK;
+    return ml_mpi_allreduce(comm, MPI_IN_PLACE, x, (size_t)n, MPI_DOUBLE, MPI_SUM);
 }
 
 int ml_bstats_reduce(ml_bstats *s) {
