@@ -277,14 +277,14 @@ static int ml_lock_take(ml_guard_out *o) {
             if (bad) {
                 int e = errno;
                 unlink(o->lock);
-                return ML_FAIL(ML_ERR_IO, "%s: cannot write the lock of %s %s: %s", o->lock, o->label, o->path,
+                return ML_FAIL(ML_ERR_IO, "%s: cannot write its lock %s (%s): %s", o->path, o->lock, o->label,
                                strerror(e));
             }
             o->held = 1;
             return ML_OK;
         }
         if (errno != EEXIST)
-            return ML_FAIL(ML_ERR_IO, "%s %s: cannot create its lock %s: %s", o->label, o->path, o->lock,
+            return ML_FAIL(ML_ERR_IO, "%s: cannot write its lock %s (%s): %s", o->path, o->lock, o->label,
                            strerror(errno));
         int r = ml_lock_read(o->lock, seen, sizeof seen, &h);
         if (r == 0) continue; /* released meanwhile */

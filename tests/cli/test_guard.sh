@@ -87,7 +87,8 @@ check "a lock of another output does not matter" test $? -eq 0
 
 # ---- outputs that are inputs, directories, or in missing directories --------------------
 mkdir -p "$T/io" && cd "$T/io"
-cp "$F"/{a.h5,b.h5,base.h5,ft.h5,acts.h5,sae.h5} .
+fresh() { cp "$F"/{a.h5,b.h5,base.h5,ft.h5,acts.h5,sae.h5} .; } # each case on intact inputs
+fresh
 printf 'models:\n  - model: %s/ft.h5\n  - model: %s/base.h5\nmerge_method: slerp\nbase_model: %s/ft.h5\nparameters:\n  t: 0.5\ndtype: float32\n' \
   "$PWD" "$PWD" "$PWD" > rec.yaml
 mkdir -p adir
@@ -98,14 +99,14 @@ CMD[compare]="compare --a sae.h5 --acts-a acts.h5 --b sae.h5 --acts_b=acts.h5"; 
 CMD[merge]="merge rec.yaml"; CLASH[merge]=ft.h5
 CMD[sae-eval]="sae-eval sae.h5 --domains a.h5 --windows 8 --context 16"; CLASH[sae-eval]=sae.h5
 for c in eval capture compare merge sae-eval; do
-  sum=$(md5sum < "${CLASH[$c]}")
+  fresh; sum=$(md5sum < "${CLASH[$c]}")
   run2 ${CMD[$c]} --out="${CLASH[$c]}"
   refused "$c --out ${CLASH[$c]} (an input)" "--out ${CLASH[$c]}: is also an input of this command"
   check "$c --out ${CLASH[$c]}: the input is unchanged" test "$(md5sum < "${CLASH[$c]}")" = "$sum"
-  run2 ${CMD[$c]} --out adir
+  fresh; run2 ${CMD[$c]} --out adir
   refused "$c --out adir (a directory)" "--out adir: is a directory"
   check "$c --out adir: nothing left behind" bash -c "[ -z \"\$(ls -A adir)\" ] && ! ls | grep -q '^adir.'"
-  run2 ${CMD[$c]} --out "nodir_$c/x.h5"
+  fresh; run2 ${CMD[$c]} --out "nodir_$c/x.h5"
   case $c in
     eval|merge)
       refused "$c --out nodir_$c/x.h5" "--out nodir_$c/x.h5: directory nodir_$c does not exist"
@@ -114,11 +115,11 @@ for c in eval capture compare merge sae-eval; do
          bash -c "[ $rc -eq 0 ] && [ -f nodir_$c/x.h5 ] && [ ! -e nodir_$c/x.h5.lock ]" ;;
   esac
 done
-sum=$(md5sum < base.h5)
+fresh; sum=$(md5sum < base.h5)
 run2 train --init_from base.h5 --domains b.h5 --out base.h5 --steps 2 --global_batch 8 --context 16
 check "train --init_from X --out X is refused (rc $rc)" test $rc -eq 1
 check "train --init_from X --out X: X unchanged" test "$(md5sum < base.h5)" = "$sum"
-t0=$(now_ms)
+fresh; t0=$(now_ms)
 out=$(ML_LOG_LEVEL=info mpirun_n 2 "$bin" sweep rec.yaml --param t --count 5 --domains a.h5 --eval_windows 4 \
       --out nodir_sweep/s.h5 2>&1); rc=$?
 refused "sweep --out nodir_sweep/s.h5" "--out nodir_sweep/s.h5: directory nodir_sweep does not exist"
@@ -126,14 +127,17 @@ check "sweep --out nodir_sweep/s.h5: no point evaluated, nothing written" \
   bash -c "! grep -q 'points x' <<<\"\$0\" && [ ! -e nodir_sweep ]" "$out"
 echo "  (sweep refused in $(( $(now_ms) - t0 )) ms)"
 # export hf SRC DIR: DIR is an output (positional); naming the model destroys nothing
-sum=$(md5sum < ft.h5)
+fresh; sum=$(md5sum < ft.h5)
 run2 export hf ft.h5 ft.h5
 refused "export hf ft.h5 ft.h5" "DIR ft.h5: exists and is not a directory"
 check "export hf ft.h5 ft.h5: the model is unchanged" test "$(md5sum < ft.h5)" = "$sum"
 # options read from --config count too
 printf 'eval:\n  out: %s/base.h5\n' "$PWD" > cfg.yaml
-run2 eval base.h5 --domains a.h5 --config cfg.yaml
+fresh; sum=$(md5sum < base.h5)
+run2 eval base.h5 --domains a.h5 --max_batches 2 --context 16 --config cfg.yaml
 refused "eval with out: from --config" "is also an input of this command"
+check "eval with out: from --config: the model is unchanged" test "$(md5sum < base.h5)" = "$sum"
+fresh
 
 # ---- `run`: each stage is guarded, and the run record is locked --------------------------
 mkdir -p "$T/job" && cd "$T/job"
