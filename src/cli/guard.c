@@ -22,7 +22,7 @@
 #include "mergelens/merge.h"
 #include "mergelens/pipeline.h"
 
-#define ML_GUARD_MAX_OUT 8
+#define ML_GUARD_MAX_OUT 32
 #define ML_GUARD_MAX_IN 256
 #define ML_LOCK_TEXT 2048
 
@@ -67,6 +67,7 @@ typedef struct {
     char label[64];       /* "--out", "DIR" */
     const char *path;     /* as given */
     int is_dir, makes_parent;
+    int check_only;       /* a file inside a locked directory output (tokenize's stores) */
     char lock[PATH_MAX + 16];
     char text[ML_LOCK_TEXT]; /* what we wrote into the lock */
     int held;
@@ -95,21 +96,27 @@ static int ml_opt_key(const char *a, char *key, size_t n) {
 typedef struct {
     struct stat st[ML_GUARD_MAX_IN];
     char *path[ML_GUARD_MAX_IN];
+    int tree[ML_GUARD_MAX_IN]; /* a directory whose every file is read (import hf DIR, dir: domains) */
     int n;
 } ml_inputs;
 
-static void ml_inputs_add(ml_inputs *in, const char *p, size_t len) {
+static void ml_inputs_add(ml_inputs *in, const char *p, size_t len, int tree) {
     char buf[PATH_MAX];
     if (len == 0 || len >= sizeof buf || in->n >= ML_GUARD_MAX_IN) return;
     memcpy(buf, p, len);
     buf[len] = '\0';
     struct stat st;
     if (stat(buf, &st) != 0) return;
+    tree = tree && S_ISDIR(st.st_mode);
     for (int i = 0; i < in->n; i++)
-        if (in->st[i].st_dev == st.st_dev && in->st[i].st_ino == st.st_ino) return;
+        if (in->st[i].st_dev == st.st_dev && in->st[i].st_ino == st.st_ino) {
+            in->tree[i] |= tree;
+            return;
+        }
     char *copy = ml_strdup(buf);
     if (!copy) return;
     in->st[in->n] = st;
+    in->tree[in->n] = tree;
     in->path[in->n++] = copy;
 }
 
@@ -118,15 +125,16 @@ static void ml_inputs_add(ml_inputs *in, const char *p, size_t len) {
 static void ml_inputs_scan(ml_inputs *in, const char *v) {
     for (const char *p = v; *p;) {
         size_t len = strcspn(p, ",;");
-        ml_inputs_add(in, p, len);
+        ml_inputs_add(in, p, len, 0);
         const char *eq = memchr(p, '=', len);
         const char *q = eq ? eq + 1 : p;
         size_t qlen = len - (size_t)(q - p);
-        if (eq) ml_inputs_add(in, q, qlen);
-        for (const char *c = q; c < q + qlen;) {
+        if (eq) ml_inputs_add(in, q, qlen, 0);
+        for (const char *c = q, *prev = NULL; c < q + qlen;) {
             size_t l = strcspn(c, ":");
             if (l > qlen - (size_t)(c - q)) l = qlen - (size_t)(c - q);
-            if (l < qlen) ml_inputs_add(in, c, l);
+            if (l < qlen) ml_inputs_add(in, c, l, prev && c - prev == 4 && !strncmp(prev, "dir:", 4));
+            prev = c;
             c += l + 1;
         }
         p += len + (p[len] ? 1 : 0);
@@ -401,11 +409,17 @@ static int ml_check_out(ml_guard_out *o, const ml_inputs *in) {
     char real_out[PATH_MAX], real_in[PATH_MAX];
     int have_real = exists && realpath(o->path, real_out) != NULL;
     for (int i = 0; exists && i < in->n; i++) {
+        if (o->is_dir && S_ISDIR(in->st[i].st_mode)) continue; /* writing new files into a read directory */
         int same = in->st[i].st_dev == st.st_dev && in->st[i].st_ino == st.st_ino;
         if (!same && have_real && realpath(in->path[i], real_in)) same = !strcmp(real_in, real_out);
+        size_t dl = 0;
+        if (!same && have_real && in->tree[i] && realpath(in->path[i], real_in)) { /* a file of an input tree */
+            dl = strlen(real_in);
+            same = !strncmp(real_out, real_in, dl) && real_out[dl] == '/';
+        }
         if (same)
-            return ML_FAIL(ML_ERR_ARG, "%s %s: is also an input of this command (%s); writing it would destroy it",
-                           o->label, o->path, in->path[i]);
+            return ML_FAIL(ML_ERR_ARG, "%s %s: is also an input of this command (%s%s); writing it would destroy it",
+                           o->label, o->path, dl ? "a file of " : "", in->path[i]);
     }
     char dir[PATH_MAX], base[PATH_MAX], real_dir[PATH_MAX];
     ml_parent_of(o->path, dir, sizeof dir, base, sizeof base);
@@ -453,6 +467,39 @@ static int ml_guard_run(ml_cli_guard *g, int argc, char **argv) {
     return ml_add_out(g, "run record", g->strings[0], 0, 1);
 }
 
+/* tokenize writes OUT_DIR/NAME.h5 for each domain spec NAME=KIND:PATH (positionals and --domains,
+ * specs separated by ';'): checked against the inputs, locked by OUT_DIR's lock. */
+static int ml_guard_stores(ml_cli_guard *g, int argc, char **argv) {
+    const char *dir = g->out[0].path;
+    char k[128];
+    for (int i = 1; i < argc; i++) {
+        const char *v = argv[i];
+        if (ml_opt_key(argv[i], k, sizeof k)) {
+            const char *eq = strchr(argv[i], '=');
+            v = eq ? eq + 1 : i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : "";
+            if (strcmp(k, "domains") != 0) continue;
+        }
+        for (const char *p = v; *p;) {
+            size_t len = strcspn(p, ";"), nl = strcspn(p, "=");
+            if (nl < len && nl > 0) {
+                size_t n = strlen(dir) + nl + 8;
+                char *path = ml_malloc(n);
+                if (!path) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+                snprintf(path, n, "%s/%.*s.h5", dir, (int)nl, p);
+                if (g->n >= ML_GUARD_MAX_OUT) {
+                    ml_free(path);
+                    return ML_OK; /* the first ones are checked */
+                }
+                g->strings[g->n] = path;
+                ML_CHECK(ml_add_out(g, "--out_dir", path, 0, 1));
+                g->out[g->n - 1].check_only = 1;
+            }
+            p += len + (p[len] ? 1 : 0);
+        }
+    }
+    return ML_OK;
+}
+
 /* The outputs and inputs of a command with an entry in ml_guard_specs. */
 static int ml_guard_find(ml_cli_guard *g, const ml_guard_spec *sp, const char *command, int argc, char **argv,
                          ml_inputs *in) {
@@ -465,7 +512,7 @@ static int ml_guard_find(ml_cli_guard *g, const ml_guard_spec *sp, const char *c
     else snprintf(section, sizeof section, "%s", command);
     const char *cfg = ml_find_opt(g, is_data ? "job" : "config", argc, argv, section, 0);
     if (cfg && *cfg) {
-        ml_inputs_add(in, cfg, strlen(cfg));
+        ml_inputs_add(in, cfg, strlen(cfg), 0);
         if (ml_yaml_load(cfg, &g->config) != ML_OK) ml_error_clear(); /* the command reports it */
     }
     /* outputs given as options */
@@ -499,18 +546,20 @@ static int ml_guard_find(ml_cli_guard *g, const ml_guard_spec *sp, const char *c
             ML_CHECK(ml_add_out(g, npos == sp->pos_dir ? "DIR" : "OUT", a, npos == sp->pos_dir, sp->makes_parent));
         } else {
             ml_inputs_scan(in, a);
+            if (npos == 1 && !strcmp(command, "import")) ml_inputs_add(in, a, strlen(a), 1); /* import hf DIR */
             if (npos == 0 && (!strcmp(command, "merge") || !strcmp(command, "sweep"))) {
                 ml_merge_recipe *r = NULL; /* the recipe's models are inputs too */
                 const char *const *paths = NULL;
                 int nm = 0;
                 if (ml_merge_recipe_load(a, &r) == ML_OK && ml_merge_recipe_models(r, &paths, &nm) == ML_OK)
-                    for (int m = 0; m < nm; m++) ml_inputs_add(in, paths[m], strlen(paths[m]));
+                    for (int m = 0; m < nm; m++) ml_inputs_add(in, paths[m], strlen(paths[m]), 0);
                 ml_error_clear();
                 ml_merge_recipe_destroy(&r);
             }
         }
         npos++;
     }
+    if (!strcmp(command, "tokenize") && g->n == 1) ML_CHECK(ml_guard_stores(g, argc, argv));
     return ML_OK;
 }
 
@@ -535,6 +584,7 @@ static int ml_guard_local(ml_cli_guard *g, const char *command, int argc, char *
     for (int o = 0; o < g->n; o++) ML_CHECK_GOTO(ml_check_out(&g->out[o], &in), done);
     for (int o = 0; o < g->n; o++) {
         ml_guard_out *x = &g->out[o];
+        if (x->check_only) continue;
         char dir[PATH_MAX], base[PATH_MAX];
         ml_parent_of(x->path, dir, sizeof dir, base, sizeof base);
         if (x->makes_parent) ML_CHECK_GOTO(ml_mkdirs(dir), done);

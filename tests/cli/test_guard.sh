@@ -24,6 +24,7 @@ refused() {
   check "$1: exit 1 (rc $rc)" test "$rc" -eq 1
   check "$1: one error line naming it" has "$(grep '^error:' <<<"$out")" "$2"
   check "$1: only one error line" test "$(grep -c '^error:' <<<"$out")" -eq 1
+  check "$1: no MPI_Abort" bash -c "! grep -q MPI_ABORT <<<\"\$0\"" "$out"
 }
 lock_of() { printf 'mergelens lock\nhost=%s\npid=%s\nstart=%s\njob=%s\ncommand=mergelens test\nstarted=2026-01-01T00:00:00Z\nend\n' "$@"; }
 proc_start() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $20 }'; }
@@ -131,6 +132,19 @@ fresh; sum=$(md5sum < ft.h5)
 run2 export hf ft.h5 ft.h5
 refused "export hf ft.h5 ft.h5" "DIR ft.h5: exists and is not a directory"
 check "export hf ft.h5 ft.h5: the model is unchanged" test "$(md5sum < ft.h5)" = "$sum"
+# import hf DIR OUT: every file of DIR is an input
+run2 export hf ft.h5 hfdir
+check "export hf ft.h5 hfdir succeeds (rc $rc)" test $rc -eq 0
+sum=$(md5sum < hfdir/model.safetensors)
+run2 import hf hfdir hfdir/model.safetensors
+refused "import hf hfdir hfdir/model.safetensors" "OUT hfdir/model.safetensors: is also an input of this command (a file of hfdir)"
+check "import into its own source: the source is unchanged" test "$(md5sum < hfdir/model.safetensors)" = "$sum"
+# tokenize writes OUT_DIR/NAME.h5 per domain: a domain named like its tokenizer would replace it
+cp "$F"/{tok.h5,st_a.txt} .
+sum=$(md5sum < tok.h5)
+run2 tokenize --tokenizer tok.h5 --out_dir . --domains "tok=text:st_a.txt"
+refused "tokenize --out_dir . with a domain 'tok' next to tok.h5" "--out_dir ./tok.h5: is also an input of this command (tok.h5)"
+check "tokenize: the tokenizer is unchanged" test "$(md5sum < tok.h5)" = "$sum"
 # options read from --config count too
 printf 'eval:\n  out: %s/base.h5\n' "$PWD" > cfg.yaml
 fresh; sum=$(md5sum < base.h5)
