@@ -195,6 +195,15 @@ uint64_t ml_rng_u64(ml_rng *r);
 double ml_rng_uniform(ml_rng *r);         /* [0, 1) */
 float ml_rng_normal(ml_rng *r);           /* N(0, 1) */
 uint64_t ml_rng_below(ml_rng *r, uint64_t n); /* uniform in [0, n) */
+/* A stage's seed from the job's seed and the identity of what it seeds
+ * (e.g. "model=models/base.h5;hook=blocks.0.mlp.hook_post;arch=topk;k=32;replica=0"):
+ * h = FNV-1a-64 of the identity's bytes, then
+ * seed = splitmix64(splitmix64(job_seed) ^ h) >> 1, where splitmix64(x) is
+ * one SplitMix64 step from state x (z = x + 0x9E3779B97F4A7C15;
+ * z = (z ^ z>>30) * 0xBF58476D1CE4E5B9; z = (z ^ z>>27) * 0x94D049BB133111EB;
+ * z ^ z>>31). The top bit is cleared so that the seed is a non-negative int64
+ * (an HDF5 attribute, a --seed value). Stable: part of the file formats. */
+uint64_t ml_seed_derive(uint64_t job_seed, const char *identity);
 
 /* OpenBLAS: the kernel family it chose and its thread count. ml_blas_check
  * returns 1 (and fills advice) when the kernels are weaker than the CPU

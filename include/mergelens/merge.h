@@ -176,6 +176,9 @@ void ml_merge_recipe_set_seed(ml_merge_recipe *r, uint64_t seed);
  * (`dtype`) and the output is rounded to (`out_dtype`, default dtype). */
 const char *ml_merge_recipe_dtype(const ml_merge_recipe *r);
 const char *ml_merge_recipe_out_dtype(const ml_merge_recipe *r);
+/* `tokenizer_source` (mergekit's key) resolved to a model path: `base` is the
+ * base model; NULL when the recipe has none (the models must then agree). */
+const char *ml_merge_recipe_tokenizer_source(const ml_merge_recipe *r);
 /* Parameters for one tensor: per-model settings first, then the global
  * `parameters`, then the method's defaults (mergekit's lookup order).
  * layer_t is the tensor's position for gradients: i/(L-1) for layer i of L

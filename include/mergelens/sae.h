@@ -214,10 +214,33 @@ int ml_sae_stream_local_batch(const ml_sae_stream *s); /* B/P */
 int ml_sae_stream_seek(ml_sae_stream *s, int64_t stream_pos);
 
 /* ---- training ---------------------------------------------------------------------- */
-#define ML_SAE_MAX_GRID 16
+#define ML_SAE_MAX_GRID 32 /* SAEs trained in one pass: grid points x replicas */
 #define ML_SAE_HIST_BINS 40 /* log10 density histogram: bins of 0.25 over [-10, 0] */
 #define ML_SAE_HIST_LO (-10.0)
 #define ML_SAE_HIST_STEP 0.25
+
+/* Where an SAE's seeds and rows came from (root attributes of its file,
+ * docs/FORMAT.md): the seed of its initialisation and resampling (derived
+ * from the job seed and its identity, or the job seed itself with
+ * --seed_mode exact), its replica index, the rows it trained on and the
+ * held-out rows its metrics use. Row ranges are [start, end) rows of the
+ * activations file; -1 when the rows are not rows of a file (forward pass;
+ * then `heldout` says what was held out). */
+typedef struct {
+    int set;                     /* 0: nothing of this is written */
+    int64_t seed, job_seed;      /* seed used (init + resampling), the job's --seed */
+    char seed_identity[1536];    /* "" with --seed_mode exact */
+    int64_t data_seed;           /* seed of the row order (shared by the SAEs of one pass) */
+    char data_seed_identity[1536];
+    int64_t replica, replicas;
+    int64_t train_row_start, train_row_end, heldout_row_start, heldout_row_end;
+    char heldout[1536];          /* description of the held-out rows */
+} ml_sae_provenance;
+
+/* Path of replica r given replica 0's path: r = 0 -> path itself;
+ * "saes/x.h5" -> "saes/x-rep<r>.h5", "saes/x-k32.h5" -> "saes/x-k32-rep<r>.h5"
+ * (no ".h5": "-rep<r>" appended). ML_ERR_ARG when buf is too small. */
+int ml_sae_replica_path(const char *path, int r, char *buf, size_t cap);
 
 /* Preemption (docs/modules/sae.md, "Preemption and resume"): on an agreed
  * SIGTERM / SIGUSR1 at a step boundary, and every `every` steps, each SAE of
@@ -248,7 +271,11 @@ typedef struct {
     int batch;                 /* global rows per step */
     int64_t tokens;            /* rows to train on (0: one pass over the source) */
     int64_t max_steps;         /* 0: no limit beyond tokens */
-    uint64_t seed;
+    uint64_t seed;             /* row order (stream); with per_sae_seeds 0 also every SAE's init */
+    int per_sae_seeds;         /* 1: SAE g's init and resampling draw from sae_seed[g];
+                                  0: every SAE starts from `seed`, SAE g resamples from seed + g */
+    uint64_t sae_seed[ML_SAE_MAX_GRID];
+    const ml_sae_provenance *prov; /* (n_grid) copied into each SAE's result and checkpoint; NULL: none */
     int block_rows, buffer_blocks;
     int median_rows, median_iters; /* geometric-median sample for b_dec (also gives E||x||^2 and the mean) */
     int mse_norm;              /* ml_sae_norm (row) */
@@ -295,6 +322,7 @@ typedef struct {
     int mse_norm;                /* ml_sae_norm used */
     double norm_sq;              /* its norm_sq (row: the floor; dataset: E||x||^2) */
     double mean_sq_norm;         /* E||x||^2 of the sample */
+    ml_sae_provenance prov;      /* seeds, replica, rows (written when prov.set) */
 } ml_sae_trained;
 
 typedef struct {
@@ -382,6 +410,7 @@ int ml_acts_source_open(MPI_Comm comm, const char *path, const char *hook, ml_ac
 const ml_row_source *ml_acts_source_rows(const ml_acts_source *a);
 const char *ml_acts_source_model(const ml_acts_source *a); /* root attr `model` ("" if absent) */
 const char *ml_acts_source_json(const ml_acts_source *a);  /* its `source` description (ml_sae_source_json) */
+int ml_acts_source_context(const ml_acts_source *a);       /* root attr `context` (0 if absent) */
 void ml_acts_source_close(ml_acts_source **a);
 
 /* ---- CLI -------------------------------------------------------------------------------- */

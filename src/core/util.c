@@ -19,6 +19,15 @@ void ml_rng_seed(ml_rng *r, uint64_t seed, uint64_t stream) {
     for (int i = 0; i < 4; i++) r->s[i] = ml_splitmix(&x);
 }
 
+uint64_t ml_seed_derive(uint64_t job_seed, const char *identity) {
+    uint64_t h = 0xCBF29CE484222325ull; /* FNV-1a 64 */
+    for (const unsigned char *p = (const unsigned char *)(identity ? identity : ""); *p; p++)
+        h = (h ^ *p) * 0x100000001B3ull;
+    uint64_t x = job_seed, a = ml_splitmix(&x);
+    x = a ^ h;
+    return ml_splitmix(&x) >> 1;
+}
+
 static inline uint64_t ml_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 uint64_t ml_rng_u64(ml_rng *r) {

@@ -43,6 +43,7 @@ typedef struct {
     ml_mtensor *t;
     int T;
     char *model_config; /* of models[0] (the base when the method has one) */
+    char *tokenizer[2];  /* root attributes `tokenizer`, `tokenizer_json` the output carries (NULL: none) */
     int n_layers;
 } ml_mplan;
 
@@ -54,6 +55,8 @@ static void ml_plan_free(ml_mplan *pl) {
     }
     ml_free(pl->t);
     ml_free(pl->model_config);
+    ml_free(pl->tokenizer[0]);
+    ml_free(pl->tokenizer[1]);
     memset(pl, 0, sizeof *pl);
 }
 
@@ -109,6 +112,63 @@ static int ml_names_contain(char **names, int n, const char *s) {
     return 0;
 }
 
+static const char *const ml_tokenizer_attrs[2] = {"tokenizer", "tokenizer_json"};
+
+/* 1 if both files exist and hold the same bytes. */
+static int ml_same_bytes(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    char x[4096], y[4096];
+    while (same) {
+        size_t na = fread(x, 1, sizeof x, fa), nb = fread(y, 1, sizeof y, fb);
+        same = na == nb && !memcmp(x, y, na);
+        if (na < sizeof x) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+static int ml_attr_or_null(ml_h5 *h, const char *attr, char **value) {
+    *value = NULL;
+    int rc = ml_h5_get_attr_str(h, "/", attr, value);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        return ML_OK;
+    }
+    return rc;
+}
+
+/* The tokenizer the merged checkpoint carries: the recipe's tokenizer_source,
+ * else the one every input records (the same path, or files with the same
+ * bytes); inputs that disagree are refused, since export and evaluation would
+ * otherwise use a tokenizer the merged weights were not trained with. */
+static int ml_plan_tokenizer(const ml_merge_recipe *r, ml_mplan *pl) {
+    const char *src = ml_merge_recipe_tokenizer_source(r);
+    int rc = ML_OK;
+    for (int a = 0; a < 2 && rc == ML_OK; a++) {
+        for (int i = 0; i < pl->M && rc == ML_OK; i++) {
+            if (src && strcmp(pl->paths[i], src)) continue;
+            char *v = NULL;
+            ML_CHECK(ml_attr_or_null(pl->in[i], ml_tokenizer_attrs[a], &v));
+            if (src || i == 0) {
+                pl->tokenizer[a] = v;
+                continue;
+            }
+            int same = (!v && !pl->tokenizer[a]) || (v && pl->tokenizer[a] && !strcmp(v, pl->tokenizer[a]));
+            if (!same && v && pl->tokenizer[a]) same = ml_same_bytes(v, pl->tokenizer[a]);
+            if (!same)
+                rc = ML_FAIL(ML_ERR_CONFIG,
+                             "merge: %s and %s were trained with different tokenizers (%s '%s' vs '%s'); set "
+                             "tokenizer_source in the recipe to base or to the model whose tokenizer to keep",
+                             pl->paths[0], pl->paths[i], ml_tokenizer_attrs[a],
+                             pl->tokenizer[a] ? pl->tokenizer[a] : "(none)", v ? v : "(none)");
+            ml_free(v);
+        }
+    }
+    return rc;
+}
+
 /* Open the inputs (serial handles) and check that they agree; resolve every
  * tensor's parameters. Local to this rank; nothing is written. */
 static int ml_plan_build(const ml_merge_recipe *r, ml_mplan *pl) {
@@ -127,6 +187,7 @@ static int ml_plan_build(const ml_merge_recipe *r, ml_mplan *pl) {
         ml_free(cfg);
         cfg = NULL;
     }
+    ML_CHECK_GOTO(ml_plan_tokenizer(r, pl), done);
     ML_CHECK_GOTO(ml_h5_list(pl->in[0], "/params", 1, &names0, &n0), done);
     if (n0 == 0) ML_FAIL_GOTO(done, ML_ERR_FORMAT, "%s: /params holds no tensors", pl->paths[0]);
     for (int i = 1; i < pl->M; i++) {
@@ -588,6 +649,8 @@ int ml_merge_checkpoints(MPI_Comm comm, const ml_merge_recipe *r, const char *ou
     ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "model_config", pl.model_config), fail);
     ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "parent", pl.paths[0]), fail);
     ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "merge_recipe", recipe_json), fail);
+    for (int a = 0; a < 2; a++)
+        if (pl.tokenizer[a]) ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", ml_tokenizer_attrs[a], pl.tokenizer[a]), fail);
     if (config_json) ML_CHECK_GOTO(ml_h5_set_attr_str(out, "/", "config", config_json), fail);
     ML_CHECK_GOTO(ml_h5_mkgroup(out, "/params"), fail);
     ml_prof_begin("merge.datasets");

@@ -79,6 +79,7 @@ struct ml_merge_recipe {
     const ml_node *global; /* top-level `parameters`, or NULL */
     char dtype[16], out_dtype[16];
     uint64_t seed;
+    const char *tokenizer_source; /* path of the model whose tokenizer the output keeps, or NULL */
 };
 
 /* ---- value syntax ------------------------------------------------------------ */
@@ -279,7 +280,7 @@ static int ml_recipe_build(ml_merge_recipe *r) {
     const ml_node *root = r->root;
     if (root->kind != ML_NODE_MAP) return ml_node_error(root, "a merge recipe must be a mapping");
     static const char *const known[] = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype",
-                                        "seed", NULL};
+                                        "seed", "tokenizer_source", NULL};
     for (int i = 0; i < root->n; i++) {
         const ml_node *e = root->items[i];
         int ok = 0;
@@ -287,10 +288,11 @@ static int ml_recipe_build(ml_merge_recipe *r) {
         if (ok) continue;
         if (!strcmp(e->key, "slices") || !strcmp(e->key, "modules"))
             return ml_node_error(e, "'%s' is not supported: list whole models under 'models'", e->key);
-        if (!strcmp(e->key, "tokenizer_source") || !strcmp(e->key, "tokenizer") || !strcmp(e->key, "chat_template"))
-            return ml_node_error(e, "'%s' is not supported: merged models must share one tokenizer", e->key);
+        if (!strcmp(e->key, "tokenizer") || !strcmp(e->key, "chat_template"))
+            return ml_node_error(e, "'%s' is not supported: merged models share one tokenizer (tokenizer_source: "
+                                    "base or a model's path picks whose the output keeps)", e->key);
         return ml_node_error(e, "unknown key '%s' (known: models, base_model, merge_method, parameters, dtype, "
-                                "out_dtype, seed)", e->key);
+                                "out_dtype, seed, tokenizer_source)", e->key);
     }
     const ml_node *mm = ml_node_get(root, "merge_method");
     if (!mm) return ml_node_error(root, "missing 'merge_method'");
@@ -355,6 +357,23 @@ static int ml_recipe_build(ml_merge_recipe *r) {
     }
     if (!uses_base && base && !base_entry) /* mergekit adds an unlisted base as one more input */
         ML_CHECK(ml_add_model(r, base, NULL, base));
+
+    const ml_node *ts = ml_node_get(root, "tokenizer_source");
+    if (ts) {
+        const char *v;
+        ML_CHECK(ml_node_as_string(ts, &v));
+        if (!strcmp(v, "base")) {
+            if (!base_path) return ml_node_error(ts, "tokenizer_source: base needs a 'base_model'");
+            v = base_path;
+        } else if (!strcmp(v, "union")) {
+            return ml_node_error(ts, "tokenizer_source: union is not supported (the models share one vocabulary; "
+                                     "name base or one model's path)");
+        }
+        int found = 0;
+        for (int i = 0; i < r->n; i++) found |= !strcmp(r->paths[i], v);
+        if (!found) return ml_node_error(ts, "tokenizer_source '%s' is not one of the recipe's models", v);
+        r->tokenizer_source = v;
+    }
 
     /* model counts (ml_merge_params_check repeats these per tensor) */
     int K = r->n - (r->has_base ? 1 : 0);
@@ -438,6 +457,7 @@ uint64_t ml_merge_recipe_seed(const ml_merge_recipe *r) { return r->seed; }
 void ml_merge_recipe_set_seed(ml_merge_recipe *r, uint64_t seed) { r->seed = seed; }
 const char *ml_merge_recipe_dtype(const ml_merge_recipe *r) { return r->dtype; }
 const char *ml_merge_recipe_out_dtype(const ml_merge_recipe *r) { return r->out_dtype; }
+const char *ml_merge_recipe_tokenizer_source(const ml_merge_recipe *r) { return r->tokenizer_source; }
 
 double ml_merge_layer_t(const char *tensor_name, int n_layers) {
     const char *p = strstr(tensor_name, "layers.");
@@ -446,7 +466,11 @@ double ml_merge_layer_t(const char *tensor_name, int n_layers) {
         long i = strtol(p + 7, &end, 10);
         if (end != p + 7 && *end == '.') return n_layers > 1 ? (double)i / (n_layers - 1) : 1.0;
     }
-    return strstr(tensor_name, "embed_tokens") ? 0.0 : 1.0; /* mergekit: pre-weights 0, post-weights 1 */
+    /* mergekit 0.1.5 (plan_module): pre-weights (embed_tokens) and post-weights
+     * (model.norm, lm_head) are planned with a ConfigReader at t = 0, so a
+     * gradient gives them its first value (releases before 0.1 used t = 1
+     * for the post-weights) */
+    return 0.0;
 }
 
 /* Look a parameter up for input model `m` (NULL for a global one). */

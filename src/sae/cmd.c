@@ -20,7 +20,12 @@ static const char ml_sae_usage[] =
     "the same rows, in the same order, as `mergelens capture` of those windows would write (window\n"
     "options as for capture; --window_seed is capture's --seed, --model_batch its --batch).\n"
     "A comma-separated --l1 (standard, anthropic) or --k (topk) trains a grid of SAEs in one pass;\n"
-    "their files get -l1_<value> / -k<value> before the .h5 suffix.\n";
+    "their files get -l1_<value> / -k<value> before the .h5 suffix. --replicas R trains R SAEs per grid\n"
+    "point that differ only in their seed, in the same pass; replica r >= 1 of NAME.h5 is NAME-rep<r>.h5.\n"
+    "Seeds: each SAE's initialisation and resampling, and the row order, derive from --seed and the SAE's\n"
+    "identity (model, hook, architecture, k or l1, replica; --seed_mode exact: --seed itself).\n"
+    "The last rows of the source (--holdout_rows, default 10%) are not trained on; the metrics and feature\n"
+    "examples are computed on them.\n";
 
 static const ml_option_spec ml_sae_opts[] = {
     {"out", ML_OPT_STRING, NULL, 0, -1, NULL, "output SAE file (saes/NAME.h5)"},
@@ -40,7 +45,14 @@ static const ml_option_spec ml_sae_opts[] = {
     {"batch", ML_OPT_INT, "3072", 1, 1 << 24, NULL, "rows per step over all ranks (the paper: 128 x 24 tokens)"},
     {"tokens", ML_OPT_INT, "0", 0, 1e15, NULL, "rows to train on (0: one pass over the file, or --model_tokens)"},
     {"max_steps", ML_OPT_INT, "0", 0, 1e15, NULL, "stop after this many steps (0: no limit)"},
-    {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "seed of the shuffle, the initialisation and resampling"},
+    {"seed", ML_OPT_INT, "42", 0, 1e18, NULL, "job seed: the shuffle, initialisation and resampling derive from it"},
+    {"seed_mode", ML_OPT_CHOICE, "derived", 0, -1, "derived|exact",
+     "derived: seeds from (--seed, the SAE's identity), no two SAEs alike; exact: --seed as is for every SAE"},
+    {"replicas", ML_OPT_INT, "1", 1, ML_SAE_MAX_GRID, NULL,
+     "SAEs per grid point differing only in their seed, trained in the same pass (NAME-rep<r>.h5 for r >= 1)"},
+    {"holdout_rows", ML_OPT_INT, "-1", -1, 1e15, NULL,
+     "rows at the end of the source not trained on, for the metrics (-1: 10%, at least min(2048, 25%); 0: none); "
+     "the split point is rounded down to whole windows of the context"},
     {"block_rows", ML_OPT_INT, "4096", 1, 1 << 24, NULL, "shuffle: rows per block read from the file"},
     {"buffer_blocks", ML_OPT_INT, "16", 1, 1 << 20, NULL, "shuffle: blocks permuted together"},
     {"median_rows", ML_OPT_INT, "8192", 1, 1 << 26, NULL, "rows for b_dec's geometric median (and E||x||^2)"},
@@ -59,7 +71,7 @@ static const ml_option_spec ml_sae_opts[] = {
     {"log_every", ML_OPT_INT, "100", 1, 1e12, NULL, "steps between metric records"},
     {"eval", ML_OPT_BOOL, "true", 0, -1, NULL, "evaluate and collect feature examples after training"},
     {"eval_acts", ML_OPT_STRING, "", 0, -1, NULL, "activations file to evaluate on (default: ACTS)"},
-    {"eval_row0", ML_OPT_INT, "0", 0, 1e15, NULL, "first evaluation row"},
+    {"eval_row0", ML_OPT_INT, "-1", -1, 1e15, NULL, "first evaluation row (-1: the first held-out row; 0 with --eval_acts)"},
     {"eval_rows", ML_OPT_INT, "262144", 0, 1e15, NULL, "evaluation rows (0: to the end)"},
     {"eval_block", ML_OPT_INT, "512", 1, 1 << 20, NULL, "rows encoded at a time in the evaluation"},
     {"model", ML_OPT_STRING, "", 0, -1, NULL, "train from this checkpoint's forward pass instead of ACTS"},
@@ -102,11 +114,52 @@ static int ml_parse_list(const char *key, const char *text, int want_int, double
     return ML_OK;
 }
 
-/* out "saes/base.h5" + suffix "-k32" -> "saes/base-k32.h5" */
-static void ml_grid_path(char *buf, size_t cap, const char *out, const char *suffix) {
+/* out "saes/base.h5" + suffix "-k32" -> "saes/base-k32.h5"; ML_ERR_ARG when it does not fit */
+static int ml_grid_path(char *buf, size_t cap, const char *out, const char *suffix) {
     size_t n = strlen(out);
-    if (n > 3 && !strcmp(out + n - 3, ".h5")) snprintf(buf, cap, "%.*s%s.h5", (int)(n - 3), out, suffix);
-    else snprintf(buf, cap, "%s%s", out, suffix);
+    int w = n > 3 && !strcmp(out + n - 3, ".h5") ? snprintf(buf, cap, "%.*s%s.h5", (int)(n - 3), out, suffix)
+                                                 : snprintf(buf, cap, "%s%s", out, suffix);
+    if (w < 0 || (size_t)w >= cap) return ML_FAIL(ML_ERR_ARG, "sae: output path %s%s is too long", out, suffix);
+    return ML_OK;
+}
+
+int ml_sae_replica_path(const char *path, int r, char *buf, size_t cap) {
+    if (r < 0) return ML_FAIL(ML_ERR_ARG, "sae: replica %d of %s: expected r >= 0", r, path);
+    char suffix[32] = "";
+    if (r > 0) snprintf(suffix, sizeof suffix, "-rep%d", r);
+    return ml_grid_path(buf, cap, path, suffix);
+}
+
+/* Held-out rows by default: 10% of the source, at least min(2048, 25%). */
+static int64_t ml_holdout_default(int64_t n) {
+    int64_t h = (n + 9) / 10, q = n / 4 < 2048 ? n / 4 : 2048;
+    return h > q ? h : q;
+}
+
+/* Training rows [0, *n_train) and held-out rows [*n_train, n) of a source of n
+ * rows in windows of T (0: unknown): the split point is rounded down to whole
+ * windows, so that no window has rows on both sides. */
+static int ml_split_rows(int64_t n, int64_t holdout_opt, int T, int64_t *n_train) {
+    int64_t hold = holdout_opt < 0 ? ml_holdout_default(n) : holdout_opt;
+    if (hold >= n)
+        return ML_FAIL(ML_ERR_ARG, "sae: --holdout_rows %lld leaves none of the source's %lld rows to train on",
+                       (long long)hold, (long long)n);
+    int64_t a = n - hold;
+    if (hold > 0 && T > 0 && a >= T) a -= a % T;
+    *n_train = a;
+    return ML_OK;
+}
+
+/* The seed identity of SAE (grid value of slot i, replica r), or of the shared
+ * row order (data = 1): "model=M;hook=H;arch=A" + ";k=32;replica=0" |
+ * ";l1=0.0003;replica=0" | ";rows" (docs/modules/sae.md, "Seeds"). */
+static void ml_seed_identity(char *buf, size_t cap, const char *model, const ml_sae_train_config *c, int i, int r,
+                             int data) {
+    int n = snprintf(buf, cap, "model=%s;hook=%s;arch=%s", model, c->hook_name, ml_sae_arch_name(c->arch));
+    if (n < 0 || (size_t)n >= cap) return;
+    if (data) snprintf(buf + n, cap - (size_t)n, ";rows");
+    else if (c->arch == ML_SAE_TOPK) snprintf(buf + n, cap - (size_t)n, ";k=%d;replica=%d", c->k[i], r);
+    else snprintf(buf + n, cap - (size_t)n, ";l1=%g;replica=%d", c->l1[i], r);
 }
 
 int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
@@ -121,6 +174,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     char paths[ML_SAE_MAX_GRID][4096];
     ml_sae_ckpt_opts ck = {0};
     ml_signal_guard guard = {0};
+    ml_sae_provenance *prov = NULL;
     ML_CHECK_GOTO(ml_options_parse_command(comm, "sae", ml_sae_usage, ml_sae_opts, argc, argv, &o, &npos, &pos, &help),
                   done);
     if (help) goto done;
@@ -150,7 +204,19 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
         ML_CHECK_GOTO(ml_parse_list("l1", ml_opt_str(o, "l1"), 0, vals, &nv), done);
         for (int i = 0; i < nv; i++) c.l1[i] = vals[i];
     }
-    c.n_grid = nv;
+    const int R = (int)ml_opt_int(o, "replicas"), exact = !strcmp(ml_opt_str(o, "seed_mode"), "exact");
+    if (nv * R > ML_SAE_MAX_GRID)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: %d grid values x %d replicas = %d SAEs; at most %d train in one pass", nv,
+                     R, nv * R, ML_SAE_MAX_GRID);
+    if (exact && R > 1)
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --seed_mode exact gives all %d replicas the same seed; use --seed_mode "
+                     "derived (the default) for replicas", R);
+    /* SAE i = grid value i / R, replica i % R */
+    for (int i = nv * R - 1; i >= 0; i--) {
+        c.k[i] = c.k[i / R];
+        c.l1[i] = c.l1[i / R];
+    }
+    c.n_grid = nv * R;
     c.expansion = (int)ml_opt_int(o, "expansion");
     c.d_sae = (int)ml_opt_int(o, "d_sae");
     c.k_aux = (int)ml_opt_int(o, "k_aux");
@@ -183,6 +249,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
 
     const ml_row_source *rows = NULL;
     const char *source_json = NULL;
+    int ctx_T = 0;
     if (from_model) {
         ml_forward_config fc = {0};
         fc.model_path = model_path;
@@ -201,38 +268,113 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
         c.hook_name = ml_forward_source_hook(fwd);
         c.model = model_path;
         rows = ml_forward_source_rows(fwd);
+        ctx_T = ml_forward_source_context(fwd);
         source_json = ml_forward_source_json(fwd);
-        const int64_t R = (int64_t)fc.batch * ml_forward_source_context(fwd);
-        if (c.block_rows % R != 0)
+        const int64_t fb = (int64_t)fc.batch * ctx_T;
+        if (c.block_rows % fb != 0)
             ml_warn("sae: blocks of %d rows (--block_rows) are not a multiple of the forward batches of %lld rows "
                     "(--model_batch x context): a batch split over blocks runs once per block",
-                    c.block_rows, (long long)R);
+                    c.block_rows, (long long)fb);
     } else {
         ML_CHECK_GOTO(ml_acts_source_open(comm, pos[0], c.hook_name, &acts), done);
         c.model = ml_acts_source_model(acts);
         rows = ml_acts_source_rows(acts);
+        ctx_T = ml_acts_source_context(acts);
         source_json = ml_acts_source_json(acts);
     }
+    /* held-out rows: the trainer sees rows [0, n_train), the metrics use [n_train, N) */
+    const int64_t n_src = rows->n_rows;
+    int64_t n_train = 0;
+    ML_CHECK_GOTO(ml_split_rows(n_src, ml_opt_int(o, "holdout_rows"), ctx_T, &n_train), done);
+    ml_row_source train_rows = *rows;
+    train_rows.n_rows = n_train;
+    if (from_model && ml_opt_int(o, "model_tokens") == 0) c.tokens = n_train; /* --tokens counted the held-out rows */
+    if (n_train < n_src)
+        ml_info("sae: training on rows [0, %lld) of the source; rows [%lld, %lld) are held out for the metrics",
+                (long long)n_train, (long long)n_train, (long long)n_src);
+    else ml_warn("sae: --holdout_rows 0: no held-out rows; the metrics are computed on training rows");
+
+    /* seeds: the shared row order and each SAE's initialisation + resampling */
+    const uint64_t job_seed = (uint64_t)ml_opt_int(o, "seed");
+    const char *seed_model = c.model && c.model[0] ? c.model : from_model ? model_path : pos[0];
+    prov = ml_calloc((size_t)c.n_grid, sizeof *prov);
+    if (!prov) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "sae: out of memory");
+    char data_id[sizeof prov->data_seed_identity];
+    ml_seed_identity(data_id, sizeof data_id, seed_model, &c, 0, 0, 1);
+    c.seed = exact ? job_seed : ml_seed_derive(job_seed, data_id);
+    c.per_sae_seeds = !exact;
+    const char *ep = ml_opt_str(o, "eval_acts");
+    const int own_eval = !(ep && ep[0]);
+    for (int i = 0; i < c.n_grid; i++) {
+        ml_sae_provenance *p = &prov[i];
+        p->set = 1;
+        p->job_seed = (int64_t)job_seed;
+        p->replica = i % R;
+        p->replicas = R;
+        if (!exact) {
+            ml_seed_identity(p->seed_identity, sizeof p->seed_identity, seed_model, &c, i, i % R, 0);
+            snprintf(p->data_seed_identity, sizeof p->data_seed_identity, "%s", data_id);
+            c.sae_seed[i] = ml_seed_derive(job_seed, p->seed_identity);
+        } else c.sae_seed[i] = job_seed;
+        p->seed = (int64_t)c.sae_seed[i];
+        p->data_seed = (int64_t)c.seed;
+        const char *ev_note = own_eval ? "" : "; the metrics use --eval_acts ";
+        if (from_model) {
+            p->train_row_start = p->train_row_end = p->heldout_row_start = p->heldout_row_end = -1;
+            if (n_train < n_src)
+                snprintf(p->heldout, sizeof p->heldout,
+                         "forward pass over %s: trained on rows [0, %lld) of the window plan (windows of %d tokens), "
+                         "held out rows [%lld, %lld): whole windows, distinct windows of the same split, not files' "
+                         "rows (a capture with the same window options holds them as rows [%lld, %lld))%s%s",
+                         model_path, (long long)n_train, ctx_T, (long long)n_train, (long long)n_src,
+                         (long long)n_train, (long long)n_src, ev_note, own_eval ? "" : ep);
+            else snprintf(p->heldout, sizeof p->heldout, "none (--holdout_rows 0): the metrics use training rows%s%s",
+                          ev_note, own_eval ? "" : ep);
+        } else {
+            p->train_row_start = 0;
+            p->train_row_end = n_train;
+            p->heldout_row_start = n_train;
+            p->heldout_row_end = n_src;
+            char split_note[96];
+            if (ctx_T > 0) snprintf(split_note, sizeof split_note, "split at a multiple of the context %d", ctx_T);
+            else snprintf(split_note, sizeof split_note, "the file has no context attribute: not rounded to windows");
+            if (n_train < n_src)
+                snprintf(p->heldout, sizeof p->heldout, "rows [%lld, %lld) of %s, the last %lld rows (%s); not "
+                         "trained on%s%s",
+                         (long long)n_train, (long long)n_src, pos[0], (long long)(n_src - n_train), split_note, ev_note,
+                         own_eval ? "" : ep);
+            else snprintf(p->heldout, sizeof p->heldout, "none (--holdout_rows 0): the metrics use training rows%s%s",
+                          ev_note, own_eval ? "" : ep);
+        }
+    }
+    c.prov = prov;
+
     ML_CHECK_GOTO(ml_options_to_json(o, &json), done);
     ML_CHECK_GOTO(ml_mkdir_parent(comm, out), done);
-    /* output paths (= checkpoint paths): one per SAE of the grid */
+    /* output paths (= checkpoint paths): one per SAE of the grid, replica r >= 1 as NAME-rep<r>.h5 */
     ck.n = c.n_grid;
     ck.config_json = json;
     ck.source_json = source_json;
     ck.every = ml_opt_int(o, "checkpoint_every");
     ck.raise_at = ml_opt_int(o, "raise_at");
     int found = 0;
-    for (int g = 0; g < c.n_grid; g++) {
-        char suffix[64];
-        if (c.n_grid == 1) snprintf(paths[g], sizeof paths[g], "%s", out);
+    for (int i = 0; i < c.n_grid; i++) {
+        char suffix[64], grid[4096];
+        if (nv == 1) snprintf(grid, sizeof grid, "%s", out);
         else {
-            if (c.arch == ML_SAE_TOPK) snprintf(suffix, sizeof suffix, "-k%d", c.k[g]);
-            else snprintf(suffix, sizeof suffix, "-l1_%g", c.l1[g]);
-            ml_grid_path(paths[g], sizeof paths[g], out, suffix);
+            if (c.arch == ML_SAE_TOPK) snprintf(suffix, sizeof suffix, "-k%d", c.k[i]);
+            else snprintf(suffix, sizeof suffix, "-l1_%g", c.l1[i]);
+            ML_CHECK_GOTO(ml_grid_path(grid, sizeof grid, out, suffix), done);
         }
-        ck.paths[g] = paths[g];
+        ML_CHECK_GOTO(ml_sae_replica_path(grid, i % R, paths[i], sizeof paths[i]), done);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(paths[i], paths[j]))
+                ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: two SAEs of the grid would be written to %s (repeated --%s value?)",
+                             paths[i], c.arch == ML_SAE_TOPK ? "k" : "l1");
+        ck.paths[i] = paths[i];
         int f = 0;
-        if (ml_opt_bool(o, "resume")) ML_CHECK_GOTO(ml_sae_ckpt_probe(comm, paths[g], json, source_json, &f), done);
+        if (ml_opt_bool(o, "resume"))
+            ML_CHECK_GOTO(ml_sae_ckpt_probe(comm, paths[i], json, source_json, &prov[i], &f), done);
         found += f;
     }
     if (found == c.n_grid) ck.resume = 1;
@@ -244,7 +386,7 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     c.ckpt = &ck;
     ml_signals_install(&guard);
     double t_train = ml_wtime();
-    ML_CHECK_GOTO(ml_sae_train(comm, &c, rows, &run), done);
+    ML_CHECK_GOTO(ml_sae_train(comm, &c, &train_rows, &run), done);
     t_train = ml_wtime() - t_train;
     if (run->n > 0) {
         int64_t nb = 0;
@@ -257,12 +399,15 @@ int ml_cmd_sae(MPI_Comm comm, int argc, char **argv) {
     }
 
     if (ml_opt_bool(o, "eval")) {
-        const char *ep = ml_opt_str(o, "eval_acts");
-        if (ep && ep[0]) ML_CHECK_GOTO(ml_acts_source_open(comm, ep, c.hook_name, &eval_src), done);
+        if (!own_eval) ML_CHECK_GOTO(ml_acts_source_open(comm, ep, c.hook_name, &eval_src), done);
         const ml_row_source *es = eval_src ? ml_acts_source_rows(eval_src) : rows;
         ml_sae_eval_config e;
         ml_sae_eval_config_default(&e);
         e.row0 = ml_opt_int(o, "eval_row0");
+        if (e.row0 < 0) e.row0 = own_eval && n_train < n_src ? n_train : 0;
+        if (own_eval && e.row0 < n_train && n_train < n_src)
+            ml_warn("sae: --eval_row0 %lld: the metrics include training rows (rows [0, %lld) are trained on)",
+                    (long long)e.row0, (long long)n_train);
         if (e.row0 >= es->n_rows)
             ML_FAIL_GOTO(done, ML_ERR_ARG, "sae: --eval_row0 %lld is past the %lld rows of the evaluation source",
                          (long long)e.row0, (long long)es->n_rows);
@@ -322,6 +467,7 @@ done:
     ml_acts_source_close(&acts);
     ml_forward_source_close(&fwd);
     ml_window_opts_clear(&wo);
+    ml_free(prov);
     ml_free(json);
     ml_free(pos);
     ml_options_destroy(&o);

@@ -114,6 +114,31 @@ static int ml_write_eval(ml_h5 *h, const ml_sae_eval *ev) {
     return ML_OK;
 }
 
+/* The integer root attributes of an SAE's provenance (ml_sae_provenance). */
+#define ML_PROV_INTS(p)                                                                                        \
+    {"seed", (p)->seed}, {"job_seed", (p)->job_seed}, {"data_seed", (p)->data_seed}, {"replica", (p)->replica},   \
+        {"replicas", (p)->replicas}, {"train_row_start", (p)->train_row_start},                                 \
+        {"train_row_end", (p)->train_row_end}, {"heldout_row_start", (p)->heldout_row_start},                   \
+        {"heldout_row_end", (p)->heldout_row_end}
+#define ML_PROV_STRS(p)                                                                                        \
+    {"seed_identity", (p)->seed_identity}, {"data_seed_identity", (p)->data_seed_identity}, {"heldout", (p)->heldout}
+typedef struct {
+    const char *name;
+    int64_t value;
+} ml_prov_int;
+typedef struct {
+    const char *name;
+    const char *value;
+} ml_prov_str;
+
+static int ml_write_prov(ml_h5 *h, const ml_sae_provenance *p) {
+    const ml_prov_int ints[] = {ML_PROV_INTS(p)};
+    const ml_prov_str strs[] = {ML_PROV_STRS(p)};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) ML_CHECK(ml_h5_set_attr_int(h, "/", ints[i].name, ints[i].value));
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) ML_CHECK(ml_h5_set_attr_str(h, "/", strs[i].name, strs[i].value));
+    return ML_OK;
+}
+
 static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, const ml_sae_eval *ev,
                          const char *config_json, const char *source_json, const float *W_enc) {
     int D = sae->d_in, S = sae->d_sae;
@@ -136,6 +161,7 @@ static int ml_write_body(ml_h5 *h, const ml_sae *sae, const ml_sae_trained *tr, 
         ML_CHECK(ml_h5_set_attr_str(h, "/", "mse_normalization", tr->mse_norm == ML_SAE_NORM_DATASET ? "dataset" : "row"));
         ML_CHECK(ml_h5_set_attr_double(h, "/", "mse_norm_sq", tr->norm_sq));
         ML_CHECK(ml_h5_set_attr_double(h, "/", "mean_sq_norm", tr->mean_sq_norm));
+        if (tr->prov.set) ML_CHECK(ml_write_prov(h, &tr->prov));
         ML_CHECK(ml_write_history(h, tr, S));
     }
     if (ev) {
@@ -248,7 +274,40 @@ static const char *const ml_sae_resume_free_keys[] = {
     "out",      "resume",           "raise_at",  "checkpoint_every", "eval",      "eval_acts", "eval_row0",
     "eval_rows", "eval_block",      "top_examples", "quantile_examples", "reservoir", "ctx_left", "ctx_right", NULL};
 
-int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, const char *source_json, int *found) {
+/* A checkpoint's seeds, replica and rows against this run's (one-line "cannot resume" error). */
+static int ml_check_prov(ml_h5 *h, const char *path, const ml_sae_provenance *p) {
+    const ml_prov_int ints[] = {ML_PROV_INTS(p)};
+    const ml_prov_str strs[] = {ML_PROV_STRS(p)};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
+        int64_t v = 0;
+        int rc = ml_h5_get_attr_int(h, "/", ints[i].name, &v);
+        if (rc == ML_ERR_NOTFOUND) {
+            ml_error_clear();
+            return ML_FAIL(ML_ERR_CONFIG, "%s: cannot resume: it has no attribute %s (written before seeds and rows "
+                           "were recorded); rerun with --resume false", path, ints[i].name);
+        }
+        ML_CHECK(rc);
+        if (v != ints[i].value)
+            return ML_FAIL(ML_ERR_CONFIG, "%s: cannot resume: its %s is %lld, this run's %lld", path, ints[i].name,
+                           (long long)v, (long long)ints[i].value);
+    }
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+        char *v = NULL;
+        ML_CHECK(ml_attr_str_opt(h, strs[i].name, &v));
+        int same = v && !strcmp(v, strs[i].value);
+        if (!same) {
+            int rc = ML_FAIL(ML_ERR_CONFIG, "%s: cannot resume: its %s is '%s', this run's '%s'", path, strs[i].name,
+                             v ? v : "(absent)", strs[i].value);
+            ml_free(v);
+            return rc;
+        }
+        ml_free(v);
+    }
+    return ML_OK;
+}
+
+int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, const char *source_json,
+                      const ml_sae_provenance *prov, int *found) {
     *found = 0;
     int rank, exists = 0, rc = ML_OK;
     ML_CHECK_MPI(MPI_Comm_rank(comm, &rank));
@@ -270,6 +329,7 @@ int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, 
     if (source_json && (!src || strcmp(src, source_json)))
         ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: cannot resume: its rows came from %s, this run's from %s", path,
                      src ? src : "(unknown)", source_json);
+    if (prov && prov->set) ML_CHECK_GOTO(ml_check_prov(h, path, prov), done);
     *found = 1;
 done:
     ml_free(stored);
@@ -464,6 +524,7 @@ struct ml_acts_source {
     int64_t stage_rows;
     char *model;
     int has_tokens, has_docs, has_pos;
+    int context;       /* the capture's `context` attribute (0: absent) */
     char *source_json; /* the `source` attribute of SAEs trained on it */
 };
 
@@ -536,6 +597,7 @@ static int ml_acts_describe(ml_acts_source *a, const char *path) {
     ML_CHECK_GOTO(ml_attr_str_opt(a->h, "order", &order), done);
     ML_CHECK_GOTO(ml_attr_int_or(a->h, "context", 0, &ctx), done);
     ML_CHECK_GOTO(ml_attr_int_or(a->h, "seed", -1, &seed), done);
+    a->context = ctx > 0 && ctx <= INT32_MAX ? (int)ctx : 0;
     ml_sae_source_info i = {"activations", path, a->model, domains, a->src.n_rows, (int)ctx, split, order, seed, 0};
     rc = ml_sae_source_json(&i, &a->source_json);
 done:
@@ -593,6 +655,7 @@ fail:
 const ml_row_source *ml_acts_source_rows(const ml_acts_source *a) { return &a->src; }
 const char *ml_acts_source_model(const ml_acts_source *a) { return a->model ? a->model : ""; }
 const char *ml_acts_source_json(const ml_acts_source *a) { return a->source_json; }
+int ml_acts_source_context(const ml_acts_source *a) { return a->context; }
 
 void ml_acts_source_close(ml_acts_source **ap) {
     if (!ap || !*ap) return;

@@ -33,8 +33,11 @@ int ml_sae_ckpt_write(MPI_Comm comm, const char *path, const ml_sae_trained *tr,
                       const char *config_json, const char *source_json);
 /* Collective: is path an incomplete SAE checkpoint to continue? *found = 1 if
  * so, after checking that its options (except bookkeeping keys) and row
- * source equal this run's (else the one-line "cannot resume" error). */
-int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, const char *source_json, int *found);
+ * source equal this run's, and (prov not NULL, prov->set) that its seeds,
+ * replica and row ranges equal prov's (else the one-line "cannot resume"
+ * error). */
+int ml_sae_ckpt_probe(MPI_Comm comm, const char *path, const char *config_json, const char *source_json,
+                      const ml_sae_provenance *prov, int *found);
 /* Collective: restore from path into tr->sae (created with the run's shape,
  * checked against the file), tr->hist (empty), tr's scalars (resampled_total,
  * median_iters, mean_sq_norm) and st, whose arrays the caller allocated

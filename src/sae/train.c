@@ -343,6 +343,7 @@ static int ml_save_checkpoints(MPI_Comm comm, const ml_sae_train_config *cfg, ml
                              .tokens_since_fired = sl->since, .resampled_total = sl->resampled,
                              .median_iters = rp->median_iters, .mse_norm = sl->lc.mse_norm, .norm_sq = sl->lc.norm_sq,
                              .mean_sq_norm = rp->mean_sq};
+        if (cfg->prov) tr.prov = cfg->prov[g];
         ml_sae_ckpt_state st = {.step = rp->step, .steps = rp->steps, .stream_pos = rp->step * rp->B,
                                 .iv_steps = sl->iv_steps, .ranks = rp->P, .adam_m = sl->m, .adam_v = sl->v,
                                 .iv_count = sl->iv_count, .mu = (float *)rp->mu};
@@ -398,6 +399,12 @@ static int ml_restore_checkpoints(MPI_Comm comm, const ml_sae_train_config *cfg,
     ml_info("sae: resuming %s%s at step %lld of %lld", ck->paths[0], cfg->n_grid > 1 ? " (and the grid's other files)" : "",
             (long long)rp->step, (long long)rp->steps);
     return ML_OK;
+}
+
+/* SAE g's seed of its initialisation (resample 0) or resampling draws (1). */
+static uint64_t ml_slot_seed(const ml_sae_train_config *cfg, int g, int resample) {
+    if (cfg->per_sae_seeds) return cfg->sae_seed[g];
+    return cfg->seed + (resample ? (uint64_t)g : 0);
 }
 
 static int ml_check_config(const ml_sae_train_config *c, int P, int d_in) {
@@ -496,7 +503,7 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
         ml_slot *sl = &slots[g];
         ML_CHECK_GOTO(ml_sae_create(cfg->arch, D, S, cfg->arch == ML_SAE_TOPK ? cfg->k[g] : 0, &sl->sae), fail);
         if (!resuming) {
-            ml_sae_init(sl->sae, cfg->seed, cfg->dec_init_norm);
+            ml_sae_init(sl->sae, ml_slot_seed(cfg, g, 0), cfg->dec_init_norm);
             memcpy(sl->sae->b_dec, median, sizeof(float) * (size_t)D);
         }
         sl->sae->l1_coefficient = cfg->arch == ML_SAE_TOPK ? 0 : cfg->l1[g];
@@ -629,7 +636,7 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
         if (do_resample && step % cfg->resample_every == 0 && step <= resample_until)
             for (int g = 0; g < G; g++)
                 ML_CHECK_GOTO(ml_resample(comm, &slots[g], &rs, stream, B, L, (int64_t)cfg->resample_every * B,
-                                          cfg->seed + (uint64_t)g, step),
+                                          ml_slot_seed(cfg, g, 1), step),
                               fail);
         if (ck) {
             rp.step = step;
@@ -667,6 +674,7 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
         t->mse_norm = slots[g].lc.mse_norm;
         t->norm_sq = slots[g].lc.norm_sq;
         t->mean_sq_norm = mean_sq;
+        if (cfg->prov) t->prov = cfg->prov[g];
     }
     *out = run;
     run = NULL;

@@ -77,6 +77,7 @@ typedef struct {
     double rope_theta;
     const char *shrink; /* tensor written with one row less */
     const char *drop;   /* tensor left out */
+    const char *tokenizer; /* root attribute `tokenizer` */
 } ckpt_opts;
 
 static void make_ckpt(const char *path, uint64_t seed, double delta, const ckpt_opts *o) {
@@ -86,6 +87,7 @@ static void make_ckpt(const char *path, uint64_t seed, double delta, const ckpt_
     ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.checkpoint", 1, &h));
     ML_ASSERT_OK(ml_h5_set_attr_str(h, "/", "model_config", config_json(o && o->rope_theta ? o->rope_theta : 10000)));
     ML_ASSERT_OK(ml_h5_set_attr_str(h, "/", "parent", ""));
+    if (o && o->tokenizer) ML_ASSERT_OK(ml_h5_set_attr_str(h, "/", "tokenizer", o->tokenizer));
     float *buf = malloc(V * D * sizeof(float));
     for (int k = 0; k < nt; k++) {
         if (o && o->drop && !strcmp(o->drop, t[k].name)) continue;
@@ -356,7 +358,8 @@ static void test_ties_model(void **state) {
         gen(x, k, t[k].n, 3, 0.01);
         gen(y, k, t[k].n, 4, 0.01);
         const char *nm = t[k].name;
-        double pos = strstr(nm, "layers.") ? atoi(strstr(nm, "layers.") + 7) / 2.0 : strstr(nm, "embed") ? 0 : 1;
+        /* mergekit 0.1.5: embed_tokens, model.norm and lm_head at position 0 */
+        double pos = strstr(nm, "layers.") ? atoi(strstr(nm, "layers.") + 7) / 2.0 : 0;
         double w[2] = {0.7, strstr(nm, "mlp") ? -0.4 : 0.5}, dn[2] = {0.3 + 0.6 * pos, 0.6};
         const float *xs[2] = {x, y};
         ref_ties(want, base, xs, w, dn, 2, t[k].n, 1.1);
@@ -593,12 +596,73 @@ static void test_cleanup(void **state) {
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
+/* The merged checkpoint carries the tokenizer its inputs share (issue #20
+ * item 2): the same path or files with the same bytes; different tokenizers
+ * are refused unless tokenizer_source picks one. */
+static char *out_tokenizer(const char *path) {
+    ml_h5 *h = NULL;
+    char *v = NULL;
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, path, "mergelens.checkpoint", 1, 1, &h));
+    if (ml_h5_get_attr_str(h, "/", "tokenizer", &v) != ML_OK) ml_error_clear();
+    ML_ASSERT_OK(ml_h5_close(&h));
+    return v;
+}
+
+static void test_tokenizer_carried(void **state) {
+    (void)state;
+    setup_models();
+    char t1[1200], t2[1200], t3[1200], a[1200], b[1200], c[1200], cfg[4096], out[1200];
+    snprintf(t1, sizeof t1, "%s/tok1.json", dir);
+    snprintf(t2, sizeof t2, "%s/tok2.json", dir);
+    snprintf(t3, sizeof t3, "%s/tok3.json", dir);
+    write_text(t1, "{\"vocab\": 1}");
+    write_text(t2, "{\"vocab\": 1}"); /* same bytes as t1 */
+    write_text(t3, "{\"vocab\": 2}");
+    snprintf(a, sizeof a, "%s/tok_a.h5", dir);
+    snprintf(b, sizeof b, "%s/tok_b.h5", dir);
+    snprintf(c, sizeof c, "%s/tok_c.h5", dir);
+    make_ckpt(a, 1, 0.0, &(ckpt_opts){.tokenizer = t1});
+    make_ckpt(b, 2, 0.05, &(ckpt_opts){.tokenizer = t2});
+    make_ckpt(c, 3, 0.05, &(ckpt_opts){.tokenizer = t3});
+    const char *fmt = "merge_method: slerp\nbase_model: %s\nmodels:\n  - model: %s\n  - model: %s\n"
+                      "parameters: {t: 0.5}\n%s";
+    char rpath[1200];
+    snprintf(rpath, sizeof rpath, "%s/tok.yaml", dir);
+    snprintf(out, sizeof out, "%s/tok_out.h5", dir);
+    snprintf(cfg, sizeof cfg, fmt, a, a, b, "");
+    write_text(rpath, cfg);
+    ML_ASSERT_OK(run_merge(MPI_COMM_WORLD, rpath, out));
+    char *v = out_tokenizer(out);
+    assert_non_null(v);
+    assert_string_equal(v, t1);
+    ml_free(v);
+    snprintf(cfg, sizeof cfg, fmt, a, a, c, "");
+    expect_fail(cfg, "tok_bad.h5", "were trained with different tokenizers (tokenizer '");
+    snprintf(cfg, sizeof cfg, fmt, a, a, c, "tokenizer_source: union\n");
+    expect_fail(cfg, "tok_bad.h5", "tokenizer_source: union is not supported");
+    char pick[1300];
+    snprintf(pick, sizeof pick, "tokenizer_source: %s\n", c);
+    snprintf(cfg, sizeof cfg, fmt, a, a, c, pick);
+    write_text(rpath, cfg);
+    ML_ASSERT_OK(run_merge(MPI_COMM_WORLD, rpath, out));
+    v = out_tokenizer(out);
+    assert_string_equal(v, t3);
+    ml_free(v);
+    snprintf(cfg, sizeof cfg, fmt, a, a, c, "tokenizer_source: base\n");
+    write_text(rpath, cfg);
+    ML_ASSERT_OK(run_merge(MPI_COMM_WORLD, rpath, out));
+    v = out_tokenizer(out);
+    assert_string_equal(v, t1);
+    ml_free(v);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slerp_model),
         cmocka_unit_test(test_ties_model),
         cmocka_unit_test(test_rank_independence),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_tokenizer_carried),
         cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_cleanup),
     };

@@ -6,10 +6,8 @@
 #include <math.h>
 #include <sys/stat.h>
 
-#include "ml_test.h"
+#include "sae_fixture.h"
 #include "mergelens/interop.h"
-#include "mergelens/io.h"
-#include "mergelens/sae.h"
 
 #define N 4096
 #define D 16
@@ -108,28 +106,29 @@ static void test_roundtrip(void **state) {
     assert_true(ml_alloc_live() == live0); /* nothing leaked, failure paths included */
 }
 
+/* The command's defaults: rows [0, N_TRAIN) train (N - 10%, at least min(2048, N/4) held out; the file has no
+ * context attribute, so no rounding to windows), seeds derived from --seed 42 and the documented identities. */
+#define N_TRAIN (N - 1024)
+#define ID_BASE "model=models/base.h5;hook=" HOOK ";arch=standard"
+
 static ml_sae_run *train_memory(const float *x, int arch, double l1a, double l1b) {
     ml_row_memory mem;
-    ml_row_memory_init(&mem, x, N, D, NULL, NULL, NULL);
+    ml_row_memory_init(&mem, x, N_TRAIN, D, NULL, NULL, NULL);
     ml_sae_train_config c;
-    ml_sae_train_config_default(&c);
+    sae_small_config(&c);
     c.arch = (ml_sae_arch)arch;
-    c.d_sae = 32;
     c.n_grid = 2;
     c.l1[0] = l1a;
     c.l1[1] = l1b;
     c.k[0] = 3;
     c.k[1] = 5;
-    c.lr = 3e-3;
-    c.batch = 128;
-    c.tokens = 20 * 128;
-    c.block_rows = 512;
-    c.buffer_blocks = 4;
-    c.median_rows = 256;
-    c.resample_every = 8;
-    c.dead_window = 512;
-    c.log_every = 5;
-    c.quiet = 1;
+    c.seed = ml_seed_derive(42, ID_BASE ";rows");
+    c.per_sae_seeds = 1;
+    char id[256];
+    for (int g = 0; g < 2; g++) {
+        snprintf(id, sizeof id, ID_BASE ";l1=%g;replica=0", g ? l1b : l1a);
+        c.sae_seed[g] = ml_seed_derive(42, id);
+    }
     ml_sae_run *run = NULL;
     ML_ASSERT_OK(ml_sae_train(MPI_COMM_WORLD, &c, &mem.src, &run));
     return run;
@@ -200,6 +199,29 @@ static void test_command(void **state) {
             assert_true(steps == 20);
             ML_ASSERT_OK(ml_h5_get_attr_double(h, "/metrics/eval", "fvu", &fvu));
             assert_true(fvu > 0 && fvu < 1.5);
+            /* held-out rows: the metrics use rows [N_TRAIN, N), which the trainer did not see */
+            const struct {
+                const char *g, *a;
+                int64_t want;
+            } rows[] = {{"/", "train_row_start", 0},          {"/", "train_row_end", N_TRAIN},
+                        {"/", "heldout_row_start", N_TRAIN},  {"/", "heldout_row_end", N},
+                        {"/metrics/eval", "row0", N_TRAIN},   {"/metrics/eval", "n_rows", N - N_TRAIN},
+                        {"/features", "row0", N_TRAIN},       {"/", "replica", 0},
+                        {"/", "replicas", 1},                 {"/", "job_seed", 42}};
+            for (size_t q = 0; q < sizeof rows / sizeof *rows; q++) {
+                int64_t v = -7;
+                ML_ASSERT_OK(ml_h5_get_attr_int(h, rows[q].g, rows[q].a, &v));
+                if (v != rows[q].want) fail_msg("%s %s%s = %lld, want %lld", paths[g], rows[q].g, rows[q].a, (long long)v,
+                                                (long long)rows[q].want);
+            }
+            int64_t seed = 0;
+            char *ident = NULL, want_id[256];
+            snprintf(want_id, sizeof want_id, ID_BASE ";l1=%g;replica=0", g ? 0.2 : 0.05);
+            ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", "seed_identity", &ident));
+            assert_string_equal(ident, want_id);
+            ML_ASSERT_OK(ml_h5_get_attr_int(h, "/", "seed", &seed));
+            assert_true((uint64_t)seed == ml_seed_derive(42, want_id));
+            ml_free(ident);
             char *cfg = NULL;
             ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", "config", &cfg));
             assert_non_null(strstr(cfg, "\"batch\""));

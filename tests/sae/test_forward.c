@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "../capture/fixtures.h"
+#include "sae_fixture.h"
 #include "mergelens/sae.h"
 
 #define HOOK "blocks.1.mlp.hook_post"
@@ -76,15 +77,6 @@ static double rel_diff(const char *pa, const char *pb, const char *ds, ml_dtype 
     return md / mb;
 }
 
-static char *attr(const char *path, const char *name) {
-    ml_h5 *h = NULL;
-    char *s = NULL;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_str(h, "/", name, &s));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return s;
-}
-
 static void test_equivalence(void **state) {
     (void)state;
     env e;
@@ -144,13 +136,38 @@ static void test_equivalence(void **state) {
                 checked++;
             }
         assert_true(checked > 20);
+        /* held-out rows: 3000 - 750 (10%, at least min(2048, 25%)) rounded down to whole windows of 16 = 2240;
+         * every example comes from them, on both routes; the forward route states it in `heldout` */
+        for (hsize_t i = 0; i < S * K; i++)
+            if (rows[i] >= 0 && rows[i] < 2240) fail_msg("%s: top example row %lld is a training row", pm, (long long)rows[i]);
+        ml_h5 *hf = NULL;
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, pf, "mergelens.sae", 1, 1, &hf));
+        const char *ra[] = {"train_row_start", "train_row_end", "heldout_row_start", "heldout_row_end"};
+        const int64_t want_f[] = {0, 2240, 2240, 3000};
+        for (int q = 0; q < 4; q++) {
+            int64_t vf = -7, vm = -7;
+            ML_ASSERT_OK(ml_h5_get_attr_int(hf, "/", ra[q], &vf));
+            ML_ASSERT_OK(ml_h5_get_attr_int(hs, "/", ra[q], &vm));
+            if (vf != want_f[q] || vm != -1)
+                fail_msg("%s: file route %lld (want %lld), forward route %lld (want -1)", ra[q], (long long)vf,
+                         (long long)want_f[q], (long long)vm);
+        }
+        int64_t er0 = 0;
+        ML_ASSERT_OK(ml_h5_get_attr_int(hs, "/metrics/eval", "row0", &er0));
+        assert_int_equal(er0, 2240);
+        char *ho = NULL;
+        ML_ASSERT_OK(ml_h5_get_attr_str(hs, "/", "heldout", &ho));
+        if (!strstr(ho, "held out rows [2240, 3000)")) fail_msg("forward `heldout`: %s", ho);
+        ml_free(ho);
+        ML_ASSERT_OK(ml_h5_close(&hf));
         free(tok);
         free(rows);
         free(tt);
         ML_ASSERT_OK(ml_h5_close(&ha));
         ML_ASSERT_OK(ml_h5_close(&hs));
         /* where the rows came from */
-        char *sm = attr(pm, "source"), *sf = attr(pf, "source"), *mm = attr(pm, "model"), *hk = attr(pm, "hook_name");
+        char *sm = sae_attr_str(pm, "source"), *sf = sae_attr_str(pf, "source"), *mm = sae_attr_str(pm, "model"),
+             *hk = sae_attr_str(pm, "hook_name");
         char want[4000];
         snprintf(want, sizeof want,
                  "{\"kind\":\"forward\",\"acts\":\"\",\"model\":\"%s\",\"domains\":[\"%s\",\"%s\"],\"n_tokens\":3000,"
@@ -173,6 +190,50 @@ static void test_equivalence(void **state) {
                            worst, secs);
 }
 
+/* The top examples of a and b hold the same rows and token windows, except that two examples whose
+ * activations are within 1e-5 relative (a near tie, e.g. two windows of the same tokens) may swap slots:
+ * their order is decided by float rounding, which depends on the rank count. Returns the swaps. */
+static int same_examples_up_to_ties(const char *pa, const char *pb, int S, int K, int W) {
+    ml_h5 *ha = NULL, *hb = NULL;
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, pa, "mergelens.sae", 1, 1, &ha));
+    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, pb, "mergelens.sae", 1, 1, &hb));
+    size_t n = 0;
+    int64_t *ra = read_any(ha, "/features/top_rows", ML_I64, &n), *rb = read_any(hb, "/features/top_rows", ML_I64, &n);
+    assert_true(n == (size_t)S * K);
+    float *aa = read_any(ha, "/features/top_acts", ML_F32, &n), *ab = read_any(hb, "/features/top_acts", ML_F32, &n);
+    int32_t *ta = read_any(ha, "/features/top_tokens", ML_I32, &n), *tb = read_any(hb, "/features/top_tokens", ML_I32, &n);
+    assert_true(n == (size_t)S * K * W);
+    int swaps = 0;
+    for (int j = 0; j < S; j++)
+        for (int q = 0; q < K; q++) {
+            size_t i = (size_t)j * K + q, m = i;
+            if (ra[i] != rb[i]) {
+                int found = 0;
+                for (int d = -1; d <= 1 && !found; d += 2) {
+                    if (q + d < 0 || q + d >= K) continue;
+                    m = i + d;
+                    found = rb[m] == ra[i] && fabsf(aa[i] - ab[m]) <= 1e-5f * fabsf(aa[i]) &&
+                            fabsf(aa[i] - aa[m]) <= 1e-5f * fabsf(aa[i]);
+                }
+                if (!found) fail_msg("%s: feature %d example %d is row %lld, %s has row %lld (no near tie)", pa, j, q,
+                                     (long long)ra[i], pb, (long long)rb[i]);
+                swaps++;
+            }
+            if (memcmp(ta + i * W, tb + m * W, sizeof(int32_t) * W))
+                fail_msg("%s: feature %d example %d (row %lld): token window differs from %s", pa, j, q,
+                         (long long)ra[i], pb);
+        }
+    free(ra);
+    free(rb);
+    free(aa);
+    free(ab);
+    free(ta);
+    free(tb);
+    ML_ASSERT_OK(ml_h5_close(&ha));
+    ML_ASSERT_OK(ml_h5_close(&hb));
+    return swaps;
+}
+
 static void test_ranks(void **state) {
     (void)state;
     env e;
@@ -183,13 +244,17 @@ static void test_ranks(void **state) {
     char out_w[1200], out_s[1200];
     snprintf(out_w, sizeof out_w, "%s/saes/world.h5", e.dir);
     snprintf(out_s, sizeof out_s, "%s/saes/self.h5", e.dir);
-    const char *world[] = {"sae", "--out", out_w, SAE_OPTS, MODEL_OPTS(&e), NULL};
+    /* --seed_mode exact: with the derived seeds of this configuration one latent's pre-activation sits at 0
+     * within rounding and Adam amplifies the flip (W_enc 7.8e-4 relative between 1 and 2 ranks, the effect
+     * docs/modules/sae.md describes); the shared seed keeps this test about the row source. */
+    const char *world[] = {"sae", "--out", out_w, SAE_OPTS, MODEL_OPTS(&e), "--seed_mode", "exact", NULL};
     ML_ASSERT_OK(run_sae(MPI_COMM_WORLD, world));
     if (rank == 0) {
-        const char *self[] = {"sae", "--out", out_s, SAE_OPTS, MODEL_OPTS(&e), NULL};
+        const char *self[] = {"sae", "--out", out_s, SAE_OPTS, MODEL_OPTS(&e), "--seed_mode", "exact", NULL};
         ML_ASSERT_OK(run_sae(MPI_COMM_SELF, self));
         const char *l1s[2] = {"0.01", "0.05"};
         double worst = 0;
+        int swaps = 0;
         for (int g = 0; g < 2; g++) {
             char pw[1300], ps[1300];
             grid_path(pw, sizeof pw, e.dir, "world", l1s[g]);
@@ -200,9 +265,10 @@ static void test_ranks(void **state) {
                 if (d > worst) worst = d;
                 if (d > 1e-5) fail_msg("%d ranks vs 1: %s differs by %.3g relative", P, ds[k], d);
             }
-            assert_true(rel_diff(pw, ps, "/features/top_tokens", ML_I32) == 0);
+            swaps += same_examples_up_to_ties(pw, ps, 48, 4, 8);
         }
-        fprintf(stderr, "%d ranks vs 1 rank: max relative difference %.3g\n", P, worst);
+        fprintf(stderr, "%d ranks vs 1 rank: max relative difference %.3g, %d near-tied examples swapped\n", P, worst,
+                swaps);
     }
     MPI_Barrier(MPI_COMM_WORLD);
 }

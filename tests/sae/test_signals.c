@@ -7,12 +7,16 @@
  * attribute, the root attributes but `config` one by one). Both row sources:
  * an activations file (a grid of two SAEs, interrupted mid-interval, and
  * during the evaluation) and the model's forward pass (periodic checkpoints);
- * and a topk grid with AuxK. */
+ * a topk grid with AuxK; and replicas (--replicas 2: both files checkpointed and resumed, a checkpoint
+ * whose recorded seed differs from the run's refused). */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "../capture/fixtures.h"
+#include "sae_fixture.h"
 #include "mergelens/interop.h"
 #include "mergelens/sae.h"
 
@@ -51,15 +55,6 @@ static int run_sae(const char *const *args) {
     return rc;
 }
 
-static int64_t attr_int(const char *path, const char *obj, const char *name) {
-    ml_h5 *h = NULL;
-    int64_t v = -1;
-    ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, path, "mergelens.sae", 1, 1, &h));
-    ML_ASSERT_OK(ml_h5_get_attr_int(h, obj, name, &v));
-    ML_ASSERT_OK(ml_h5_close(&h));
-    return v;
-}
-
 /* The interrupted run's state: non-zero status, the message, complete = 0 at `step` in every file. */
 static void expect_interrupted(int rc, const char *const *paths, int n, int64_t step, int64_t steps) {
     if (rc != ML_ERR_INTERRUPTED) fail_msg("expected ML_ERR_INTERRUPTED, got %s: %s", ml_status_name(rc), ml_error_message());
@@ -71,8 +66,8 @@ static void expect_interrupted(int rc, const char *const *paths, int n, int64_t 
     assert_null(strchr(ml_error_message(), '\n'));
     ml_error_clear();
     for (int g = 0; g < n; g++) {
-        assert_int_equal(attr_int(paths[g], "/", "complete"), 0);
-        assert_int_equal(attr_int(paths[g], "/checkpoint", "step"), step);
+        assert_int_equal(sae_attr_int(paths[g], "/", "complete"), 0);
+        assert_int_equal(sae_attr_int(paths[g], "/checkpoint", "step"), step);
     }
 }
 
@@ -113,7 +108,10 @@ static void expect_same(const char *a, const char *b) {
         ml_h5 *ha = NULL, *hb = NULL;
         ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, a, "mergelens.sae", 1, 1, &ha));
         ML_ASSERT_OK(ml_h5_open(MPI_COMM_SELF, b, "mergelens.sae", 1, 1, &hb));
-        const char *ints[] = {"complete", "d_in", "d_sae", "k", "apply_b_dec_to_input", "normalize_decoder"};
+        const char *ints[] = {"complete",        "d_in",          "d_sae",           "k",
+                              "apply_b_dec_to_input", "normalize_decoder", "seed",   "job_seed",
+                              "data_seed",       "replica",       "replicas",        "train_row_start",
+                              "train_row_end",   "heldout_row_start", "heldout_row_end"};
         for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
             int64_t x = -1, y = -2;
             ML_ASSERT_OK(ml_h5_get_attr_int(ha, "/", ints[i], &x));
@@ -127,7 +125,8 @@ static void expect_same(const char *a, const char *b) {
             ML_ASSERT_OK(ml_h5_get_attr_double(hb, "/", dbls[i], &y));
             if (memcmp(&x, &y, sizeof x)) fail_msg("%s: root attribute %s %.17g, uninterrupted %.17g", b, dbls[i], y, x);
         }
-        const char *strs[] = {"architecture", "hook_name", "model", "source", "mse_normalization"};
+        const char *strs[] = {"architecture", "hook_name", "model", "source", "mse_normalization", "seed_identity",
+                              "data_seed_identity", "heldout"};
         for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
             char *x = NULL, *y = NULL;
             ML_ASSERT_OK(ml_h5_get_attr_str(ha, "/", strs[i], &x));
@@ -175,12 +174,12 @@ static void test_file_route(void **state) {
     if (!strstr(ml_error_message(), "cannot resume") || !strstr(ml_error_message(), "lr") || strchr(ml_error_message(), '\n'))
         fail_msg("changed option: %s", ml_error_message());
     ml_error_clear();
-    for (int g = 0; g < 2; g++) assert_int_equal(attr_int(op[g], "/checkpoint", "step"), 45);
+    for (int g = 0; g < 2; g++) assert_int_equal(sae_attr_int(op[g], "/checkpoint", "step"), 45);
 
     /* 3. the same command resumes (raise_at 45 is behind it) and ends where the uninterrupted run did */
     ML_ASSERT_OK(run_sae(sig));
     for (int g = 0; g < 2; g++) expect_same(rp[g], op[g]);
-    int64_t resampled = attr_int(rp[1], "/metrics", "resampled_total");
+    int64_t resampled = sae_attr_int(rp[1], "/metrics", "resampled_total");
     if (resampled <= 0) fail_msg("the test should resample dead latents (resampled_total %lld)", (long long)resampled);
 
     /* 4. a signal during the evaluation: the finished training is checkpointed, the rerun evaluates */
@@ -219,7 +218,7 @@ static void test_model_route(void **state) {
     assert_int_equal(rc, ML_ERR_CONFIG);
     if (!strstr(ml_error_message(), "cannot resume")) fail_msg("changed option: %s", ml_error_message());
     ml_error_clear();
-    assert_int_equal(attr_int(out, "/checkpoint", "step"), 50);
+    assert_int_equal(sae_attr_int(out, "/checkpoint", "step"), 50);
     ML_ASSERT_OK(run_sae(sig));
     expect_same(ref, out);
     /* --resume false starts over (and ends at the same place) */
@@ -257,8 +256,62 @@ static void test_topk(void **state) {
     assert_int_equal(ml_alloc_live(), live);
 }
 
+/* rank 0 adds delta to the int64 root attribute `seed` of path (HDF5 directly: no writer of ours edits files) */
+static void bump_seed(const char *path, int64_t delta) {
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+        assert_true(f >= 0);
+        hid_t a = H5Aopen(f, "seed", H5P_DEFAULT);
+        assert_true(a >= 0);
+        int64_t v = 0;
+        assert_true(H5Aread(a, H5T_NATIVE_INT64, &v) >= 0);
+        v += delta;
+        assert_true(H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0);
+        H5Aclose(a);
+        H5Fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* --replicas 2 (dead latents resampled by each replica from its own seed): both files are checkpoints at the
+ * interruption; a checkpoint whose seed is not the run's cannot resume; the rerun equals the uninterrupted run */
+static void test_replicas(void **state) {
+    (void)state;
+    env e;
+    env_make(&e, "sae_signals_replicas", 1);
+    char ref[1200], out[1200], rp[2][1300], op[2][1300];
+    snprintf(ref, sizeof ref, "%s/saes/ref.h5", e.dir);
+    snprintf(out, sizeof out, "%s/saes/sig.h5", e.dir);
+    for (int r = 0; r < 2; r++) {
+        ML_ASSERT_OK(ml_sae_replica_path(ref, r, rp[r], sizeof rp[r]));
+        ML_ASSERT_OK(ml_sae_replica_path(out, r, op[r], sizeof op[r]));
+    }
+    const char *paths[2] = {op[0], op[1]};
+    long live = ml_alloc_live();
+    const char *full[] = {"sae", e.acts, "--out", ref, "--l1", "1", "--replicas", "2", SAE_OPTS, NULL};
+    ML_ASSERT_OK(run_sae(full));
+    const char *sig[] = {"sae", e.acts, "--out", out, "--l1", "1", "--replicas", "2", SAE_OPTS, "--raise_at", "45", NULL};
+    expect_interrupted(run_sae(sig), paths, 2, 45, 93);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(sae_attr_int(op[r], "/", "replica"), r);
+        assert_int_equal(sae_attr_int(op[r], "/", "replicas"), 2);
+    }
+    assert_true(sae_attr_int(op[0], "/", "seed") != sae_attr_int(op[1], "/", "seed"));
+    bump_seed(op[1], 1);
+    ML_ASSERT_FAILS_ALL(run_sae(sig), ML_ERR_CONFIG, "cannot resume: its seed is");
+    assert_int_equal(sae_attr_int(op[1], "/checkpoint", "step"), 45);
+    bump_seed(op[1], -1);
+    ML_ASSERT_OK(run_sae(sig));
+    for (int r = 0; r < 2; r++) expect_same(rp[r], op[r]);
+    if (sae_attr_int(rp[0], "/metrics", "resampled_total") <= 0 || sae_attr_int(rp[1], "/metrics", "resampled_total") <= 0)
+        fail_msg("both replicas should resample dead latents");
+    assert_int_equal(ml_alloc_live(), live);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_file_route), cmocka_unit_test(test_model_route),
-                                       cmocka_unit_test(test_topk)};
+                                       cmocka_unit_test(test_topk), cmocka_unit_test(test_replicas)};
     return ml_test_run(argc, argv, "sae_signals", tests, sizeof tests / sizeof tests[0]);
 }
