@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -314,6 +315,8 @@ static int ml_lock_take(ml_guard_out *o) {
         if (!why)
             return ML_FAIL(ML_ERR_IO, "%s %s: in use by another run (%s); if that run is dead, remove its lock: rm %s",
                            o->label, o->path, desc, o->lock);
+        /* tests: stop here (SIGSTOP) so that another run can take the lock meanwhile */
+        if (getenv("ML_GUARD_TEST_STOP")) raise(SIGSTOP);
         char aside[PATH_MAX + 96];
         char host[64] = "?";
         gethostname(host, sizeof host);

@@ -4,7 +4,8 @@
 #  - a second `train` on the --out of a running one fails at once naming the
 #    holder's pid; the first run's result equals an undisturbed run's bit for bit;
 #  - stale locks (dead pid, reused pid, this Slurm job on another node) are taken
-#    over with a warning; a live holder here or on another host is refused;
+#    over with a warning; a live holder here or on another host is refused; of two
+#    takers of one stale lock, the later is refused and the winner's lock kept;
 #  - eval, capture, compare, merge, sae-eval: --out = an input, --out = a directory
 #    and --out in a missing directory are refused before any work (capture, compare
 #    and sae-eval create the directory of their output, as documented);
@@ -80,6 +81,21 @@ cp e.h5.lock lock.before
 run2 $EVAL
 refused "holder on another host" "in use by another run (host other-node.example, pid 1, Slurm job 4242"
 check "holder on another host: lock unchanged, no output" bash -c "cmp -s e.h5.lock lock.before && [ ! -e e.h5 ]"
+# two takers of one stale lock: A judges it stale and is stopped just before its takeover;
+# B takes it over and runs; A, resumed, must find B's lock (moved aside, compared, put back)
+rm -f t.h5 t.h5.lock; lock_of "$host" "$dead" 777 "" > t.h5.lock
+TTRAIN="train --domains $F/a.h5 --out t.h5 $MODEL_ARGS --steps 40 --seed 7"
+ML_GUARD_TEST_STOP=1 "$bin" $TTRAIN > a.log 2>&1 & ta=$!
+while [ "$(sed 's/.*) //' /proc/$ta/stat 2>/dev/null | cut -c1)" != T ] && kill -0 $ta 2>/dev/null; do sleep 0.05; done
+"$bin" $TTRAIN > b.log 2>&1 & tb=$!
+while ! grep -q "^pid=$tb$" t.h5.lock 2>/dev/null && kill -0 $tb 2>/dev/null; do sleep 0.05; done
+kill -STOP $tb; cp t.h5.lock lock.b
+kill -CONT $ta; wait $ta; rc=$?
+check "two takers: the later one is refused (rc $rc)" bash -c "[ $rc -eq 1 ] && grep -qF 'in use by another run (host $host, pid $tb' a.log" || cat a.log
+check "two takers: the winner's lock is in place, unchanged" cmp -s t.h5.lock lock.b
+check "two takers: no lock moved aside is left" bash -c "! ls | grep -q 'lock.stale'"
+kill -CONT $tb; wait $tb; rc=$?
+check "two takers: the winner completes and releases its lock (rc $rc)" bash -c "[ $rc -eq 0 ] && [ ! -e t.h5.lock ]"
 # a requeued Slurm job on another node (1 rank: no mpiexec inside a fake Slurm job)
 out=$(SLURM_JOB_ID=4242 "$bin" $EVAL 2>&1); rc=$?
 check "same Slurm job on another node: taken over (rc $rc)" has "$out" "it is this Slurm job before a requeue"
