@@ -24,4 +24,17 @@ int ml_cli_main(int argc, char **argv);
 /* The command of that name, or NULL. */
 const ml_command *ml_cli_find(const char *name);
 
+/* The output guard around a command (src/cli/guard.c). Collective over comm:
+ * argv is the command's own (argv[0] = command name; for lora, export,
+ * import, tokenizer and data the subcommand is argv[1]). Refuses, on every
+ * rank alike, an output that is an input of the command, an existing
+ * directory where a file is written or a file in a missing directory, then
+ * takes on rank 0 the lock `<output>.lock` of every output (a second run on
+ * the same output fails at once; a lock of a dead run is taken over).
+ * *out is NULL on failure. */
+typedef struct ml_cli_guard ml_cli_guard;
+int ml_cli_guard_acquire(MPI_Comm comm, const char *command, int argc, char **argv, ml_cli_guard **out);
+/* Not collective: rank 0 unlinks its locks (those still its own). Tolerates NULL. */
+void ml_cli_guard_release(ml_cli_guard **g);
+
 #endif

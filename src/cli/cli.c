@@ -268,7 +268,10 @@ int ml_cli_main(int argc, char **argv) {
     MPI_Comm_dup(MPI_COMM_WORLD, &exit_comm);
     char advice[512];
     if (strcmp(cmd->name, "doctor") != 0 && ml_blas_check(advice, sizeof advice)) ml_warn("%s", advice);
-    int rc = cmd->fn(MPI_COMM_WORLD, argc - 1, argv + 1);
+    ml_cli_guard *guard = NULL;
+    int rc = ml_cli_guard_acquire(MPI_COMM_WORLD, cmd->name, argc - 1, argv + 1, &guard);
+    if (rc == ML_OK) rc = cmd->fn(MPI_COMM_WORLD, argc - 1, argv + 1);
+    ml_cli_guard_release(&guard);
     int code = ml_cli_exit(exit_comm, cmd, rc);
     MPI_Comm_free(&exit_comm);
     MPI_Finalize();

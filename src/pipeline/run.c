@@ -300,7 +300,10 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
         const ml_command *cmd = ml_cli_find(s->command);
         double t0 = ml_wtime();
         ml_prof_begin(s->name);
-        rc = cmd->fn(comm, s->argc, s->argv);
+        ml_cli_guard *guard = NULL;
+        rc = ml_cli_guard_acquire(comm, s->command, s->argc, s->argv, &guard);
+        if (rc == ML_OK) rc = cmd->fn(comm, s->argc, s->argv);
+        ml_cli_guard_release(&guard);
         ml_prof_end(s->name, 0, 0);
         res[i].seconds = ml_wtime() - t0;
         rc = ml_agree(comm, rc);

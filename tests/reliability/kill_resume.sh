@@ -50,6 +50,9 @@ for stage in base finetune sae sweep capture; do
     pid=$!
     sleep "$(awk -v d="$delay" 'BEGIN { printf "%.3f", d / 1000 }')"
     kill -KILL -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rc=$?
+    # the ranks have process groups of their own: kill the rest of the session and wait
+    # until it is gone (a rerun meets a live rank 0 as the holder of the output's lock)
+    pkill -KILL -s "$pid" 2>/dev/null; for _ in $(seq 200); do pgrep -s "$pid" > /dev/null || break; sleep 0.05; done
     what="$stage np$np trial $i (kill at ${delay} of ${dur} ms, rc $rc)"
     [ $rc -ne 0 ] && killed=$((killed + 1))
     if [ -e "$dir/out.h5" ]; then
