@@ -160,13 +160,14 @@ static void ml_h5_release_reserve(ml_h5 *h) {
     h->reserve_path = NULL;
 }
 
-/* Rank 0: create the reserve beside `base` (ML_OK or an error naming the output). */
+/* Rank 0: create the reserve `<base>.reserve` (ML_OK or an error naming the
+ * output); a stale one of a killed run is reused. */
 static int ml_h5_take_reserve(ml_h5 *h, const char *base) {
     if (h->rank != 0) return ML_OK;
     size_t len = strlen(base) + 16;
     if (!(h->reserve_path = ml_malloc(len))) return ML_FAIL(ML_ERR_NOMEM, "out of memory");
     snprintf(h->reserve_path, len, "%s.reserve", base);
-    int fd = open(h->reserve_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), err = fd < 0 ? errno : 0;
+    int fd = open(h->reserve_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), err = fd < 0 ? errno : 0;
     if (fd >= 0) {
         err = posix_fallocate(fd, 0, ML_H5_RESERVE);
         close(fd);
@@ -328,7 +329,11 @@ static int ml_h5_open_mode(MPI_Comm comm, const char *path, const char *expect_f
     if (!info[0]) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: cannot open: %s", path, strerror(info[1]));
     if (info[0] == 2) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: is a directory, expected an HDF5 file", path);
     ML_CHECK_GOTO(ml_h5_open_pinned(h, mode), fail);
-    if (mode == H5F_ACC_RDWR) ML_CHECK_GOTO(ml_agree(h->comm, ml_h5_take_reserve(h, path)), fail);
+    if (mode == H5F_ACC_RDWR) { /* <path>.tmp.reserve: a temporary by its name */
+        char base[4096];
+        snprintf(base, sizeof base, "%s.tmp", path);
+        ML_CHECK_GOTO(ml_agree(h->comm, ml_h5_take_reserve(h, base)), fail);
+    }
     if (H5Aexists_by_name(h->file, "/", "format", H5P_DEFAULT) <= 0)
         ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: not a mergelens file (no 'format' attribute)%s%s", path,
                      expect_format ? ", expected " : "", expect_format ? expect_format : "");
@@ -413,7 +418,11 @@ int ml_h5_flush(ml_h5 *h) {
         rc = ML_FAIL(ML_ERR_HDF5, "%s: flush failed (%s)", h->path, ml_h5_err(hb));
     }
     ML_CHECK(ml_agree(h->comm, rc));
-    if (!h->readonly) rc = ml_h5_take_reserve(h, h->creating ? h->tmp_path : h->path);
+    if (!h->readonly) {
+        char base[4096];
+        snprintf(base, sizeof base, "%s%s", h->creating ? h->tmp_path : h->path, h->creating ? "" : ".tmp");
+        rc = ml_h5_take_reserve(h, base);
+    }
     return ml_agree(h->comm, rc);
 }
 
