@@ -434,6 +434,10 @@ void ml_h5_discard(ml_h5 **ph) {
          * that closing it (which flushes) cannot fail for lack of room after
          * a write failed with ENOSPC (see ML_H5_RESERVE). */
         if (h->creating) ml_h5_free_space(h);
+        else if (!h->readonly) { /* written in place: kept, but its close needs room too */
+            ml_h5_release_reserve(h);
+            MPI_Barrier(h->comm);
+        }
         H5Fclose(h->file);
     }
     h->file = H5I_INVALID_HID;

@@ -143,4 +143,33 @@ for np in 1 2; do
   done
 done
 rm -f "$D/filler"
+# 6. a capture checkpointed in place (--checkpoint_every 4) whose disk fills up after some checkpoints:
+#    exit 1 on every rank (no hang), one line, the last checkpoint stays usable (complete = 0), no
+#    temporary left; with room again the rerun resumes and equals the uninterrupted run's file
+CAP="capture base.h5 --domains a.h5 --tokens 8192 --context 16 --checkpoint_every 4"
+# (the reference written under the same name: the stored config holds --out)
+rm -rf "$D"/o.h5 "$D"/hf "$D"/sl
+{ "$bin" $CAP --out "$D/o.h5" > "$T/cap.log" 2>&1 && mv "$D/o.h5" "$T/ref_acts.h5"; } || check "uninterrupted capture" false
+for np in 1 2; do
+  rm -rf "$D"/o.h5 "$D"/filler "$D"/hf "$D"/sl rank.*
+  avail=$(df -k --output=avail "$D" | tail -1)
+  dd if=/dev/zero of="$D/filler" bs=1k count=$((avail - 900)) 2>/dev/null
+  out=$(timeout 60 "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n "$np" \
+        bash -c '"$@"; echo $? > rank.${OMPI_COMM_WORLD_RANK:-0}' _ "$bin" $CAP --out "$D/o.h5" 2>&1); rc=$?
+  codes=$(cat rank.* 2>/dev/null | sort | tr '\n' ' ')
+  check "np$np capture checkpointed in place on a filling disk: exit 1 on every rank ($rc; $codes)" \
+    test "$codes" = "$(printf '1 %.0s' $(seq "$np"))"
+  check "np$np capture in place: one error line naming the file" \
+    bash -c "[ \$(grep -c '^error: ' <<<\"\$0\") -eq 1 ] && grep -qE '^error: (rank [0-9]+: )?$D/o.h5: cannot write' <<<\"\$0\"" "$out"
+  if crashed "$out"; then check "np$np capture in place: no crash" false; echo "$out" | tail -5; else check "np$np capture in place: no crash" true; fi
+  check "np$np capture in place: the last checkpoint stays (complete = $(attr "$D/o.h5" complete), batches_done $(attr "$D/o.h5" batches_done))" \
+    test "$(attr "$D/o.h5" complete)" = 0
+  check "np$np capture in place: no temporary left" test -z "$(ls -A "$D" | grep -v '^filler$\|^existing.txt$\|^model.h5$\|^o.h5$')"
+  rm -f "$D/filler"
+  ML_LOG_LEVEL=info "$bin" $CAP --out "$D/o.h5" > "$T/cap_resume.log" 2>&1; rc=$?
+  check "np$np capture in place: with room again the rerun resumes and succeeds ($rc)" \
+    bash -c "[ $rc -eq 0 ] && grep -q 'resuming .* at batch' '$T/cap_resume.log'"
+  [ $rc -eq 0 ] || tail -3 "$T/cap_resume.log"
+  check "np$np capture in place: the resumed file equals the uninterrupted run's" same_h5 "$T/ref_acts.h5" "$D/o.h5"
+done
 ml_check_summary disk_full
