@@ -84,6 +84,21 @@ static int ml_plan_open_store(MPI_Comm comm, const char *path, const char *split
     if (!x->doc_offsets) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "%s: out of memory for %llu doc offsets", path,
                                       (unsigned long long)dims[0]);
     ML_CHECK_GOTO(ml_h5_read_tensor(h, ds, ML_I64, 1, dims, x->doc_offsets), done);
+    /* refuse corrupt offsets (the document search below relies on them):
+     * 0 first, non-decreasing, the split's token count last */
+    char ts[64];
+    hsize_t tdims[ML_H5_MAX_RANK];
+    snprintf(ts, sizeof ts, "/%s/tokens", split);
+    ML_CHECK_GOTO(ml_h5_shape(h, ts, &r, tdims, &t), done);
+    for (int64_t i = 0; i <= x->n_docs; i++) {
+        const int64_t prev = i ? x->doc_offsets[i - 1] : 0, want_last = r == 1 ? (int64_t)tdims[0] : -1;
+        if (x->doc_offsets[i] < prev || (i == 0 && x->doc_offsets[0] != 0) ||
+            (i == x->n_docs && x->doc_offsets[i] != want_last))
+            ML_FAIL_GOTO(done, ML_ERR_FORMAT,
+                         "%s: dataset '%s' is corrupt: entry %lld is %lld (offsets must rise from 0 to the %lld "
+                         "tokens of '%s')",
+                         path, ds, (long long)i, (long long)x->doc_offsets[i], (long long)want_last, ts);
+    }
 done:
     if (rc == ML_OK) return ml_h5_close(&h);
     ml_h5_close(&h);

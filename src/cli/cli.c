@@ -26,10 +26,17 @@
 #include "mergelens/sweep.h"
 #include "mergelens/train.h"
 
+static const ml_option_spec ml_version_opts[] = {ML_OPT_END};
+
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
-    int rank;
+    int rank, help = 0;
     MPI_Comm_rank(comm, &rank);
-    if (rank == 0) printf("mergelens %s\n", ML_VERSION_STRING);
+    ml_options *o = NULL;
+    /* no options: a misspelt one is an error, not ignored */
+    ML_CHECK(ml_options_parse_command(comm, "version", "usage: mergelens version", ml_version_opts, argc, argv, &o,
+                                      NULL, NULL, &help));
+    if (rank == 0 && !help) printf("mergelens %s\n", ML_VERSION_STRING);
+    ml_options_destroy(&o);
     return ML_OK;
 }
 

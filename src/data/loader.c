@@ -120,9 +120,13 @@ int ml_loader_create(MPI_Comm comm, const ml_loader_config *cfg, ml_loader **out
         x->n_windows = W * (sub_i + 1) / sub_n - x->first;
         x->weight = cfg->weights ? cfg->weights[d] : (double)x->n_windows;
         if (!(x->weight >= 0)) ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: weight of %s is %g (must be >= 0)", cfg->paths[d], x->weight);
-        if (!l->sequential && x->weight > 0 && W == 0)
-            ML_FAIL_GOTO(fail, ML_ERR_ARG, "%s: split '%s' has %lld tokens, fewer than one window of T+1 = %d",
-                         cfg->paths[d], split, (long long)x->n_tokens, l->T + 1);
+        /* a store too short for the context: named, with the option (without
+         * explicit weights its weight would silently be 0) */
+        if (!l->sequential && (x->weight > 0 || !cfg->weights) && W == 0)
+            ML_FAIL_GOTO(fail, ML_ERR_ARG,
+                         "%s: split '%s' has %lld tokens, fewer than one window of T+1 = %d (--context %d is longer "
+                         "than the store: use a smaller --context)",
+                         cfg->paths[d], split, (long long)x->n_tokens, l->T + 1, l->T);
         if (l->sequential || x->weight > 0) l->total_windows += x->n_windows;
         wsum += x->weight;
     }
@@ -139,8 +143,9 @@ int ml_loader_create(MPI_Comm comm, const ml_loader_config *cfg, ml_loader **out
                          (long long)need, l->G);
     }
     if (l->sequential && l->total_windows == 0)
-        ML_FAIL_GOTO(fail, ML_ERR_ARG, "loader: split '%s' has no window of T+1 = %d tokens in any domain", split,
-                     l->T + 1);
+        ML_FAIL_GOTO(fail, ML_ERR_ARG,
+                     "%s%s: split '%s' has no window of T+1 = %d tokens (--context %d is longer than the store)",
+                     cfg->paths[0], l->D > 1 ? " (and every other store)" : "", split, l->T + 1, l->T);
     *out = l;
     return ML_OK;
 fail:

@@ -44,7 +44,7 @@ int ml_atomic_write(ml_atomic_file *f, const void *data, size_t n) {
     while (n > 0) {
         ssize_t w = write(f->fd, p, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return ML_FAIL(ML_ERR_IO, "%s: write failed: %s", f->tmp, w < 0 ? strerror(errno) : "no progress");
+        if (w <= 0) return ML_FAIL(ML_ERR_IO, "%s: cannot write: %s", f->path, w < 0 ? strerror(errno) : "no progress");
         p += w;
         n -= (size_t)w;
     }
@@ -60,14 +60,14 @@ void ml_atomic_abort(ml_atomic_file *f) {
 int ml_atomic_commit(ml_atomic_file *f) {
     int rc = ML_OK;
     if (fsync(f->fd) != 0) {
-        rc = ML_FAIL(ML_ERR_IO, "%s: fsync failed: %s", f->tmp, strerror(errno));
+        rc = ML_FAIL(ML_ERR_IO, "%s: cannot write (fsync): %s", f->path, strerror(errno));
         ml_atomic_abort(f);
         return rc;
     }
     int crc = close(f->fd);
     f->fd = -1;
     if (crc != 0)
-        rc = ML_FAIL(ML_ERR_IO, "%s: close failed: %s", f->tmp, strerror(errno));
+        rc = ML_FAIL(ML_ERR_IO, "%s: cannot write (close): %s", f->path, strerror(errno));
     else if (rename(f->tmp, f->path) != 0)
         rc = ML_FAIL(ML_ERR_IO, "%s: cannot rename to %s: %s", f->tmp, f->path, strerror(errno));
     if (rc != ML_OK) unlink(f->tmp);

@@ -22,6 +22,7 @@ struct ml_h5 {
     int rank, size;
     int creating; /* written at tmp_path, renamed on close */
     char *path, *tmp_path, *format;
+    char *reserve_path; /* created: rank 0's reserve beside tmp_path (see ML_H5_RESERVE), or NULL */
     int version;
     int writeback_fd; /* read-only descriptor of tmp_path for ml_h5_start_writeback, or -1 */
     int readonly;     /* opened with ml_h5_open */
@@ -134,8 +135,60 @@ static void ml_h5_free(ml_h5 *h) {
     if (h->map) munmap(h->map, h->map_bytes);
     ml_free(h->path);
     ml_free(h->tmp_path);
+    ml_free(h->reserve_path);
     ml_free(h->format);
     ml_free(h);
+}
+
+/* Disk space kept free for flushing a file being written. HDF5 writes most
+ * metadata only when the file is flushed or closed, and in HDF5 1.10 a flush
+ * that fails cannot be retried ("slist already enabled?": every later flush
+ * and close fails too) and a failed H5Fclose leaves a dangling file id that
+ * crashes MPI_Finalize (exit 139). So a flush must not run out of room: rank
+ * 0 reserves this much in a file beside the output (<tmp>.reserve) before
+ * HDF5 creates or opens it for writing, and gives it back just before the
+ * flush or close (ml_h5_release_reserve); an output's metadata is far smaller
+ * (tens of KB for a checkpoint). Raw data that does not fit fails at its
+ * write, which fails cleanly; then the file is truncated before it is closed
+ * and deleted. A disk without this much room fails at create, before any
+ * work is written. */
+#define ML_H5_RESERVE (256 * 1024)
+
+static void ml_h5_release_reserve(ml_h5 *h) {
+    if (h->rank == 0 && h->reserve_path) unlink(h->reserve_path);
+    ml_free(h->reserve_path);
+    h->reserve_path = NULL;
+}
+
+/* Rank 0: create the reserve `<base>.reserve` (ML_OK or an error naming the
+ * output); a stale one of a killed run is reused. */
+static int ml_h5_take_reserve(ml_h5 *h, const char *base) {
+    if (h->rank != 0) return ML_OK;
+    size_t len = strlen(base) + 16;
+    if (!(h->reserve_path = ml_malloc(len))) return ML_FAIL(ML_ERR_NOMEM, "out of memory");
+    snprintf(h->reserve_path, len, "%s.reserve", base);
+    int fd = open(h->reserve_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), err = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        err = posix_fallocate(fd, 0, ML_H5_RESERVE);
+        close(fd);
+    }
+    if (err == 0) return ML_OK;
+    if (fd >= 0) unlink(h->reserve_path);
+    ml_free(h->reserve_path);
+    h->reserve_path = NULL;
+    if (fd < 0) return ML_OK; /* cannot create files here: H5Fcreate says why */
+    return ML_FAIL(ML_ERR_IO, "%s: cannot write: %s (not even %d KB free to create it)", h->path, strerror(err),
+                   ML_H5_RESERVE / 1024);
+}
+
+/* A file that will be deleted (a write or the flush failed on some rank;
+ * every rank is here): give its space and the reserve back so that the
+ * close below has room for the metadata it flushes. */
+static void ml_h5_free_space(ml_h5 *h) {
+    MPI_Barrier(h->comm);
+    if (h->rank == 0 && h->tmp_path) (void)truncate(h->tmp_path, 0);
+    ml_h5_release_reserve(h);
+    MPI_Barrier(h->comm);
 }
 
 static int ml_h5_alloc(MPI_Comm comm, const char *path, ml_h5 **out) {
@@ -183,6 +236,7 @@ int ml_h5_create(MPI_Comm comm, const char *path, const char *format, int format
     if (!h->tmp_path || !h->format) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory");
     snprintf(h->tmp_path, len, "%s.tmp.%lx", path, (unsigned long)nonce & 0xffffffffUL);
     h->version = format_version;
+    ML_CHECK_GOTO(ml_agree(h->comm, ml_h5_take_reserve(h, h->tmp_path)), fail);
     h->creating = 1;
     hid_t fapl = ml_fapl(h->comm);
     if (fapl >= 0) {
@@ -275,6 +329,11 @@ static int ml_h5_open_mode(MPI_Comm comm, const char *path, const char *expect_f
     if (!info[0]) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: cannot open: %s", path, strerror(info[1]));
     if (info[0] == 2) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: is a directory, expected an HDF5 file", path);
     ML_CHECK_GOTO(ml_h5_open_pinned(h, mode), fail);
+    if (mode == H5F_ACC_RDWR) { /* <path>.tmp.reserve: a temporary by its name */
+        char base[4096];
+        snprintf(base, sizeof base, "%s.tmp", path);
+        ML_CHECK_GOTO(ml_agree(h->comm, ml_h5_take_reserve(h, base)), fail);
+    }
     if (H5Aexists_by_name(h->file, "/", "format", H5P_DEFAULT) <= 0)
         ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: not a mergelens file (no 'format' attribute)%s%s", path,
                      expect_format ? ", expected " : "", expect_format ? expect_format : "");
@@ -291,6 +350,7 @@ fail:
     rc = ml_agree(h->comm, rc);
     if (rc) {
         if (h->file >= 0) H5Fclose(h->file);
+        ml_h5_release_reserve(h);
         ml_h5_free(h);
         return ml_error_trace(rc, __FILE__, __LINE__, __func__);
     }
@@ -315,18 +375,18 @@ int ml_h5_close(ml_h5 **ph) {
     ml_h5 *h = *ph;
     int rc = ML_OK;
     if (h->file >= 0) {
+        if (h->reserve_path || !h->readonly) { /* room for the flush (see ML_H5_RESERVE) */
+            ml_h5_release_reserve(h);
+            MPI_Barrier(h->comm);
+        }
         if (h->creating && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) {
             char hb[256];
             rc = ML_FAIL(ML_ERR_HDF5, "%s: flush failed (%s)", h->path, ml_h5_err(hb));
         }
         if (h->creating) rc = ml_agree(h->comm, rc);
-        if (rc != ML_OK) {
-            /* e.g. the disk is full: the file will be deleted, so free its
-             * space first and let the close below succeed (see ml_h5_discard) */
-            MPI_Barrier(h->comm);
-            if (h->rank == 0) (void)truncate(h->tmp_path, 0);
-            MPI_Barrier(h->comm);
-        }
+        /* e.g. the disk is full: the file will be deleted, so free its
+         * space first and let the close below succeed (see ML_H5_RESERVE) */
+        if (rc != ML_OK) ml_h5_free_space(h);
         if (H5Fclose(h->file) < 0 && rc == ML_OK) {
             char hb[256];
             rc = ML_FAIL(ML_ERR_HDF5, "%s: close failed (%s)", h->path, ml_h5_err(hb));
@@ -334,6 +394,7 @@ int ml_h5_close(ml_h5 **ph) {
         h->file = H5I_INVALID_HID;
     }
     rc = ml_agree(h->comm, rc);
+    ml_h5_release_reserve(h);
     if (h->creating) {
         int rrc = ML_OK;
         if (h->rank == 0) {
@@ -350,9 +411,17 @@ int ml_h5_close(ml_h5 **ph) {
 
 int ml_h5_flush(ml_h5 *h) {
     int rc = ML_OK;
+    ml_h5_release_reserve(h); /* room for the flush (see ML_H5_RESERVE), taken again after it */
+    MPI_Barrier(h->comm);
     if (H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) {
         char hb[256];
         rc = ML_FAIL(ML_ERR_HDF5, "%s: flush failed (%s)", h->path, ml_h5_err(hb));
+    }
+    ML_CHECK(ml_agree(h->comm, rc));
+    if (!h->readonly) {
+        char base[4096];
+        snprintf(base, sizeof base, "%s%s", h->creating ? h->tmp_path : h->path, h->creating ? "" : ".tmp");
+        rc = ml_h5_take_reserve(h, base);
     }
     return ml_agree(h->comm, rc);
 }
@@ -361,19 +430,19 @@ void ml_h5_discard(ml_h5 **ph) {
     if (!ph || !*ph) return;
     ml_h5 *h = *ph;
     if (h->file >= 0) {
-        if (h->creating) {
-            /* The file is thrown away: free its space first, so that closing it
-             * (which flushes) cannot fail for lack of room after a write failed
-             * with ENOSPC; a failed H5Fclose leaves HDF5 1.10 in a state that
-             * crashes at MPI_Finalize. */
-            MPI_Barrier(h->comm);
-            if (h->rank == 0 && h->tmp_path) (void)truncate(h->tmp_path, 0);
+        /* The file is thrown away: free its space and the reserve first, so
+         * that closing it (which flushes) cannot fail for lack of room after
+         * a write failed with ENOSPC (see ML_H5_RESERVE). */
+        if (h->creating) ml_h5_free_space(h);
+        else if (!h->readonly) { /* written in place: kept, but its close needs room too */
+            ml_h5_release_reserve(h);
             MPI_Barrier(h->comm);
         }
         H5Fclose(h->file);
     }
     h->file = H5I_INVALID_HID;
     MPI_Barrier(h->comm);
+    ml_h5_release_reserve(h);
     if (h->creating && h->rank == 0 && h->tmp_path) unlink(h->tmp_path);
     ml_h5_free(h);
     *ph = NULL;
@@ -677,7 +746,9 @@ static int ml_h5_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_sta
 
 int ml_h5_write_rows(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count,
                      const void *data) {
-    return ml_h5_rows(h, name, type, row_start, row_count, (void *)data, 1, 1);
+    /* collective: a write that failed on one rank (e.g. a full disk under its
+     * rows) is known to every rank before the caller's next collective */
+    return ml_agree(h->comm, ml_h5_rows(h, name, type, row_start, row_count, (void *)data, 1, 1));
 }
 
 int ml_h5_write_rows_independent(ml_h5 *h, const char *name, ml_dtype type, hsize_t row_start, hsize_t row_count,
