@@ -38,7 +38,7 @@ typedef struct {
 
 static const ml_guard_spec ml_guard_specs[] = {
     {"train", NULL, "out", "", -1, -1, 1},
-    {"eval", NULL, "out", "", -1, -1, 0},
+    {"eval", NULL, "out", "", -1, -1, 1},
     {"capture", NULL, "out", "", -1, -1, 1},
     {"sae-eval", NULL, "out", "", -1, -1, 1},
     {"sae", NULL, "out", "", -1, -1, 1},
