@@ -1,5 +1,6 @@
 /* mergelens cli: the `mergelens` executable's subcommand table and the
- * top-level error policy (agree on failure, else MPI_Abort). */
+ * top-level error policy (one exit epilogue on every rank; exit 0, 1, or 75 =
+ * interrupted with a checkpoint written). */
 #ifndef MERGELENS_CLI_H
 #define MERGELENS_CLI_H
 
@@ -13,6 +14,11 @@ typedef struct {
     ml_cmd_fn fn;
     const char *summary;
 } ml_command;
+
+/* Exit status of a run whose every failing rank was stopped by a signal
+ * after writing its checkpoint (EX_TEMPFAIL): rerun to resume. Any other
+ * failure exits 1. */
+#define ML_EXIT_INTERRUPTED 75
 
 int ml_cli_main(int argc, char **argv);
 /* The command of that name, or NULL. */

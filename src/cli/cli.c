@@ -1,7 +1,9 @@
 /* Subcommand dispatch and the top-level error policy:
- * a failure that every rank agreed on (ml_agree) ends the job cleanly with
- * exit code 1 on every rank; a failure on one rank that the others do not
- * know about ends the job through MPI_Abort, so no rank is left hanging. */
+ * every rank enters one exit epilogue (ml_cli_exit) whatever its command
+ * returned: a failure on any rank ends the job cleanly with one error line and
+ * exit code 1 on every rank; only a failed rank whose peers are stuck in a
+ * collective it never entered ends the job through MPI_Abort, after
+ * ML_EXIT_WAIT seconds, so no rank is left hanging. */
 #include "mergelens/cli.h"
 
 #include <cblas.h>
@@ -168,9 +170,83 @@ static void ml_usage(FILE *out) {
                  "Environment: ML_LOG_LEVEL=error|warn|info|debug (debug: per-rank logs and error tracebacks).\n");
 }
 
+/* How long a failed rank waits for the others at exit before it gives up on
+ * them (they are then stuck in a collective that the failed rank never
+ * entered) and ends the job with MPI_Abort; ML_EXIT_WAIT seconds. */
+static double ml_exit_wait_seconds(void) {
+    const char *e = getenv("ML_EXIT_WAIT");
+    double w = e && *e ? atof(e) : 10.0;
+    return w > 0 ? w : 10.0;
+}
+
+/* The exit epilogue, entered by every rank whatever its command returned.
+ * One non-blocking reduction on a communicator of its own (so it can never
+ * match a collective of the command) gives every rank the lowest failing rank
+ * and whether any rank recorded profiling events. Then, with every rank
+ * present: the profile summary when all succeeded, or one error line from the
+ * lowest failing rank and exit 1 everywhere. A failed rank whose peers never
+ * arrive (they wait in a collective it did not enter) aborts the job after
+ * ML_EXIT_WAIT seconds instead of hanging. */
+static int ml_cli_exit(MPI_Comm exit_comm, const ml_command *cmd, int rc) {
+    int rank, size;
+    MPI_Comm_rank(exit_comm, &rank);
+    MPI_Comm_size(exit_comm, &size);
+    const ml_prof_event *ev;
+    const char *pf = getenv("ML_PROFILE");
+    int quiet = (pf && !strcmp(pf, "0")) || !strcmp(cmd->name, "version") || !strcmp(cmd->name, "inspect");
+    /* {lowest failing rank, -(any events), -(any failure other than an interruption)} under MPI_MIN */
+    int mine[3] = {rc != ML_OK ? rank : size, !quiet && ml_prof_events(&ev) > 0 ? -1 : 0,
+                   rc != ML_OK && rc != ML_ERR_INTERRUPTED ? -1 : 0},
+        all[3] = {size, 0, 0};
+    MPI_Request req;
+    int done = 0;
+    if (MPI_Iallreduce(mine, all, 3, MPI_INT, MPI_MIN, exit_comm, &req) != MPI_SUCCESS) {
+        all[0] = mine[0];
+        done = -1;
+    }
+    if (!done && rc == ML_OK) {
+        done = MPI_Wait(&req, MPI_STATUS_IGNORE) == MPI_SUCCESS ? 1 : -1;
+    } else if (!done) {
+        double t0 = ml_wtime(), wait = ml_exit_wait_seconds();
+        while (!done && ml_wtime() - t0 < wait) {
+            if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) done = -1;
+            if (!done) usleep(1000);
+        }
+    }
+    const char *lv = getenv("ML_LOG_LEVEL");
+    int verbose = lv && !strcmp(lv, "debug");
+    if (done != 1) { /* only this rank knows: report and take the whole job down */
+        if (size > 1) fprintf(stderr, "[rank %d] ", rank);
+        ml_error_print(stderr, verbose);
+        if (size > 1) fprintf(stderr, "[rank %d] the other ranks did not reach the exit within %.0f s (ML_EXIT_WAIT): "
+                                      "aborting the job\n", rank, ml_exit_wait_seconds());
+        fflush(stderr);
+        if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+        return 1;
+    }
+    if (all[0] == size && all[1] < 0) {
+        rc = ml_agree(MPI_COMM_WORLD, ml_prof_summary(MPI_COMM_WORLD, stderr));
+        if (rc != ML_OK) all[0] = 0;
+    }
+    if (all[0] == size) return 0;
+    /* every rank is here: the lowest failing rank reports (rank 0 for agreed
+     * errors, which carry the failing rank's message), the failing ranks add
+     * their traceback in debug mode */
+    if (rank == all[0] || (verbose && rc != ML_OK && rc != ML_ERR_REMOTE)) {
+        if (rank != 0 && size > 1 && !ml_error_agreed()) fprintf(stderr, "[rank %d] ", rank);
+        ml_error_print(stderr, verbose);
+    }
+    fflush(stderr);
+    /* EX_TEMPFAIL: every failing rank stopped at a signal and wrote its
+     * checkpoint, so a batch script can requeue instead of failing */
+    return all[2] == 0 ? ML_EXIT_INTERRUPTED : 1;
+}
+
 int ml_cli_main(int argc, char **argv) {
     int provided, rank = 0, size = 1;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    /* MPI failures come back as codes (ML_CHECK_MPI) instead of killing the job */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     ml_log_init(rank, size);
@@ -189,35 +265,13 @@ int ml_cli_main(int argc, char **argv) {
         MPI_Finalize();
         return 2;
     }
+    MPI_Comm exit_comm;
+    MPI_Comm_dup(MPI_COMM_WORLD, &exit_comm);
     char advice[512];
     if (strcmp(cmd->name, "doctor") != 0 && ml_blas_check(advice, sizeof advice)) ml_warn("%s", advice);
     int rc = cmd->fn(MPI_COMM_WORLD, argc - 1, argv + 1);
-    if (rc == ML_OK) {
-        /* like PETSc's -log_view: per-phase time (min/max/mean over ranks),
-         * GFLOP/s and GB/s; ML_PROFILE=0 turns it off */
-        const ml_prof_event *ev;
-        const char *pf = getenv("ML_PROFILE");
-        int quiet = (pf && !strcmp(pf, "0")) || !strcmp(cmd->name, "version") || !strcmp(cmd->name, "inspect");
-        if (!quiet && ml_prof_events(&ev) > 0) rc = ml_prof_summary(MPI_COMM_WORLD, stderr);
-    }
-    if (rc != ML_OK) {
-        const char *lv = getenv("ML_LOG_LEVEL");
-        int verbose = lv && !strcmp(lv, "debug");
-        if (ml_error_agreed()) {
-            /* every rank knows: rank 0 reports, the failing rank adds its traceback */
-            if (rank == 0 || (verbose && rc != ML_ERR_REMOTE)) ml_error_print(stderr, verbose);
-            fflush(stderr);
-            MPI_Finalize();
-            return 1;
-        }
-        /* only this rank knows: report and take the whole job down */
-        if (size > 1) fprintf(stderr, "[rank %d] ", rank);
-        ml_error_print(stderr, verbose);
-        fflush(stderr);
-        if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-        MPI_Finalize();
-        return 1;
-    }
+    int code = ml_cli_exit(exit_comm, cmd, rc);
+    MPI_Comm_free(&exit_comm);
     MPI_Finalize();
-    return 0;
+    return code;
 }

@@ -135,7 +135,8 @@ static int detect_pipeline(const char *path, json_t *root, json_t *model, ml_tok
                            path);
         proto->byte_level = 1;
         proto->pretok = ML_PRETOK_GPT2;
-        proto->prefix_space = jbool(pre, "add_prefix_space", 0);
+        /* HF's ByteLevel prepends a space unless the text starts with one */
+        proto->prefix_space = jbool(pre, "add_prefix_space", 0) ? 2 : 0;
         proto->strip_decode = 0;
         return ML_OK;
     }
@@ -462,7 +463,7 @@ int ml_tokenizer_save_hf_json(const ml_tokenizer *t, const char *path) {
         json_object_set_new(root, "decoder", byte_level_component(t->prefix_space));
     } else {
         json_t *norm = jobj("Sequence"), *steps = json_array();
-        if (t->prefix_space) { /* (2, "unless it starts with a space", only arises with Metaspace) */
+        if (t->prefix_space) { /* Metaspace tokenizers (ByteLevel keeps add_prefix_space in its components above) */
             json_t *p = jobj("Prepend");
             json_object_set_new(p, "prepend", json_string(METASPACE));
             json_array_append_new(steps, p);

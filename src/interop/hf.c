@@ -9,6 +9,7 @@
  */
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,6 +62,70 @@ static int ml_hf_int(const char *where, json_t *cfg, const char *key, int64_t de
     return ML_OK;
 }
 
+/* Keys of config.json that change what the model computes, in the styles of
+ * transformers 4.x (`rope_theta`, `rope_scaling` at the top level) and 5.x
+ * (`rope_parameters: {rope_type, rope_theta}`): implemented when they describe
+ * the computation mergelens does (full causal attention, default RoPE over
+ * the whole head, SiLU, no biases), refused with the key's name otherwise.
+ * A 5.x rope_theta is moved to the top level, where the checkpoint keeps it. */
+static int ml_hf_check_computation(const char *where, json_t *cfg) {
+    json_t *rp = json_object_get(cfg, "rope_parameters"), *top = json_object_get(cfg, "rope_theta");
+    if (rp && !json_is_null(rp)) {
+        if (!json_is_object(rp)) return ML_FAIL(ML_ERR_FORMAT, "%s: key 'rope_parameters' must be an object", where);
+        const char *key;
+        json_t *v;
+        json_object_foreach(rp, key, v) {
+            if (!strcmp(key, "rope_type") || !strcmp(key, "type")) {
+                if (!json_is_string(v) || strcmp(json_string_value(v), "default"))
+                    return ML_FAIL(ML_ERR_UNSUPPORTED,
+                                   "%s: rope_parameters.%s %s is not supported (RoPE scaling; mergelens implements "
+                                   "\"default\" only)", where, key, json_is_string(v) ? json_string_value(v) : "(not a string)");
+            } else if (!strcmp(key, "rope_theta")) {
+                if (!json_is_number(v)) return ML_FAIL(ML_ERR_FORMAT, "%s: rope_parameters.rope_theta must be a number", where);
+                if (top && !json_is_null(top) && (!json_is_number(top) || json_number_value(top) != json_number_value(v)))
+                    return ML_FAIL(ML_ERR_FORMAT, "%s: rope_theta %g and rope_parameters.rope_theta %g disagree", where,
+                                   json_is_number(top) ? json_number_value(top) : NAN, json_number_value(v));
+            } else if (!strcmp(key, "partial_rotary_factor")) {
+                if (!json_is_number(v) || json_number_value(v) != 1.0)
+                    return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: rope_parameters.partial_rotary_factor must be 1", where);
+            } else {
+                return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: rope_parameters.%s is not supported (RoPE scaling)", where, key);
+            }
+        }
+        json_t *theta = json_object_get(rp, "rope_theta");
+        if (theta) json_object_set_new(cfg, "rope_theta", json_real(json_number_value(theta)));
+        json_object_del(cfg, "rope_parameters");
+    }
+    json_t *prf = json_object_get(cfg, "partial_rotary_factor");
+    if (prf && !json_is_null(prf) && (!json_is_number(prf) || json_number_value(prf) != 1.0))
+        return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: partial_rotary_factor must be 1 (RoPE over the whole head)", where);
+    json_t *act = json_object_get(cfg, "hidden_act");
+    if (act && !json_is_null(act) && (!json_is_string(act) || strcmp(json_string_value(act), "silu")))
+        return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: hidden_act %s is not supported (expected \"silu\")", where,
+                       json_is_string(act) ? json_string_value(act) : "(not a string)");
+    /* a window at least as long as any context the model can take changes nothing */
+    json_t *sw = json_object_get(cfg, "sliding_window"), *use = json_object_get(cfg, "use_sliding_window"),
+           *mp = json_object_get(cfg, "max_position_embeddings");
+    if (sw && !json_is_null(sw) && !(use && json_is_false(use))) {
+        if (!json_is_integer(sw) || !mp || !json_is_integer(mp) || json_integer_value(sw) < json_integer_value(mp))
+            return ML_FAIL(ML_ERR_UNSUPPORTED,
+                           "%s: sliding_window %lld is not supported (mergelens attends over the whole context; "
+                           "expected null or >= max_position_embeddings %lld)", where,
+                           json_is_integer(sw) ? (long long)json_integer_value(sw) : -1LL,
+                           mp && json_is_integer(mp) ? (long long)json_integer_value(mp) : -1LL);
+    }
+    json_t *lt = json_object_get(cfg, "layer_types");
+    if (lt && !json_is_null(lt)) {
+        size_t i;
+        json_t *v;
+        if (!json_is_array(lt)) return ML_FAIL(ML_ERR_FORMAT, "%s: key 'layer_types' must be a list", where);
+        json_array_foreach(lt, i, v) if (!json_is_string(v) || strcmp(json_string_value(v), "full_attention"))
+            return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: layer_types[%zu] %s is not supported (full_attention only)", where,
+                           i, json_is_string(v) ? json_string_value(v) : "(not a string)");
+    }
+    return ML_OK;
+}
+
 /* Read the dimensions of a MistralForCausalLM (or the identically laid out
  * LlamaForCausalLM without biases or rope scaling) from its config. */
 static int ml_hf_parse_dims(const char *where, json_t *cfg, ml_hf_dims *d) {
@@ -78,6 +143,7 @@ static int ml_hf_parse_dims(const char *where, json_t *cfg, ml_hf_dims *d) {
     json_t *rs = json_object_get(cfg, "rope_scaling");
     if (rs && !json_is_null(rs))
         return ML_FAIL(ML_ERR_UNSUPPORTED, "%s: rope_scaling is not supported (expected null)", where);
+    ML_CHECK(ml_hf_check_computation(where, cfg));
     ML_CHECK(ml_hf_int(where, cfg, "vocab_size", -1, &d->V));
     ML_CHECK(ml_hf_int(where, cfg, "hidden_size", -1, &d->D));
     ML_CHECK(ml_hf_int(where, cfg, "intermediate_size", -1, &d->F));
@@ -255,6 +321,11 @@ int ml_hf_export(const char *ckpt_path, const char *dir, ml_st_dtype dtype) {
         json_object_set_new(cfg, "architectures", json_pack("[s]", "MistralForCausalLM"));
     if (!json_object_get(cfg, "model_type")) json_object_set_new(cfg, "model_type", json_string("mistral"));
     json_object_set_new(cfg, "torch_dtype", json_string(ml_st_dtype_torch_name(dtype)));
+    /* both config styles: transformers 5 reads rope_parameters, 4.x rope_theta */
+    json_t *theta = json_object_get(cfg, "rope_theta");
+    json_object_set_new(cfg, "rope_parameters", json_pack("{s:s,s:f}", "rope_type", "default", "rope_theta",
+                                                          theta && json_is_number(theta) ? json_number_value(theta)
+                                                                                         : 10000.0));
     ML_CHECK_GOTO(ml_path_join(path, sizeof path, dir, "config.json"), done);
     ML_CHECK_GOTO(ml_atomic_write_json(path, cfg), done);
     ML_CHECK_GOTO(ml_hf_export_tokenizer(h, dir), done);

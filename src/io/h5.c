@@ -214,6 +214,48 @@ fail:
     return ml_error_trace(rc, __FILE__, __LINE__, __func__);
 }
 
+/* Open `h->path` with HDF5 and, on every rank, a raw descriptor of the same
+ * file (same device and inode). Raw transfers and mappings read through that
+ * descriptor, never by name: outputs are replaced by rename, so a file opened
+ * by name later could be another version than the one HDF5 read the metadata
+ * of. The raw descriptor is opened first and the path is stat'ed again after
+ * H5Fopen: if the path still names the descriptor's inode, HDF5 opened that
+ * inode too (a rename installs a new inode and never brings an old one back).
+ * A file replaced in between is opened again, at most a few times. */
+static int ml_h5_open_pinned(ml_h5 *h, unsigned mode) {
+    const char *path = h->path;
+    for (int attempt = 0;; attempt++) {
+        int rc = ML_OK, moved = 0;
+        h->raw_fd = open(path, (mode == H5F_ACC_RDWR ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        if (h->raw_fd < 0) rc = ML_FAIL(ML_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        ML_CHECK(ml_agree(h->comm, rc));
+        hid_t fapl = ml_fapl(h->comm);
+        if (fapl >= 0) {
+            h->file = H5Fopen(path, mode, fapl);
+            H5Pclose(fapl);
+        }
+        if (h->file < 0) {
+            char hb[256];
+            ml_h5_err(hb);
+            rc = ML_FAIL(ML_ERR_FORMAT, "%s: not a readable HDF5 file (truncated or corrupt?): %s", path, hb);
+        }
+        ML_CHECK(ml_agree(h->comm, rc));
+        struct stat by_fd, by_name;
+        if (fstat(h->raw_fd, &by_fd) != 0 || stat(path, &by_name) != 0 || by_fd.st_dev != by_name.st_dev ||
+            by_fd.st_ino != by_name.st_ino)
+            moved = 1;
+        MPI_Allreduce(MPI_IN_PLACE, &moved, 1, MPI_INT, MPI_MAX, h->comm);
+        if (!moved) return ML_OK;
+        H5Fclose(h->file);
+        h->file = H5I_INVALID_HID;
+        close(h->raw_fd);
+        h->raw_fd = -1;
+        if (attempt == 4)
+            return ML_FAIL(ML_ERR_IO, "%s: the file was replaced while it was being opened (5 times); is another "
+                                      "run writing it?", path);
+    }
+}
+
 static int ml_h5_open_mode(MPI_Comm comm, const char *path, const char *expect_format, int min_version,
                            int max_version, unsigned mode, ml_h5 **out) {
     ml_h5_quiet();
@@ -232,16 +274,7 @@ static int ml_h5_open_mode(MPI_Comm comm, const char *path, const char *expect_f
     MPI_Bcast(info, 2, MPI_INT, 0, h->comm);
     if (!info[0]) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: cannot open: %s", path, strerror(info[1]));
     if (info[0] == 2) ML_FAIL_GOTO(fail, ML_ERR_IO, "%s: is a directory, expected an HDF5 file", path);
-    hid_t fapl = ml_fapl(h->comm);
-    if (fapl >= 0) {
-        h->file = H5Fopen(path, mode, fapl);
-        H5Pclose(fapl);
-    }
-    if (h->file < 0) {
-        char hb[256];
-        ml_h5_err(hb);
-        ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: not a readable HDF5 file (truncated or corrupt?): %s", path, hb);
-    }
+    ML_CHECK_GOTO(ml_h5_open_pinned(h, mode), fail);
     if (H5Aexists_by_name(h->file, "/", "format", H5P_DEFAULT) <= 0)
         ML_FAIL_GOTO(fail, ML_ERR_FORMAT, "%s: not a mergelens file (no 'format' attribute)%s%s", path,
                      expect_format ? ", expected " : "", expect_format ? expect_format : "");
@@ -512,7 +545,9 @@ static int ml_raw_transfer(ml_h5 *h, const char *name, int write, int64_t off, v
 
 static int ml_raw_open(ml_h5 *h, int write) {
     if (h->raw_fd >= 0) return ML_OK;
-    h->raw_fd = open(h->creating ? h->tmp_path : h->path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (!h->creating) /* opened files keep the descriptor of ml_h5_open_pinned: never reopen by name */
+        return ML_FAIL(ML_ERR_INTERNAL, "%s: no raw descriptor for %s", h->path, write ? "writes" : "reads");
+    h->raw_fd = open(h->tmp_path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (h->raw_fd < 0)
         return ML_FAIL(ML_ERR_IO, "%s: cannot open for raw %s: %s", h->path, write ? "writes" : "reads", strerror(errno));
     return ML_OK;

@@ -47,6 +47,12 @@ t1=$(date +%s)
 check "lone failure on rank 1 of 4: non-zero exit" test $rc -ne 0 -a $rc -ne 124
 check "lone failure on rank 1 of 4: message" grep -qF "[rank 1] error: failure injected at 'doctor-alone' on rank 1" <<<"$out"
 check "lone failure on rank 1 of 4: ends within 30 s ($((t1-t0)) s)" test $((t1-t0)) -lt 30
+# an error every rank sees without an agreement point (an option out of range):
+# one error line, exit 1 on every rank, no MPI_Abort (issue #17 item 5)
+out=$(timeout 60 "${mpi[@]}" "$bin" doctor --gemm_n 1 --dir "$tmp" 2>&1); rc=$?
+check "error seen by every rank: exit 1 ($rc)" test $rc -eq 1
+check "error seen by every rank: one error line" test "$(grep -c 'error:' <<<"$out")" -eq 1
+check "error seen by every rank: no MPI_Abort" bash -c "! grep -q MPI_ABORT <<<\"\$0\"" "$out"
 out=$(timeout 60 "${mpi[@]}" "$bin" doctor --gemm_n 64 --dir "$tmp" 2>&1); rc=$?
 check "doctor on 4 ranks passes and writes collectively" bash -c "[ $rc -eq 0 ] && grep -q 'collective compressed write ok' <<<\"\$0\"" "$out"
 

@@ -213,8 +213,21 @@ static void test_hf_gpt2(void **state) {
                                    "\"\xC4\xA0" "cat\":261,\"<|endoftext|>\":262},\"merges\":[\"\xC4\xA0 t\",\"h e\","
                                    "\"\xC4\xA0t he\",\"\xC4\xA0 c\",\"a t\",\"\xC4\xA0" "c at\"]}}");
     write_file(path, json);
+    /* add_prefix_space: HF's ByteLevel prepends a space only when the text
+     * does not start with one (issue #20 item 3) */
+    char *pre = strstr(json, "\"add_prefix_space\":false");
+    memcpy(pre, "\"add_prefix_space\":true ", strlen("\"add_prefix_space\":false"));
+    snprintf(path2, sizeof path2, "%s/prefix.json", dir);
+    write_file(path2, json);
     free(json);
     ml_tokenizer *tok = NULL;
+    ML_ASSERT_OK(ml_tokenizer_load_hf_json(path2, &tok));
+    const int32_t prefixed[] = {258, 261};
+    expect_ids(tok, "the cat", prefixed, 2);
+    expect_ids(tok, " the cat", prefixed, 2);
+    const int32_t spaces[] = {' ', 258, 261}; /* two spaces: one stays a lone byte */
+    expect_ids(tok, "  the cat", spaces, 3);
+    ml_tokenizer_destroy(&tok);
     ML_ASSERT_OK(ml_tokenizer_load_hf_json(path, &tok));
     assert_int_equal(ml_tokenizer_vocab_size(tok), 263);
     assert_int_equal(ml_tokenizer_eos_id(tok), 262);

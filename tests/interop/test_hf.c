@@ -114,6 +114,11 @@ static void test_round_trip_f32(void **state) {
     json_t *cfg = load_json(path), *orig = json_loads(fx_config, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(cfg, "torch_dtype")), "float32");
     json_object_del(cfg, "torch_dtype");
+    /* transformers 5 style next to the 4.x key */
+    json_t *rp = json_object_get(cfg, "rope_parameters");
+    assert_string_equal(json_string_value(json_object_get(rp, "rope_type")), "default");
+    assert_true(json_number_value(json_object_get(rp, "rope_theta")) == 10000.0);
+    json_object_del(cfg, "rope_parameters");
     assert_true(json_equal(cfg, orig));
     json_decref(cfg);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -263,6 +268,79 @@ static void test_import_sharded_tied(void **state) {
     assert_int_equal(json_integer_value(json_object_get(stored, "head_dim")), 4);
     assert_true(json_real_value(json_object_get(stored, "rope_theta")) == 10000.0);
     json_decref(stored);
+}
+
+/* config.json of transformers 4.x (rope_theta) and 5.x (rope_parameters):
+ * both import to the same rope_theta; every key that changes the computation
+ * and is not implemented is refused by name (issue #20 item 1). */
+static const char *cfg_with(const char *set_json, const char *del_key) {
+    static char buf[4][2048];
+    static int slot;
+    json_t *cfg = json_loads(fx_config, 0, NULL), *add = json_loads(set_json, 0, NULL);
+    if (del_key) json_object_del(cfg, del_key);
+    json_object_update(cfg, add);
+    char *text = json_dumps(cfg, 0);
+    char *out = buf[slot++ % 4];
+    snprintf(out, 2048, "%s", text);
+    free(text);
+    json_decref(cfg);
+    json_decref(add);
+    return out;
+}
+
+static double imported_theta(const char *name, const char *config) {
+    const char *dir = tpath(name);
+    char out[1300];
+    snprintf(out, sizeof out, "%s.h5", dir);
+    write_hf_dir(dir, config, 1, NULL, NULL, NULL);
+    ML_ASSERT_OK(ml_hf_import(dir, out, NULL));
+    json_t *stored = ckpt_config(out);
+    double theta = json_number_value(json_object_get(stored, "rope_theta"));
+    assert_null(json_object_get(stored, "rope_parameters"));
+    json_decref(stored);
+    return theta;
+}
+
+static void test_import_config_styles(void **state) {
+    (void)state;
+    long live = ml_alloc_live();
+    assert_true(imported_theta("cfg4", cfg_with("{\"rope_theta\": 500000.0}", NULL)) == 500000.0);
+    assert_true(imported_theta("cfg5", cfg_with("{\"rope_parameters\": {\"rope_type\": \"default\", "
+                                                "\"rope_theta\": 500000.0}}", "rope_theta")) == 500000.0);
+    assert_true(imported_theta("cfg45", cfg_with("{\"rope_parameters\": {\"rope_type\": \"default\", "
+                                                 "\"rope_theta\": 10000.0}, \"sliding_window\": 64, "
+                                                 "\"hidden_act\": \"silu\"}", NULL)) == 10000.0);
+    assert_true(imported_theta("cfg_nowin", cfg_with("{\"sliding_window\": 16, \"use_sliding_window\": false}",
+                                                     NULL)) == 10000.0);
+    const char *out = tpath("cfg_bad.h5");
+    struct {
+        const char *name, *set, *del, *msg;
+        int code;
+    } bad[] = {
+        {"cfg_linear", "{\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 1e4}}",
+         "rope_theta", "rope_parameters.rope_type linear is not supported", 0},
+        {"cfg_factor", "{\"rope_parameters\": {\"rope_type\": \"default\", \"factor\": 2.0}}", NULL,
+         "rope_parameters.factor is not supported", 0},
+        {"cfg_disagree", "{\"rope_parameters\": {\"rope_theta\": 500000.0}}", NULL,
+         "rope_theta 10000 and rope_parameters.rope_theta 500000 disagree", ML_ERR_FORMAT},
+        {"cfg_window", "{\"sliding_window\": 16}", NULL,
+         "sliding_window 16 is not supported (mergelens attends over the whole context; expected null or >= "
+         "max_position_embeddings 64)", 0},
+        {"cfg_act", "{\"hidden_act\": \"gelu\"}", NULL, "hidden_act gelu is not supported", 0},
+        {"cfg_partial", "{\"partial_rotary_factor\": 0.5}", NULL, "partial_rotary_factor must be 1", 0},
+        {"cfg_layers", "{\"layer_types\": [\"full_attention\", \"sliding_attention\"]}", NULL,
+         "layer_types[1] sliding_attention is not supported", 0},
+        {"cfg_scaling", "{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", NULL,
+         "rope_scaling is not supported", 0},
+        {"cfg_bias", "{\"attention_bias\": true}", NULL, "attention_bias = true is not supported", 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *dir = tpath(bad[i].name);
+        write_hf_dir(dir, cfg_with(bad[i].set, bad[i].del), 1, NULL, NULL, NULL);
+        ML_ASSERT_FAILS(ml_hf_import(dir, out, NULL), bad[i].code ? bad[i].code : ML_ERR_UNSUPPORTED, bad[i].msg);
+    }
+    assert_false(ml_file_exists(out));
+    assert_int_equal(ml_alloc_live(), live);
 }
 
 static void test_import_errors(void **state) {
@@ -439,6 +517,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_f32), cmocka_unit_test(test_round_trip_16bit),
         cmocka_unit_test(test_tokenizer_copy), cmocka_unit_test(test_import_sharded_tied),
+        cmocka_unit_test(test_import_config_styles),
         cmocka_unit_test(test_import_errors),  cmocka_unit_test(test_export_errors),
         cmocka_unit_test(test_saelens_export),
     };

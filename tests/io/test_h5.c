@@ -257,11 +257,56 @@ static void test_raw_transfers_match_hdf5(void **state) {
     ml_free(i64);
 }
 
+/* A file replaced by rename after it was opened (a second writer, a periodic
+ * checkpoint) must still be read as the version that was opened: the raw
+ * path may never reopen the file by name (issue #17 item 1). */
+static void write_version(const char *path, float value) {
+    ml_h5 *h = NULL;
+    hsize_t dims[1] = {64};
+    float v[64];
+    for (int i = 0; i < 64; i++) v[i] = value + (float)i;
+    ML_ASSERT_OK(ml_h5_create(MPI_COMM_WORLD, path, "mergelens.test", 1, &h));
+    ML_ASSERT_OK(ml_h5_create_dataset(h, "x", ML_F32, 1, dims, NULL));
+    ML_ASSERT_OK(ml_h5_set_attr_int(h, "/", "version_value", (int64_t)value));
+    ML_ASSERT_OK(ml_h5_write_rows(h, "x", ML_F32, 0, rank_ == 0 ? 64 : 0, v));
+    ML_ASSERT_OK(ml_h5_close(&h));
+}
+
+static void test_replaced_file_reads_opened_version(void **state) {
+    (void)state;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/replaced.h5", ml_test_dir("io_replaced"));
+    for (int raw = 0; raw < 2; raw++) {
+        ml_h5_set_raw_io(raw);
+        write_version(path, 100.0f);
+        ml_h5 *h = NULL;
+        ML_ASSERT_OK(ml_h5_open(MPI_COMM_WORLD, path, "mergelens.test", 1, 1, &h));
+        write_version(path, 900.0f); /* renamed over the open file: a new inode */
+        int64_t attr = 0;
+        ML_ASSERT_OK(ml_h5_get_attr_int(h, "/", "version_value", &attr));
+        assert_int_equal(attr, 100);
+        float back[64];
+        ML_ASSERT_OK(ml_h5_read_rows(h, "x", ML_F32, 0, 64, back));
+        for (int i = 0; i < 64; i++) assert_true(back[i] == 100.0f + (float)i);
+        ML_ASSERT_OK(ml_h5_read_rows_independent(h, "x", ML_F32, 5, 3, back));
+        assert_true(back[0] == 105.0f);
+        const void *map = NULL;
+        int64_t bytes = 0;
+        if (ml_h5_map_dataset(h, "x", ML_F32, &map, &bytes) == ML_OK) {
+            assert_int_equal(bytes, 64 * 4);
+            assert_true(((const float *)map)[7] == 107.0f);
+        }
+        ML_ASSERT_OK(ml_h5_close(&h));
+    }
+    ml_h5_set_raw_io(1);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_rows_collective_roundtrip, setup),
         cmocka_unit_test_setup(test_empty_tensor, setup),
         cmocka_unit_test_setup(test_raw_transfers_match_hdf5, setup),
+        cmocka_unit_test_setup(test_replaced_file_reads_opened_version, setup),
         cmocka_unit_test_setup(test_open_validation, setup),
         cmocka_unit_test_setup(test_discard_leaves_nothing, setup),
         cmocka_unit_test_setup(test_alloc_failures_free_everything, setup),
