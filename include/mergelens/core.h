@@ -180,9 +180,22 @@ typedef struct {
 void ml_signals_install(ml_signal_guard *guard);  /* clears the pending flag */
 void ml_signals_restore(ml_signal_guard *guard);  /* tolerates a guard never installed */
 int ml_signal_pending(void);                      /* 0, SIGTERM or SIGUSR1 caught on this rank */
-/* Collective: *agreed_signal = SIGTERM if any rank caught SIGTERM, else SIGUSR1
- * if any caught SIGUSR1, else 0. Fails only if MPI fails. */
+/* The one encoding of signals in a sum reduction (ml_signal_agree, and the
+ * reductions that train, sae and sweep do anyway): every rank of an nranks
+ * communicator adds ml_signal_vote(ml_signal_pending(), nranks); then
+ * ml_signal_tally(sum, nranks) = SIGTERM if any rank caught SIGTERM, else
+ * SIGUSR1 if any caught SIGUSR1, else 0. Exact for any rank count in a double
+ * sum, for fewer than 2^24 ranks in a float sum. */
+double ml_signal_vote(int sig, int nranks);
+int ml_signal_tally(double sum, int nranks);
+/* Collective: *agreed_signal = ml_signal_tally of every rank's vote.
+ * Fails only if MPI fails. */
 int ml_signal_agree(MPI_Comm comm, int *agreed_signal);
+/* Linux: a rank started by a launcher (mpirun, srun) gets SIGKILL when its
+ * parent dies (prctl PR_SET_PDEATHSIG), and kills itself at once if the parent
+ * is already gone; elsewhere, and for a process started without a launcher, a
+ * no-op. Call right after MPI_Init (see docs/RELIABILITY.md). */
+int ml_signal_die_with_parent(void);
 const char *ml_signal_name(int sig); /* "SIGTERM", "SIGUSR1", "signal N" */
 /* Testing: the last rank raises SIGUSR1 when `step` == `raise_at` (> 0). */
 void ml_signal_raise_at(MPI_Comm comm, int64_t step, int64_t raise_at);

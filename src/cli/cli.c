@@ -257,6 +257,7 @@ int ml_cli_main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     ml_log_init(rank, size);
+    if (ml_signal_die_with_parent() != ML_OK) ml_warn("%s", ml_error_message()); /* ranks die with mpiexec */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         if (rank == 0) ml_usage(argc < 2 ? stderr : stdout);
         MPI_Finalize();

@@ -556,7 +556,7 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
     const int64_t first = rp.step; /* steps done before this run */
     for (int64_t step = rp.step + 1; step <= steps; step++) {
         if (ck) ml_signal_raise_at(comm, step, ck->raise_at);
-        double sigval = 0; /* agreed signals: 4096 per rank with SIGTERM + 1 per rank with SIGUSR1 */
+        double sigval = 0; /* the sum of every rank's ml_signal_vote */
         const float *x;
         ML_CHECK_GOTO(ml_sae_stream_next(stream, &x, NULL), fail);
         tokens_seen += B;
@@ -594,7 +594,7 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
             stv[ST_ROWS] = (float)st.rows;
             /* the signal flag rides on the first SAE's reduction */
             const int pend = g == 0 && ck ? ml_signal_pending() : 0;
-            stv[ST_N] = pend == SIGTERM ? 4096.0f : pend == SIGUSR1 ? 1.0f : 0.0f;
+            stv[ST_N] = (float)ml_signal_vote(pend, P);
             if (P > 1) {
                 ml_prof_begin("sae.allreduce");
                 rc = ml_mpi_allreduce(comm, MPI_IN_PLACE, sl->buf, np + (size_t)S + ST_N + 1, MPI_FLOAT, MPI_SUM);
@@ -640,16 +640,17 @@ int ml_sae_train(MPI_Comm comm, const ml_sae_train_config *cfg, const ml_row_sou
                               fail);
         if (ck) {
             rp.step = step;
-            if (sigval > 0 || (ck->every > 0 && step % ck->every == 0 && step < steps))
+            const int sig = ml_signal_tally(sigval, P); /* 0, SIGTERM or SIGUSR1 */
+            if (sig || (ck->every > 0 && step % ck->every == 0 && step < steps))
                 ML_CHECK_GOTO(ml_save_checkpoints(comm, cfg, slots, &rp), fail);
-            if (sigval > 0) {
+            if (sig) {
                 if (!cfg->quiet) ml_progress_end(&pg, NULL);
                 char more[64];
                 ml_sae_ckpt_more(more, sizeof more, G);
                 rc = ml_agree(comm, ML_FAIL(ML_ERR_INTERRUPTED,
                                             "interrupted by %s: checkpoint at step %lld of %lld written to %s%s; rerun "
                                             "the same command to resume",
-                                            ml_signal_name(sigval >= 4096 ? SIGTERM : SIGUSR1), (long long)step,
+                                            ml_signal_name(sig), (long long)step,
                                             (long long)steps, ck->paths[0], more));
                 goto fail;
             }

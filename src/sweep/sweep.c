@@ -361,17 +361,16 @@ static int ml_sweep_exec(MPI_Comm comm, const ml_merge_recipe *r, ml_sweep_args 
             ml_progress_update(&prog, done_pts, extra);
         }
         /* the round's boundary: failure flag and signals in one allreduce */
-        const int pending = ml_signal_pending();
-        int flags[3] = {rc != ML_OK, pending == SIGTERM, pending == SIGUSR1};
+        double flags[2] = {rc != ML_OK, ml_signal_vote(ml_signal_pending(), P)};
         ml_prof_begin("sweep.agree"); /* includes the wait for the round's slowest rank */
-        if (MPI_Allreduce(MPI_IN_PLACE, flags, 3, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS && rc == ML_OK)
+        if (MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_DOUBLE, MPI_SUM, comm) != MPI_SUCCESS && rc == ML_OK)
             rc = ML_FAIL(ML_ERR_MPI, "sweep: MPI_Allreduce of the point flags failed");
         ml_prof_end("sweep.agree", 0, 0);
-        if (flags[0] || rc != ML_OK) break;
+        if (flags[0] > 0 || rc != ML_OK) break;
         for (int i = i0; i < i1; i++) w.done[todo[i]] = 1;
         n_done += i1 - i0;
         if (i1 == n_todo) break; /* the last round: the final file follows */
-        sig = flags[1] ? SIGTERM : flags[2] ? SIGUSR1 : 0;
+        sig = ml_signal_tally(flags[1], P);
         if (sig || (a->checkpoint_every > 0 && n_done / a->checkpoint_every > last_ckpt / a->checkpoint_every)) {
             rc = ml_sweep_write(comm, r, a, &w, res, recipe_json, paths_json, models_json, grid, 0, 0);
             if (rc != ML_OK) break;

@@ -315,8 +315,8 @@ static int ml_train_loop(ml_trainer *tr) {
         double *red = tr->red;
         red[0] = loss_sum;
         red[1] = rc != ML_OK;
-        /* signals ride on this reduction: 1 per SIGTERM, 65536 per SIGUSR1 (any SIGTERM wins) */
-        red[2] = ml_signal_pending() == SIGTERM ? 1.0 : ml_signal_pending() == SIGUSR1 ? 65536.0 : 0;
+        /* signals ride on this reduction (ml_signal_vote: any SIGTERM wins) */
+        red[2] = ml_signal_vote(ml_signal_pending(), tr->nranks);
         for (int d = 0; d < K; d++) red[3 + d] = 0;
         for (int r = 0; rc == ML_OK && r < tr->B; r++) red[3 + tr->dom_ids[r]] += tr->T;
         if (MPI_Allreduce(MPI_IN_PLACE, red, 3 + K, MPI_DOUBLE, MPI_SUM, tr->comm) != MPI_SUCCESS)
@@ -367,14 +367,14 @@ static int ml_train_loop(ml_trainer *tr) {
         const int last = tr->step == S;
         if (last) break;
         if (eval_every > 0 && tr->step % eval_every == 0) ML_CHECK(ml_run_eval(tr));
-        const int signalled = red[2] > 0;
+        const int signalled = ml_signal_tally(red[2], tr->nranks); /* 0, SIGTERM or SIGUSR1 */
         if ((ckpt_every > 0 && tr->step % ckpt_every == 0) || signalled) ML_CHECK(ml_trainer_save(tr, 0));
         if (signalled) {
             ml_progress_end(&prog, extra);
             return ml_agree(tr->comm, ML_FAIL(ML_ERR_INTERRUPTED,
                                               "interrupted by %s: checkpoint at step %lld of %lld written to %s; "
                                               "rerun the same command to resume",
-                                              ml_signal_name(fmod(red[2], 65536.0) > 0 ? SIGTERM : SIGUSR1), (long long)tr->step, (long long)S, tr->out));
+                                              ml_signal_name(signalled), (long long)tr->step, (long long)S, tr->out));
         }
         if (stop_after > 0 && tr->step == stop_after) {
             ml_progress_end(&prog, extra);

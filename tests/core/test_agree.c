@@ -37,7 +37,30 @@ static void test_agree(void **state) {
     ml_error_clear();
 }
 
+/* ml_signal_agree: the caught signals of all ranks, SIGTERM over SIGUSR1. */
+static void test_signal_agree(void **state) {
+    (void)state;
+    int rank, size, sig = -1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    ml_signal_guard guard = {0};
+    ml_signals_install(&guard);
+    assert_int_equal(ml_signal_agree(MPI_COMM_WORLD, &sig), ML_OK);
+    assert_int_equal(sig, 0);
+    if (rank == size - 1) raise(SIGUSR1); /* one rank warned */
+    assert_int_equal(ml_signal_agree(MPI_COMM_WORLD, &sig), ML_OK);
+    assert_int_equal(sig, SIGUSR1);
+    raise(SIGUSR1); /* every rank warned */
+    assert_int_equal(ml_signal_agree(MPI_COMM_WORLD, &sig), ML_OK);
+    assert_int_equal(sig, SIGUSR1);
+    if (rank == 0) raise(SIGTERM); /* one rank terminated, the others warned */
+    assert_int_equal(ml_signal_agree(MPI_COMM_WORLD, &sig), ML_OK);
+    assert_int_equal(sig, SIGTERM);
+    assert_int_equal(ml_signal_pending(), rank == 0 ? SIGTERM : SIGUSR1);
+    ml_signals_restore(&guard);
+}
+
 int main(int argc, char **argv) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_agree)};
-    return ml_test_run(argc, argv, "core_agree", tests, 1);
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_agree), cmocka_unit_test(test_signal_agree)};
+    return ml_test_run(argc, argv, "core_agree", tests, sizeof tests / sizeof tests[0]);
 }

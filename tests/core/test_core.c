@@ -259,11 +259,71 @@ static void test_profiling(void **state) {
     assert_true(ev[0].seconds >= ev[1].seconds);
 }
 
+/* The signal a sum of votes must decode to, by definition: any SIGTERM wins. */
+static int expected_signal(int64_t n_term, int64_t n_usr1) { return n_term ? SIGTERM : n_usr1 ? SIGUSR1 : 0; }
+
+/* Rank r's signal in pattern p of P ranks: 0 none, 1 all SIGUSR1, 2 all
+ * SIGTERM, 3 SIGUSR1 but the last rank SIGTERM, 4 alternating, 5 only the last SIGUSR1. */
+static int pattern_signal(int p, int64_t r, int64_t P) {
+    switch (p) {
+    case 1: return SIGUSR1;
+    case 2: return SIGTERM;
+    case 3: return r == P - 1 ? SIGTERM : SIGUSR1;
+    case 4: return r % 2 ? SIGTERM : SIGUSR1;
+    case 5: return r == P - 1 ? SIGUSR1 : 0;
+    default: return 0;
+    }
+}
+
+static void test_signal_votes(void **state) {
+    (void)state;
+    /* closed-form sums of t SIGTERM and u SIGUSR1 votes (t + u <= P), up to
+     * the largest communicator; 4096 and 65536 broke the old encodings (sae
+     * read 4096 SIGUSR1 ranks as SIGTERM, train 65536 SIGTERM ranks as SIGUSR1) */
+    const int64_t sizes[] = {1, 2, 3, 4095, 4096, 4097, 65535, 65536, 65537, 1 << 20, (1 << 24) - 1, 1 << 30, INT32_MAX};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        const int64_t P = sizes[k];
+        const int64_t tu[][2] = {{0, 0}, {0, 1}, {0, P}, {1, 0}, {1, P - 1}, {P, 0}, {P / 2, P - P / 2}, {P - 1, 0}};
+        for (size_t c = 0; c < sizeof tu / sizeof tu[0]; c++) {
+            const int64_t t = tu[c][0], u = tu[c][1];
+            const double sum = (double)t * ml_signal_vote(SIGTERM, (int)P) + (double)u * ml_signal_vote(SIGUSR1, (int)P);
+            if (ml_signal_tally(sum, (int)P) != expected_signal(t, u))
+                fail_msg("P %lld, %lld SIGTERM + %lld SIGUSR1 ranks: tally %d, expected %d", (long long)P,
+                         (long long)t, (long long)u, ml_signal_tally(sum, (int)P), expected_signal(t, u));
+        }
+    }
+    /* rank-by-rank sums as MPI would add them: double (train, sweep,
+     * ml_signal_agree) and float (sae: the vote rides on a float allreduce) */
+    const int64_t naive[] = {1, 2, 5, 4096, 5000, 65536, 70001, (1 << 24) - 1};
+    for (size_t k = 0; k < sizeof naive / sizeof naive[0]; k++) {
+        const int64_t P = naive[k];
+        for (int p = 0; p <= 5; p++) {
+            double sd = 0;
+            float sf = 0;
+            int64_t t = 0, u = 0;
+            for (int64_t r = 0; r < P; r++) {
+                const int sig = pattern_signal(p, r, P);
+                t += sig == SIGTERM;
+                u += sig == SIGUSR1;
+                sd += ml_signal_vote(sig, (int)P);
+                sf += (float)ml_signal_vote(sig, (int)P);
+            }
+            const int want = expected_signal(t, u);
+            if (ml_signal_tally(sd, (int)P) != want || ml_signal_tally(sf, (int)P) != want)
+                fail_msg("P %lld, pattern %d: tally %d (double sum %.17g), %d (float sum %.9g), expected %d",
+                         (long long)P, p, ml_signal_tally(sd, (int)P), sd, ml_signal_tally(sf, (int)P), (double)sf,
+                         want);
+        }
+    }
+    assert_string_equal(ml_signal_name(ml_signal_tally(0, 4)), "signal 0");
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_traceback), cmocka_unit_test(test_options_from_yaml_and_argv),
         cmocka_unit_test(test_yaml_errors), cmocka_unit_test(test_lists),          cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_rng),                  cmocka_unit_test(test_profiling),
+        cmocka_unit_test(test_signal_votes),
     };
     return ml_test_run(argc, argv, "core", tests, sizeof tests / sizeof tests[0]);
 }

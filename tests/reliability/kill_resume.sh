@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # kill -9 at seeded random moments during a base training, a fine-tune, an SAE
 # training, a merge sweep and an activation capture (several trials each, on
-# 1 rank; the fine-tune, the SAE and the capture also on 2 ranks, all
-# processes killed), then rerun the same command. Every stage writes periodic
+# 1 rank; the fine-tune, the SAE and the capture also on 2 ranks, mpiexec and
+# every rank killed at once), then, once no process of the run is left, rerun
+# the same command. Every stage writes periodic
 # checkpoints (checkpoint_every). Checks, per trial:
 #  - an output file present after the kill is either a mid-run checkpoint
 #    (complete = 0) or equal to the uninterrupted run's: a half written file
@@ -43,17 +44,14 @@ for stage in base finetune sae sweep capture; do
   for i in $(seq 1 "$trials"); do
     dir=$T/$stage.np$np/trial$i
     delay=$(( RANDOM % dur ))
-    mkdir -p "$dir"
-    # own process group, so kill -9 takes mpiexec and every rank at once
-    setsid bash -c "cd '$dir' && if [ $np = 1 ]; then exec '$bin' $cmd; else exec '$mpiexec' --allow-run-as-root --oversubscribe --bind-to none -n $np '$bin' $cmd; fi" \
-      > "$dir/log" 2>&1 &
-    pid=$!
+    session_start "$dir" "$np" $cmd
     sleep "$(awk -v d="$delay" 'BEGIN { printf "%.3f", d / 1000 }')"
-    kill -KILL -- -"$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rc=$?
-    # the ranks have process groups of their own: kill the rest of the session and wait
-    # until it is gone (a rerun meets a live rank 0 as the holder of the output's lock)
-    pkill -KILL -s "$pid" 2>/dev/null; for _ in $(seq 200); do pgrep -s "$pid" > /dev/null || break; sleep 0.05; done
+    # mpiexec and every rank at once (each rank is in a process group of its
+    # own: the session is found by its directory), until none is left
+    session_kill "$dir" "$session_pid"; left=$?
+    wait "$session_pid" 2>/dev/null; rc=$?
     what="$stage np$np trial $i (kill at ${delay} of ${dur} ms, rc $rc)"
+    check "$what: no process of the killed run is left" test $left -eq 0
     [ $rc -ne 0 ] && killed=$((killed + 1))
     if [ -e "$dir/out.h5" ]; then
       c=$(attr "$dir/out.h5" complete)

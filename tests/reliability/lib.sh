@@ -66,3 +66,65 @@ ckpt_pos() {
     capture) attr "$2" batches_done ;;
   esac
 }
+
+# ---- sessions: one launch and every process it started -----------------------
+# Open MPI's mpiexec puts each rank in a process group of its own, so a kill of
+# mpiexec's group does not reach the ranks. A session is found instead by the
+# variable ML_REL_SESSION=<its run directory>, which mpiexec passes on to the
+# ranks with the rest of its environment.
+# session_start DIR NP CMD...: run `mergelens CMD` in DIR on NP ranks (1: the
+# binary alone) in the background, log in DIR/log; sets session_pid (mpiexec's
+# or the binary's pid).
+session_start() {
+  local dir=$1 np=$2; shift 2
+  mkdir -p "$dir"
+  if [ "$np" = 1 ]; then
+    (cd "$dir" && ML_REL_SESSION=$dir exec "$bin" "$@") > "$dir/log" 2>&1 &
+  else
+    (cd "$dir" && ML_REL_SESSION=$dir exec "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n "$np" \
+      "$bin" "$@") > "$dir/log" 2>&1 &
+  fi
+  session_pid=$!
+}
+# session_pids DIR: the processes of the session that can still run code (a
+# zombie's environment is gone, so it is not listed).
+session_pids() {
+  grep -lsxz -- "ML_REL_SESSION=$1" /proc/[0-9]*/environ 2>/dev/null | sed 's|^/proc/\([0-9]*\)/environ$|\1|'
+}
+# session_wait_empty DIR MS: wait until no process of the session is left, at
+# most MS ms (polling every 10 ms); session_ms = the time waited; fails if some
+# process is still there after MS ms.
+session_wait_empty() {
+  local t0; t0=$(now_ms)
+  while [ -n "$(session_pids "$1")" ]; do
+    session_ms=$(( $(now_ms) - t0 ))
+    [ "$session_ms" -ge "$2" ] && return 1
+    sleep 0.01
+  done
+  session_ms=$(( $(now_ms) - t0 ))
+}
+# session_kill DIR [PID...]: kill -9 the PIDs (session_pid: the launcher even
+# before it exec'd) and every process of the session at once (mpiexec and all
+# its ranks, as when the node dies), again until none is left (a rank mpiexec
+# was starting at that moment), for at most 10 s; fails if some process is
+# still there then.
+session_kill() {
+  local dir=$1 pids t0; t0=$(now_ms); shift
+  [ $# -gt 0 ] && kill -KILL "$@" $(session_pids "$dir") 2>/dev/null
+  while pids=$(session_pids "$dir"); [ -n "$pids" ]; do
+    [ $(( $(now_ms) - t0 )) -ge 10000 ] && { echo "  cannot kill the processes of $dir: $pids"; return 1; }
+    kill -KILL $pids 2>/dev/null
+    sleep 0.01
+  done
+}
+# session_clear DIR: before a rerun in DIR: wait (at most 10 s) until the
+# session is empty; what is still there then is killed and the call fails (a
+# process outlived its job), printing those processes.
+session_clear() {
+  session_wait_empty "$1" 10000 && return 0
+  local pids; pids=$(session_pids "$1")
+  echo "  processes of $1 still running after 10 s:"
+  [ -n "$pids" ] && ps -o pid,ppid,pgid,stat,cmd -p "$(echo $pids | tr ' ' ,)" | cut -c1-160 | sed 's/^/  | /'
+  session_kill "$1"
+  return 1
+}

@@ -18,8 +18,7 @@ CMD[sweep]="sweep $F/rec.yaml --param t --count 2001 --domains $F/a.h5,$F/b.h5 -
 for stage in train sae sweep; do
   for sig in KILL SEGV; do
     dir=$T/$stage.$sig; mkdir -p "$dir"
-    (cd "$dir" && exec "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2 "$bin" ${CMD[$stage]}) > "$dir/log" 2>&1 &
-    pid=$!
+    session_start "$dir" 2 ${CMD[$stage]}; pid=$session_pid
     # the ranks are up once both processes exist; then wait a random 0.5-1.5 s
     while [ "$(pgrep -P $pid | wc -l)" -lt 2 ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
     sleep "$(awk -v r=$((RANDOM % 1000)) 'BEGIN { printf "%.3f", 0.5 + r / 1000 }')"
@@ -33,7 +32,7 @@ for stage in train sae sweep; do
     while kill -0 $pid 2>/dev/null && [ $(( $(now_ms) - t0 )) -lt 30000 ]; do sleep 0.1; done
     if kill -0 $pid 2>/dev/null; then
       check "$stage: SIG$sig of one rank ends the job within 30 s (hung)" false
-      kill -KILL $(pgrep -P $pid) $pid 2>/dev/null; wait $pid; continue
+      session_kill "$dir" $pid; wait $pid; continue
     fi
     wait $pid; rc=$?
     secs=$(awk -v d=$(( $(now_ms) - t0 )) 'BEGIN { printf "%.1f", d / 1000 }')
@@ -41,11 +40,10 @@ for stage in train sae sweep; do
     check "$stage: SIG$sig: message names the rank and the signal" \
       grep -qE "rank [0-9]+ with PID [0-9]+ on node .* exited on signal [0-9]+ \([A-Za-z ]+\)" "$dir/log" ||
       tail -5 "$dir/log" # (under ASan a SIGSEGV is reported by ASan, then signal 6 (Aborted))
-    # a rank process still running (zombies waiting to be reaped do not count)
-    alive=0; for r in "${ranks[@]}"; do
-      st=$(ps -o stat= -p "$r" 2>/dev/null); [ -n "$st" ] && [ "${st#Z}" = "$st" ] && alive=$((alive + 1))
-    done
-    check "$stage: SIG$sig: no rank process left ($alive alive)" test $alive -eq 0
+    # a process of the job still running (zombies waiting to be reaped do not count)
+    alive=$(session_pids "$dir" | wc -l)
+    check "$stage: SIG$sig: no rank process left ($alive alive)" test "$alive" -eq 0
+    session_clear "$dir"
     c=$( [ -e "$dir/out.h5" ] && attr "$dir/out.h5" complete )
     check "$stage: SIG$sig: no output claims to be complete (complete = '${c:-no file}')" test "${c:-0}" = 0
   done

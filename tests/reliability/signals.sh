@@ -8,8 +8,8 @@
 #    out.h5; rerun the same command to resume", the file left says complete = 0
 #    (a signal after the last unit lets the run finish: then the file left is
 #    the finished one);
-#  - the rerun resumes and its output equals an uninterrupted 2-rank run's bit
-#    for bit.
+#  - once no process of the run is left, the rerun resumes and its output
+#    equals an uninterrupted 2-rank run's bit for bit.
 set -u
 . "${ML_SRC:?}/tests/common/ml_check.sh"
 . "$ML_SRC/tests/reliability/lib.sh"
@@ -28,8 +28,7 @@ for stage in finetune sae sweep capture; do
   cmd=${CMD[$stage]} sig=${SIG[$stage]}
   ref=$T/$stage/ref; dir=$T/$stage/sig; mkdir -p "$ref" "$dir"
   (cd "$ref" && mpirun_n 2 "$bin" $cmd) > "$ref/log" 2>&1 || { check "$stage: uninterrupted run" false; tail -5 "$ref/log"; continue; }
-  (cd "$dir" && exec "$mpiexec" --allow-run-as-root --oversubscribe --bind-to none -n 2 "$bin" $cmd) > "$dir/log" 2>&1 &
-  pid=$!
+  session_start "$dir" 2 $cmd; pid=$session_pid
   # wait until the ranks compute (the first periodic checkpoint), then a random moment
   while [ ! -e "$dir/out.h5" ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
   sleep "0.$(printf '%02d' $((RANDOM % 30)))"
@@ -48,6 +47,7 @@ for stage in finetune sae sweep capture; do
       grep -qF "interrupted by SIG$sig: checkpoint at ${UNIT[$stage]} $n of ${TOTAL[$stage]} written to out.h5; rerun the same command to resume" "$dir/log"
     check "$stage: the file left is a checkpoint (complete = 0, ${UNIT[$stage]} $n)" test "$c" = 0
   fi
+  check "$stage: no process of the signalled run is left before the rerun" session_clear "$dir"
   (cd "$dir" && mpirun_n 2 "$bin" $cmd) > "$dir/log2" 2>&1; rc=$?
   check "$stage: rerun after SIG$sig succeeds" test $rc -eq 0 || tail -5 "$dir/log2"
   check "$stage: rerun output bitwise equal to the uninterrupted run" same_h5 "$ref/out.h5" "$dir/out.h5"
