@@ -41,7 +41,10 @@ typedef struct {
 } ml_stage;
 
 /* Parse and validate a job file (unknown keys, unknown stages in needs,
- * cycles, unknown commands). out_dir overrides run_dir when not NULL. */
+ * cycles, unknown commands, and every stage's options against its command's
+ * option table: "jobs/x.yaml:LINE: unknown key 'tokns' for stage 'NAME'
+ * (mergelens COMMAND; did you mean 'tokens'?)"). out_dir overrides run_dir
+ * when not NULL. Local (no collective); MPI must be initialised. */
 int ml_job_load(const char *path, const char *out_dir, ml_job **out);
 void ml_job_destroy(ml_job **job);
 int ml_job_stage_count(const ml_job *job);

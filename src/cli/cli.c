@@ -27,9 +27,15 @@
 #include "mergelens/train.h"
 
 static int ml_cmd_version(MPI_Comm comm, int argc, char **argv) {
-    int rank;
+    static const ml_option_spec none[] = {ML_OPT_END};
+    int rank, help = 0;
+    ml_options *o = NULL;
     MPI_Comm_rank(comm, &rank);
-    if (rank == 0) printf("mergelens %s\n", ML_VERSION_STRING);
+    /* no options, but through the registry like every command (job-file checks) */
+    ML_CHECK(ml_options_parse_command(comm, "version", "usage: mergelens version", none, argc, argv, &o, NULL, NULL,
+                                      &help));
+    ml_options_destroy(&o);
+    if (rank == 0 && !help) printf("mergelens %s\n", ML_VERSION_STRING);
     return ML_OK;
 }
 

@@ -214,6 +214,48 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
     return ML_OK;
 }
 
+static void ml_key_norm(char *k) {
+    for (; *k; k++)
+        if (*k == '-') *k = '_';
+}
+
+/* Check a stage's argv against its command's option table without running
+ * it (the options registry's check mode; the command stops right after
+ * parsing). A rejected option is reported at its line in the job file. */
+static int ml_stage_check_options(const ml_node *sn, const ml_stage *s) {
+    const ml_command *cmd = ml_cli_find(s->command);
+    char what[160];
+    /* `lora train`, `region centroid`: the subcommand is the first argument */
+    const char *a1 = s->argc > 1 ? s->argv[1] : "";
+    int sub = a1[0] && a1[0] != '-' && strspn(a1, "abcdefghijklmnopqrstuvwxyz-") == strlen(a1);
+    snprintf(what, sizeof what, "%s%s%s", s->command, sub ? " " : "", sub ? s->argv[1] : "");
+    ml_options_check chk;
+    ml_options_check_begin();
+    int rc = cmd->fn(MPI_COMM_SELF, s->argc, s->argv);
+    ml_options_check_end(&chk);
+    if (chk.ok) {
+        ml_error_clear();
+        return ML_OK;
+    }
+    if (rc == ML_OK) return ML_OK; /* unreachable: every command parses its options first */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ml_error_message());
+    ml_error_clear();
+    const char *m = msg;
+    if (!strncmp(m, "command line: ", 14)) m += 14;
+    const ml_node *opts = ml_node_get(sn, "options"), *at = NULL;
+    for (int i = 0; opts && opts->kind == ML_NODE_MAP && i < opts->n && chk.key[0]; i++) {
+        char k[128];
+        snprintf(k, sizeof k, "%s", opts->items[i]->key);
+        ml_key_norm(k);
+        if (!strcmp(k, chk.key)) at = opts->items[i];
+    }
+    if (at && chk.unknown)
+        return ml_node_error(at, "unknown key '%s' for stage '%s' (mergelens %s%s%s%s)", at->key, s->name, what,
+                             chk.hint[0] ? "; did you mean '" : "", chk.hint, chk.hint[0] ? "'?" : "");
+    return ml_node_error(at ? at : sn, "stage '%s' (mergelens %s): %s", s->name, what, m);
+}
+
 int ml_job_load(const char *path, const char *out_dir, ml_job **out) {
     int rc = ML_OK;
     ml_job *j = ml_calloc(1, sizeof *j);
@@ -262,6 +304,7 @@ int ml_job_load(const char *path, const char *out_dir, ml_job **out) {
     if (!parsed || !state || !j->stages) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         rc = ml_stage_parse(j, st->items[i], &parsed[i]);
+        if (!rc) rc = ml_stage_check_options(st->items[i], &parsed[i]);
         if (rc) {
             for (int k = 0; k <= i; k++) ml_stage_free(&parsed[k]);
             ml_free(parsed);

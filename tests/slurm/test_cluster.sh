@@ -104,12 +104,12 @@ check "slurm/status names the failure and what it blocked" bash -c '[ $0 -eq 1 ]
 
 # ---- 3. --requeue: USR1 before the time limit -> forwarded, requeued, resumed ----
 # A stand-in for mergelens: on the first run (restart 0) the stage 'slow'
-# waits for USR1 and exits 10 like a checkpointing trainer; afterwards it is
+# waits for USR1 and exits 75 (interrupted, checkpoint written) like a trainer; afterwards it is
 # the real binary.
 cat > "$tmp/fake-mergelens" <<EOF
 #!/bin/bash
 if [[ " \$* " == *" --stage slow "* ]] && [ "\${SLURM_RESTART_COUNT:-0}" = 0 ]; then
-  trap 'echo "task \$SLURM_PROCID got USR1" >> "$tmp/signals"; exit 10' USR1
+  trap 'echo "task \$SLURM_PROCID got USR1" >> "$tmp/signals"; exit 75' USR1
   touch "$tmp/slow.\$SLURM_PROCID"
   for i in \$(seq 600); do sleep 0.1; done
   exit 0
@@ -141,7 +141,7 @@ echo "  (requeue job finished $((SECONDS - t0)) s after submission)"
 log=$(cat "$tmp/rq/slurm/logs/slow-$R.out")
 check "batch script forwarded USR1 to srun" has "$log" "got SIGUSR1, forwarding it to srun"
 check "every task received USR1" test "$(sort "$tmp/signals" 2>/dev/null | paste -sd, -)" = "task 0 got USR1,task 1 got USR1"
-check "batch script requeued the job" has "$log" "stopped by SIGUSR1 (exit 10), requeueing job $R"
+check "batch script requeued the job" has "$log" "interrupted by SIGUSR1, checkpoint written (exit 75); requeueing job $R"
 check "second run is restart 1 and completes" bash -c 'grep -q "restart 1" <<<"$0" && [ "$(tail -n 1 <<<"$0" | grep -c "exit 0")" = 1 ]' "$log"
 check "requeued stage and its dependent COMPLETED" test "$(state "$R")/$(state "$R2")" = "COMPLETED/COMPLETED"
 check "slurm/status reports the restart" bash -c '"$0" "$1" | grep -q "^slow .*COMPLETED .*requeued 1 time"' "$status" "$tmp/rq"

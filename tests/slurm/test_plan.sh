@@ -174,5 +174,41 @@ check "a launch that started no task is tried again and the stage runs once (sta
   '[ $0 -eq 0 ] && [ "$(cat "$1/srun.calls")" = 2 ] && [ "$(wc -l < "$1/mergelens.runs")" = 1 ]' "$rc" "$tmp/relaunch"
 check "the log says why it launched again" has "$out" "srun started no task (exit 0); launching again in 5 s (attempt 2 of 3)"
 
+# ---- exit 75 (interrupted, checkpoint written) vs failed ----
+# The batch script with a fake srun (runs its command as task 0), a fake
+# scontrol that records its arguments, and a fake mergelens exiting with a
+# given status.
+bdir=$tmp/exit75
+mkdir -p "$bdir/bin"
+printf '#!/bin/bash\nshift 3\nSLURM_PROCID=0 exec "$@"\n' > "$bdir/bin/srun"
+printf '#!/bin/bash\necho "$*" >> "%s/scontrol.args"\n' "$bdir" > "$bdir/bin/scontrol"
+chmod +x "$bdir/bin/srun" "$bdir/bin/scontrol"
+batch() { # REQUEUE EXIT [env...] -> output of the batch script; $brc its status
+  local rq=$1 code=$2; shift 2
+  rm -rf "$bdir/run" "$bdir/scontrol.args"; mkdir -p "$bdir/run/slurm"
+  printf '#!/bin/bash\nexit %s\n' "$code" > "$bdir/fake-mergelens"; chmod +x "$bdir/fake-mergelens"
+  sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$bdir/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
+      -e "s|@RUN_DIR@|$bdir/run|; s|@STAGE@|s1|; s|@WORKDIR@|$bdir|; s|@REQUEUE@|$rq|; s|@MAX_REQUEUE@|2|" \
+      "$src/slurm/templates/stage.sbatch" > "$bdir/s1.sbatch"
+  bout=$(cd "$bdir" && env PATH="$bdir/bin:$PATH" SLURM_JOB_ID=9 SLURM_NTASKS=1 "$@" bash s1.sbatch 2>&1); brc=$?
+}
+batch 1 75
+check "exit 75 with --requeue: requeued" bash -c '[ "$(cat "$0/scontrol.args")" = "requeue 9" ]' "$bdir"
+check "exit 75 with --requeue: the log says interrupted, checkpoint written" has "$bout" \
+  "mergelens stage 's1': interrupted, checkpoint written (exit 75); requeueing job 9 (restart 1 of at most 2)"
+check "exit 75 with --requeue: the job ends with 75" test "$brc" -eq 75
+batch 1 75 SLURM_RESTART_COUNT=2
+check "exit 75 after --max-requeue restarts: not requeued" bash -c '[ ! -e "$0/scontrol.args" ] && grep -qF "$1" <<<"$2"' \
+  "$bdir" "not requeued: already restarted 2 time(s) (--max-requeue 2); resubmit to resume" "$bout"
+batch 0 75
+check "exit 75 without --requeue: not requeued, says so" bash -c '[ ! -e "$0/scontrol.args" ] && grep -qF "$1" <<<"$2"' \
+  "$bdir" "interrupted, checkpoint written (exit 75); not requeued (submitted without --requeue); resubmit to resume" "$bout"
+batch 1 1
+check "exit 1 with --requeue: failed, never requeued" bash -c '[ ! -e "$0/scontrol.args" ] && [ "$1" -eq 1 ] &&
+  grep -qF "mergelens stage '"'s1'"': failed (exit 1); not requeued" <<<"$2" && ! grep -q interrupted <<<"$2"' "$bdir" "$brc" "$bout"
+batch 1 0
+check "exit 0: neither interrupted nor failed" bash -c '[ ! -e "$0/scontrol.args" ] && [ "$1" -eq 0 ] &&
+  ! grep -qE "interrupted|failed|requeue" <<<"$2"' "$bdir" "$brc" "$bout"
+
 echo "slurm plan: $pass passed, $fail failed"
 [ $fail -eq 0 ]
