@@ -60,9 +60,10 @@ static void ml_print_slurm(FILE *f, const char *who, const ml_node *m) {
 
 /* --plan: the job as tab-separated lines, in run order (read by slurm/submit):
  *   job   NAME RUN_DIR
- *   stage NAME NEEDS(comma-separated, or -) COMPLETE(0|1)
+ *   stage NAME NEEDS(comma-separated, or -) COMPLETE(0|1) RECORDED(status in
+ *         the experiment record: done, failed, skipped, pending, or -)
  *   slurm STAGE(or * for the job-level mapping) KEY VALUE LINE */
-static void ml_print_plan(const ml_job *job, FILE *f) {
+static void ml_print_plan(const ml_job *job, const ml_stage_result *res, FILE *f) {
     const ml_node *nm = ml_node_get(ml_job_root(job), "name");
     const char *name = nm && nm->kind == ML_NODE_SCALAR ? nm->value : "";
     fprintf(f, "job\t%s\t%s\n", name, ml_job_run_dir(job));
@@ -71,7 +72,8 @@ static void ml_print_plan(const ml_job *job, FILE *f) {
         const ml_stage *s = ml_job_stage(job, i);
         fprintf(f, "stage\t%s\t", s->name);
         for (int k = 0; k < s->n_needs; k++) fprintf(f, "%s%s", k ? "," : "", ml_job_stage(job, s->needs[k])->name);
-        fprintf(f, "%s\t%d\n", s->n_needs ? "" : "-", ml_stage_complete(s));
+        fprintf(f, "%s\t%d\t%s\n", s->n_needs ? "" : "-", ml_stage_complete(s),
+                res[i].previous[0] ? res[i].previous : "-");
         ml_print_slurm(f, s->name, s->slurm);
     }
     fflush(f);
@@ -243,14 +245,15 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             if (!strcmp(ml_job_stage(job, i)->name, only)) only_idx = i;
         if (only_idx < 0) ML_FAIL_GOTO(done, ML_ERR_ARG, "%s: no stage named '%s'", pos[0], only);
     }
-    if (ml_opt_bool(o, "plan")) {
-        if (rank == 0) ml_print_plan(job, stdout);
-        goto done;
-    }
     if (n > 256) ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: %d stages, at most 256 are supported", pos[0], n);
     res = ml_calloc((size_t)n, sizeof *res);
     if (!res) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) res[i].status = "pending";
+    if (ml_opt_bool(o, "plan")) {
+        ml_read_previous(comm, job, res);
+        if (rank == 0) ml_print_plan(job, res, stdout);
+        goto done;
+    }
     char started[64];
     ml_iso_now(started, sizeof started);
     const char *rd = ml_job_run_dir(job);
