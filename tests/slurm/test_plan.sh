@@ -186,8 +186,9 @@ chmod +x "$bdir/bin/srun" "$bdir/bin/scontrol"
 batch() { # REQUEUE EXIT [env...] -> output of the batch script; $brc its status
   local rq=$1 code=$2; shift 2
   rm -rf "$bdir/run" "$bdir/scontrol.args"; mkdir -p "$bdir/run/slurm"
-  printf '#!/bin/bash\nexit %s\n' "$code" > "$bdir/fake-mergelens"; chmod +x "$bdir/fake-mergelens"
+  printf '#!/bin/bash\nenv > "%s/env.txt"\nexit %s\n' "$bdir" "$code" > "$bdir/fake-mergelens"; chmod +x "$bdir/fake-mergelens"
   sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$bdir/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
+      -e "s|^CPUINFO=/proc/cpuinfo\$|CPUINFO=${cpuinfo:-/proc/cpuinfo}|" \
       -e "s|@RUN_DIR@|$bdir/run|; s|@STAGE@|s1|; s|@WORKDIR@|$bdir|; s|@REQUEUE@|$rq|; s|@MAX_REQUEUE@|2|" \
       "$src/slurm/templates/stage.sbatch" > "$bdir/s1.sbatch"
   bout=$(cd "$bdir" && env PATH="$bdir/bin:$PATH" SLURM_JOB_ID=9 SLURM_NTASKS=1 "$@" bash s1.sbatch 2>&1); brc=$?
@@ -209,6 +210,22 @@ check "exit 1 with --requeue: failed, never requeued" bash -c '[ ! -e "$0/scontr
 batch 1 0
 check "exit 0: neither interrupted nor failed" bash -c '[ ! -e "$0/scontrol.args" ] && [ "$1" -eq 0 ] &&
   ! grep -qE "interrupted|failed|requeue" <<<"$2"' "$bdir" "$brc" "$bout"
+
+# ---- CPU-specific settings from the login node do not reach the job ----
+# the batch script on a node without AVX-512 and on one with it (fake
+# /proc/cpuinfo), submitted from a shell that has the login node's settings
+printf 'flags\t\t: fpu sse2 avx2\n' > "$bdir/cpuinfo.plain"; printf 'flags\t\t: fpu sse2 avx2 avx512f\n' > "$bdir/cpuinfo.avx512"
+cpuinfo=$bdir/cpuinfo.plain batch 0 0 OPENBLAS_CORETYPE=SkylakeX OPENBLAS_L2_SIZE=2097152 OMP_NUM_THREADS=8 SLURM_CPUS_PER_TASK=3
+check "login node's OPENBLAS_CORETYPE/L2_SIZE/OMP_NUM_THREADS do not reach mergelens (node without AVX-512)" bash -c \
+  '! grep -qE "^(OPENBLAS_CORETYPE|OPENBLAS_L2_SIZE|OMP_NUM_THREADS)=" "$0" && grep -qx "OPENBLAS_NUM_THREADS=3" "$0"' "$bdir/env.txt"
+cpuinfo=$bdir/cpuinfo.avx512 batch 0 0 OPENBLAS_CORETYPE=Haswell
+check "an AVX-512 node chooses SkylakeX itself" grep -qx "OPENBLAS_CORETYPE=SkylakeX" "$bdir/env.txt"
+# slurm/submit adds nothing CPU-specific to the environment sbatch copies
+printf '#!/bin/bash\nenv > "%s/bin/sbatch.env"; echo "77;cluster"\n' "$tmp" > "$tmp/bin/sbatch"
+chmod +x "$tmp/bin/sbatch"
+printf 'stages:\n  a: {command: doctor, options: {gemm_n: 64, dir: /tmp}}\n' > "$tmp/env.yaml"
+env -u OPENBLAS_CORETYPE PATH="$tmp/bin:$PATH" "$submit" "$tmp/env.yaml" --out "$tmp/run5" > /dev/null 2>&1
+check "slurm/submit exports no OPENBLAS_CORETYPE to sbatch" bash -c '[ -s "$0" ] && ! grep -q "^OPENBLAS_CORETYPE=" "$0"' "$tmp/bin/sbatch.env"
 
 echo "slurm plan: $pass passed, $fail failed"
 [ $fail -eq 0 ]
