@@ -1,8 +1,9 @@
 /* mergelens pipeline: experiments as job files. `mergelens run JOB.yaml`
  * runs every stage in dependency order inside one MPI job, skipping stages
- * whose outputs exist and validate, and records everything in
- * RUN_DIR/experiment.h5 (job file, provenance, timings, external links to
- * every stage's outputs).
+ * whose outputs exist and validate. Each stage run writes its own record
+ * RUN_DIR/records/<stage>.json; RUN_DIR/experiment.h5 (job file, provenance,
+ * timings, external links to every stage's outputs) is assembled from all
+ * records, so concurrent stage runs (Slurm stage jobs) lose none.
  *
  * Job file:
  *   name: tiny

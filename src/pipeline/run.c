@@ -21,33 +21,75 @@ static const ml_option_spec ml_run_opts[] = {
 };
 
 typedef struct {
-    const char *status; /* "done", "skipped", "failed", "pending" */
+    const char *status; /* "done", "skipped", "failed", "interrupted", "pending" */
     double seconds;
-    char previous[16];  /* status recorded by an earlier run ("" if none) */
 } ml_stage_result;
 
-/* Carry over what an earlier run (e.g. another Slurm stage job) recorded, so
- * that a stage not run now keeps its "done" status and timing. Collective. */
-static void ml_read_previous(MPI_Comm comm, const ml_job *job, ml_stage_result *res) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/experiment.h5", ml_job_run_dir(job));
-    int exists = ml_file_exists(path);
-    MPI_Bcast(&exists, 1, MPI_INT, 0, comm);
-    ml_h5 *h = NULL;
-    if (!exists || ml_h5_open(comm, path, "mergelens.experiment", 1, 1, &h) != ML_OK) {
-        ml_error_clear();
-        return;
+/* A stage's own record, RUN_DIR/records/<stage>.json, written atomically by
+ * the run that ran it (concurrent stage jobs never share a file). Fixed size
+ * and zero-filled so that two reads compare with memcmp. */
+typedef struct {
+    char status[16]; /* "" if the stage has no record */
+    double seconds;
+    char finished[32];
+    char slurm_job[32];
+} ml_stage_record;
+
+static void ml_record_path(const ml_job *job, const char *stage, char *buf, size_t n) {
+    snprintf(buf, n, "%s/records/%s.json", ml_job_run_dir(job), stage);
+}
+
+static void ml_iso_now(char *buf, size_t n);
+
+/* Rank 0: write a stage's record (temp name, then rename). */
+static int ml_record_write(const ml_job *job, const ml_stage *s, const char *status, double seconds) {
+    char path[4096], tmp[4200], dir[4096], now[64];
+    snprintf(dir, sizeof dir, "%s/records", ml_job_run_dir(job));
+    ML_CHECK(ml_mkdirs(dir));
+    ml_record_path(job, s->name, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    ml_iso_now(now, sizeof now);
+    const char *jid = getenv("SLURM_JOB_ID"), *task = getenv("SLURM_ARRAY_TASK_ID");
+    char job_id[32];
+    snprintf(job_id, sizeof job_id, "%s%s%s", jid ? jid : "", task && jid ? "_" : "", task && jid ? task : "");
+    json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:s, s:f, s:s, s:s}", "format", "mergelens.stage_record", "version", 1,
+                          "stage", s->name, "command", s->command, "status", status, "seconds", seconds, "finished",
+                          now, "slurm_job", job_id);
+    if (!o) return ML_FAIL(ML_ERR_NOMEM, "out of memory building the record of stage '%s'", s->name);
+    int bad = json_dump_file(o, tmp, JSON_COMPACT) != 0;
+    json_decref(o);
+    if (bad || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return ML_FAIL(ML_ERR_IO, "%s: cannot write the stage record: %s", path, strerror(e));
     }
-    for (int i = 0; i < ml_job_stage_count(job); i++) {
-        char g[512], *st = NULL;
-        snprintf(g, sizeof g, "/stages/%s", ml_job_stage(job, i)->name);
-        if (!ml_h5_exists(h, g) || ml_h5_get_attr_str(h, g, "status", &st) != ML_OK) continue;
-        snprintf(res[i].previous, sizeof res[i].previous, "%s", st);
-        ml_free(st);
-        if (!strcmp(res[i].previous, "done")) ml_h5_get_attr_double(h, g, "seconds", &res[i].seconds);
+    return ML_OK;
+}
+
+/* Every stage's record (rank 0 reads, all ranks get the same). A missing or
+ * unreadable record counts as none. Collective. */
+static int ml_records_load(MPI_Comm comm, const ml_job *job, ml_stage_record *rec) {
+    int rank, n = ml_job_stage_count(job);
+    MPI_Comm_rank(comm, &rank);
+    memset(rec, 0, sizeof *rec * (size_t)n);
+    for (int i = 0; rank == 0 && i < n; i++) {
+        char path[4096];
+        ml_record_path(job, ml_job_stage(job, i)->name, path, sizeof path);
+        json_t *o = ml_file_exists(path) ? json_load_file(path, 0, NULL) : NULL;
+        const char *fmt = o ? json_string_value(json_object_get(o, "format")) : NULL;
+        const char *st = o ? json_string_value(json_object_get(o, "status")) : NULL;
+        if (fmt && st && !strcmp(fmt, "mergelens.stage_record")) {
+            snprintf(rec[i].status, sizeof rec[i].status, "%s", st);
+            rec[i].seconds = json_number_value(json_object_get(o, "seconds"));
+            const char *f = json_string_value(json_object_get(o, "finished"));
+            const char *j = json_string_value(json_object_get(o, "slurm_job"));
+            snprintf(rec[i].finished, sizeof rec[i].finished, "%s", f ? f : "");
+            snprintf(rec[i].slurm_job, sizeof rec[i].slurm_job, "%s", j ? j : "");
+        }
+        json_decref(o);
     }
-    ml_error_clear();
-    ml_h5_close(&h);
+    ML_CHECK_MPI(MPI_Bcast(rec, (int)(sizeof *rec * (size_t)n), MPI_BYTE, 0, comm));
+    return ML_OK;
 }
 
 static void ml_print_slurm(FILE *f, const char *who, const ml_node *m) {
@@ -61,9 +103,9 @@ static void ml_print_slurm(FILE *f, const char *who, const ml_node *m) {
 /* --plan: the job as tab-separated lines, in run order (read by slurm/submit):
  *   job   NAME RUN_DIR
  *   stage NAME NEEDS(comma-separated, or -) COMPLETE(0|1) RECORDED(status in
- *         the experiment record: done, failed, skipped, pending, or -)
+ *         the stage's record: done, failed, interrupted, or -)
  *   slurm STAGE(or * for the job-level mapping) KEY VALUE LINE */
-static void ml_print_plan(const ml_job *job, const ml_stage_result *res, FILE *f) {
+static void ml_print_plan(const ml_job *job, const ml_stage_record *rec, FILE *f) {
     const ml_node *nm = ml_node_get(ml_job_root(job), "name");
     const char *name = nm && nm->kind == ML_NODE_SCALAR ? nm->value : "";
     fprintf(f, "job\t%s\t%s\n", name, ml_job_run_dir(job));
@@ -73,7 +115,7 @@ static void ml_print_plan(const ml_job *job, const ml_stage_result *res, FILE *f
         fprintf(f, "stage\t%s\t", s->name);
         for (int k = 0; k < s->n_needs; k++) fprintf(f, "%s%s", k ? "," : "", ml_job_stage(job, s->needs[k])->name);
         fprintf(f, "%s\t%d\t%s\n", s->n_needs ? "" : "-", ml_stage_complete(s),
-                res[i].previous[0] ? res[i].previous : "-");
+                rec[i].status[0] ? rec[i].status : "-");
         ml_print_slurm(f, s->name, s->slurm);
     }
     fflush(f);
@@ -130,7 +172,7 @@ static int ml_hosts_json(MPI_Comm comm, char **out) {
 }
 
 static int ml_write_experiment(MPI_Comm comm, const char *job_path, const ml_job *job, const ml_stage_result *res,
-                               const char *started) {
+                               const ml_stage_record *rec, const char *started) {
     int rc = ML_OK, size;
     MPI_Comm_size(comm, &size);
     char path[4096], finished[64], *text = NULL, *json = NULL, *hosts = NULL;
@@ -157,11 +199,18 @@ static int ml_write_experiment(MPI_Comm comm, const char *job_path, const ml_job
         snprintf(g, sizeof g, "/stages/%s", s->name);
         ML_CHECK_GOTO(ml_h5_mkgroup(h, g), done);
         ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "command", s->command), done);
+        /* the stage's record (this run's own stages wrote theirs already);
+         * without one, what this run did (pending, or skipped as complete) */
         const char *status = res[i].status;
-        if ((!strcmp(status, "pending") || !strcmp(status, "skipped")) && !strcmp(res[i].previous, "done"))
-            status = "done";
+        double secs = res[i].seconds;
+        if (rec[i].status[0] && (strcmp(status, "skipped") || !strcmp(rec[i].status, "done"))) {
+            status = rec[i].status;
+            secs = rec[i].seconds;
+        }
         ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "status", status), done);
-        ML_CHECK_GOTO(ml_h5_set_attr_double(h, g, "seconds", res[i].seconds), done);
+        ML_CHECK_GOTO(ml_h5_set_attr_double(h, g, "seconds", secs), done);
+        if (rec[i].finished[0]) ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "finished", rec[i].finished), done);
+        if (rec[i].slurm_job[0]) ML_CHECK_GOTO(ml_h5_set_attr_str(h, g, "slurm_job", rec[i].slurm_job), done);
         json_t *cmdline = json_array();
         for (int a = 0; a < s->argc; a++) json_array_append_new(cmdline, json_string(s->argv[a]));
         char *cl = json_dumps(cmdline, JSON_COMPACT);
@@ -194,6 +243,31 @@ done:
     ml_free(text);
     ml_free(json);
     ml_free(hosts);
+    return rc;
+}
+
+/* experiment.h5 assembled from every stage's record. Stage jobs running at
+ * once each do this; a writer whose records changed while it wrote (another
+ * stage finished) writes again, so the last file renamed into place holds
+ * every record written before it: a record written later belongs to a stage
+ * that assembles (and renames) after reading it. Collective. */
+static int ml_assemble_experiment(MPI_Comm comm, const char *job_path, const ml_job *job, const ml_stage_result *res,
+                                  const char *started) {
+    int rc = ML_OK, n = ml_job_stage_count(job);
+    ml_stage_record *rec = ml_calloc((size_t)n, sizeof *rec), *again = ml_calloc((size_t)n, sizeof *again);
+    if (!rec || !again) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+    for (int attempt = 0;; attempt++) {
+        ML_CHECK_GOTO(ml_records_load(comm, job, rec), done);
+        ML_CHECK_GOTO(ml_write_experiment(comm, job_path, job, res, rec, started), done);
+        ML_CHECK_GOTO(ml_records_load(comm, job, again), done);
+        if (!memcmp(rec, again, sizeof *rec * (size_t)n)) break; /* same on every rank (broadcast) */
+        if (attempt == 50)
+            ML_FAIL_GOTO(done, ML_ERR_IO, "%s/records: stage records keep changing while experiment.h5 is written",
+                         ml_job_run_dir(job));
+    }
+done:
+    ml_free(rec);
+    ml_free(again);
     return rc;
 }
 
@@ -250,8 +324,11 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
     if (!res) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) res[i].status = "pending";
     if (ml_opt_bool(o, "plan")) {
-        ml_read_previous(comm, job, res);
-        if (rank == 0) ml_print_plan(job, res, stdout);
+        ml_stage_record *rec = ml_calloc((size_t)n, sizeof *rec);
+        if (!rec) ML_FAIL_GOTO(done, ML_ERR_NOMEM, "out of memory");
+        rc = ml_records_load(comm, job, rec);
+        if (rc == ML_OK && rank == 0) ml_print_plan(job, rec, stdout);
+        ml_free(rec);
         goto done;
     }
     char started[64];
@@ -267,7 +344,6 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
         }
     }
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    ml_read_previous(comm, job, res);
     int complete[256] = {0};
     for (int i = 0; i < n && i < 256; i++) {
         /* rank 0 decides, so every rank takes the same branch */
@@ -308,12 +384,13 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
         res[i].seconds = ml_wtime() - t0;
         rc = ml_agree(comm, rc);
         if (rc) {
-            res[i].status = "failed";
+            res[i].status = rc == ML_ERR_INTERRUPTED ? "interrupted" : "failed";
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", ml_error_message());
             int code = rc;
             ml_error_clear();
-            ml_write_experiment(comm, pos[0], job, res, started);
+            if (rank == 0 && ml_record_write(job, s, res[i].status, res[i].seconds) != ML_OK) ml_error_clear();
+            if (ml_assemble_experiment(comm, pos[0], job, res, started) != ML_OK) ml_error_clear();
             rc = ML_FAIL(code, "stage '%s' (mergelens %s) failed: %s", s->name, s->command, msg);
             rc = ml_agree(comm, rc);
             goto done;
@@ -326,11 +403,13 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             }
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
         res[i].status = "done";
+        if (rank == 0) rc = ml_record_write(job, s, "done", res[i].seconds);
+        ML_CHECK_GOTO(ml_agree(comm, rc), done);
         complete[i] = 1;
         ml_info("stage %d/%d %-12s done in %.1f s", i + 1, n, s->name, res[i].seconds);
     }
     if (!ml_opt_bool(o, "dry_run")) {
-        ML_CHECK_GOTO(ml_write_experiment(comm, pos[0], job, res, started), done);
+        ML_CHECK_GOTO(ml_assemble_experiment(comm, pos[0], job, res, started), done);
         ml_info("experiment record: %s/experiment.h5", rd);
     }
 done:

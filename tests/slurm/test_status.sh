@@ -58,15 +58,15 @@ rm -f "$tmp/jobs/"*
 check "the pipeline ran locally" test $? -eq 0
 out=$("$status" "$tmp/run" 2>&1); rc=$?
 check "forgotten jobs of a completed pipeline: COMPLETED from the record, exit 0" bash -c '[ $0 -eq 0 ] &&
-  [ "$(grep -c " COMPLETED .*job record gone from slurmctld (MinJobAge), no accounting; experiment record: done" <<<"$1")" -eq 3 ]' "$rc" "$out"
+  [ "$(grep -c " COMPLETED .*job record gone from slurmctld (MinJobAge), no accounting; stage record: done" <<<"$1")" -eq 3 ]' "$rc" "$out"
 # a stage recorded as failed, another never recorded
 # the same job file with 'last' failing at run time (an input that does not exist)
 sed -i 's/^  last: {command: doctor, needs: \[a_rather_long_stage_name\], options: .*$/  last: {command: inspect, args: [no-such.h5]}/' "$tmp/job.yaml"
-rm -f "$tmp/run/experiment.h5"
+rm -rf "$tmp/run/experiment.h5" "$tmp/run/records"
 "$ML_BIN" run "$tmp/job.yaml" --stage last > /dev/null 2>&1
 out=$("$status" "$tmp/run" 2>&1); rc=$?
 check "forgotten jobs: a recorded failure is FAILED, an unrecorded stage INCOMPLETE, exit 1" bash -c '[ $0 -eq 1 ] &&
-  grep -q "^last .* FAILED .*experiment record: failed" <<<"$1" && grep -q "^prep .* INCOMPLETE .*outputs incomplete" <<<"$1"' "$rc" "$out"
+  grep -q "^last .* FAILED .*stage record: failed" <<<"$1" && grep -q "^prep .* INCOMPLETE .*outputs incomplete, no stage record" <<<"$1"' "$rc" "$out"
 out=$(ML_BIN=/nonexistent "$status" "$tmp/run" 2>&1); rc=$?
 check "without a binary: UNKNOWN, says why, exit 1" bash -c '[ $0 -eq 1 ] && grep -q "UNKNOWN .*cannot read the run directory" <<<"$1"' "$rc" "$out"
 ml_check_summary "slurm status"
