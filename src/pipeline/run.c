@@ -17,6 +17,8 @@ static const ml_option_spec ml_run_opts[] = {
     {"force", ML_OPT_BOOL, "false", 0, -1, NULL, "rerun stages even when their outputs are complete"},
     {"dry_run", ML_OPT_BOOL, "false", 0, -1, NULL, "print the plan and exit"},
     {"plan", ML_OPT_BOOL, "false", 0, -1, NULL, "print the stages as tab-separated lines (for slurm/submit) and exit"},
+    {"task", ML_OPT_INT, "-1", -1, 1e6, NULL, "with --stage: run array task I of that array stage (-1: all tasks)"},
+    {"tasks", ML_OPT_INT, "0", 0, 1e6, NULL, "with --task: the array's task count (must equal its slurm array)"},
     ML_OPT_END,
 };
 
@@ -35,23 +37,41 @@ typedef struct {
     char slurm_job[32];
 } ml_stage_record;
 
-static void ml_record_path(const ml_job *job, const char *stage, char *buf, size_t n) {
-    snprintf(buf, n, "%s/records/%s.json", ml_job_run_dir(job), stage);
+/* task >= 0: the record of one task of an array stage, <stage>@<task>.json */
+static void ml_record_path(const ml_job *job, const char *stage, int task, char *buf, size_t n) {
+    if (task >= 0) snprintf(buf, n, "%s/records/%s@%d.json", ml_job_run_dir(job), stage, task);
+    else snprintf(buf, n, "%s/records/%s.json", ml_job_run_dir(job), stage);
+}
+
+/* Read one record file into r (left zeroed if missing or not a record). */
+static void ml_record_read(const char *path, ml_stage_record *r) {
+    json_t *o = ml_file_exists(path) ? json_load_file(path, 0, NULL) : NULL;
+    const char *fmt = o ? json_string_value(json_object_get(o, "format")) : NULL;
+    const char *st = o ? json_string_value(json_object_get(o, "status")) : NULL;
+    if (fmt && st && !strcmp(fmt, "mergelens.stage_record")) {
+        snprintf(r->status, sizeof r->status, "%s", st);
+        r->seconds = json_number_value(json_object_get(o, "seconds"));
+        const char *f = json_string_value(json_object_get(o, "finished"));
+        const char *j = json_string_value(json_object_get(o, "slurm_job"));
+        snprintf(r->finished, sizeof r->finished, "%s", f ? f : "");
+        snprintf(r->slurm_job, sizeof r->slurm_job, "%s", j ? j : "");
+    }
+    json_decref(o);
 }
 
 static void ml_iso_now(char *buf, size_t n);
 
 /* Rank 0: write a stage's record (temp name, then rename). */
-static int ml_record_write(const ml_job *job, const ml_stage *s, const char *status, double seconds) {
+static int ml_record_write(const ml_job *job, const ml_stage *s, int task, const char *status, double seconds) {
     char path[4096], tmp[4200], dir[4096], now[64];
     snprintf(dir, sizeof dir, "%s/records", ml_job_run_dir(job));
     ML_CHECK(ml_mkdirs(dir));
-    ml_record_path(job, s->name, path, sizeof path);
+    ml_record_path(job, s->name, task, path, sizeof path);
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
     ml_iso_now(now, sizeof now);
-    const char *jid = getenv("SLURM_JOB_ID"), *task = getenv("SLURM_ARRAY_TASK_ID");
+    const char *jid = getenv("SLURM_JOB_ID"), *atask = getenv("SLURM_ARRAY_TASK_ID");
     char job_id[32];
-    snprintf(job_id, sizeof job_id, "%s%s%s", jid ? jid : "", task && jid ? "_" : "", task && jid ? task : "");
+    snprintf(job_id, sizeof job_id, "%s%s%s", jid ? jid : "", atask && jid ? "_" : "", atask && jid ? atask : "");
     json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:s, s:f, s:s, s:s}", "format", "mergelens.stage_record", "version", 1,
                           "stage", s->name, "command", s->command, "status", status, "seconds", seconds, "finished",
                           now, "slurm_job", job_id);
@@ -73,20 +93,27 @@ static int ml_records_load(MPI_Comm comm, const ml_job *job, ml_stage_record *re
     MPI_Comm_rank(comm, &rank);
     memset(rec, 0, sizeof *rec * (size_t)n);
     for (int i = 0; rank == 0 && i < n; i++) {
+        const ml_stage *st = ml_job_stage(job, i);
         char path[4096];
-        ml_record_path(job, ml_job_stage(job, i)->name, path, sizeof path);
-        json_t *o = ml_file_exists(path) ? json_load_file(path, 0, NULL) : NULL;
-        const char *fmt = o ? json_string_value(json_object_get(o, "format")) : NULL;
-        const char *st = o ? json_string_value(json_object_get(o, "status")) : NULL;
-        if (fmt && st && !strcmp(fmt, "mergelens.stage_record")) {
-            snprintf(rec[i].status, sizeof rec[i].status, "%s", st);
-            rec[i].seconds = json_number_value(json_object_get(o, "seconds"));
-            const char *f = json_string_value(json_object_get(o, "finished"));
-            const char *j = json_string_value(json_object_get(o, "slurm_job"));
-            snprintf(rec[i].finished, sizeof rec[i].finished, "%s", f ? f : "");
-            snprintf(rec[i].slurm_job, sizeof rec[i].slurm_job, "%s", j ? j : "");
+        ml_record_path(job, st->name, -1, path, sizeof path);
+        ml_record_read(path, &rec[i]);
+        if (rec[i].status[0] || st->array <= 0) continue;
+        /* an array stage: done when every task is, failed/interrupted when
+         * one is, partial while only some have finished */
+        int done = 0, failed = 0, stopped = 0;
+        for (int t = 0; t < st->array; t++) {
+            ml_stage_record r;
+            memset(&r, 0, sizeof r);
+            ml_record_path(job, st->name, t, path, sizeof path);
+            ml_record_read(path, &r);
+            done += !strcmp(r.status, "done");
+            failed += !strcmp(r.status, "failed");
+            stopped += !strcmp(r.status, "interrupted");
+            rec[i].seconds += r.seconds;
+            if (strcmp(r.finished, rec[i].finished) > 0) memcpy(rec[i].finished, r.finished, sizeof r.finished);
         }
-        json_decref(o);
+        const char *agg = failed ? "failed" : stopped ? "interrupted" : done == st->array ? "done" : done ? "partial" : "";
+        snprintf(rec[i].status, sizeof rec[i].status, "%s", agg);
     }
     ML_CHECK_MPI(MPI_Bcast(rec, (int)(sizeof *rec * (size_t)n), MPI_BYTE, 0, comm));
     return ML_OK;
@@ -295,6 +322,25 @@ static int ml_write_stage_files(const ml_stage *s) {
     return ML_OK;
 }
 
+/* The tasks of an array stage run here one after another, each as
+ * `run JOB --out RUN_DIR --stage NAME --task T --tasks N` (what each Slurm
+ * array task runs), keeping --force and --dry_run. Collective. */
+static int ml_run_array_tasks(MPI_Comm comm, const char *job_path, const char *run_dir, const ml_stage *s,
+                              const ml_options *o) {
+    char t[16], nt[16];
+    snprintf(nt, sizeof nt, "%d", s->array);
+    for (int k = 0; k < s->array; k++) {
+        snprintf(t, sizeof t, "%d", k);
+        char *av[14] = {"run", (char *)job_path, "--out", (char *)run_dir, "--stage", (char *)s->name,
+                        "--task", t, "--tasks", nt};
+        int ac = 10;
+        if (ml_opt_bool(o, "force")) av[ac++] = "--force";
+        if (ml_opt_bool(o, "dry_run")) av[ac++] = "--dry_run";
+        ML_CHECK(ml_cmd_run(comm, ac, av));
+    }
+    return ML_OK;
+}
+
 int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
     int rank, rc = ML_OK, npos = 0, help = 0;
     MPI_Comm_rank(comm, &rank);
@@ -309,15 +355,21 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
                                       ml_run_opts, argc, argv, &o, &npos, &pos, &help));
     if (help) goto done;
     if (npos != 1) ML_FAIL_GOTO(done, ML_ERR_ARG, "run: expected one job file (usage: mergelens run JOB.yaml)");
-    const char *out = ml_opt_str(o, "out");
-    rc = ml_job_load(pos[0], *out ? out : NULL, &job);
+    const char *out = ml_opt_str(o, "out"), *only = ml_opt_str(o, "stage");
+    const int task = (int)ml_opt_int(o, "task"), tasks = (int)ml_opt_int(o, "tasks");
+    if (task >= 0 && (!*only || task >= tasks))
+        ML_FAIL_GOTO(done, ML_ERR_ARG, "run: --task I needs --stage NAME and --tasks N with I < N (got --task %d --tasks %d)",
+                     task, tasks);
+    rc = ml_job_load_task(pos[0], *out ? out : NULL, task >= 0 ? task : 0, task >= 0 ? tasks : 1, &job);
     ML_CHECK_GOTO(ml_agree(comm, rc), done);
-    const char *only = ml_opt_str(o, "stage");
     int n = ml_job_stage_count(job), only_idx = -1;
     if (*only) {
         for (int i = 0; i < n; i++)
             if (!strcmp(ml_job_stage(job, i)->name, only)) only_idx = i;
         if (only_idx < 0) ML_FAIL_GOTO(done, ML_ERR_ARG, "%s: no stage named '%s'", pos[0], only);
+        if (task >= 0 && ml_job_stage(job, only_idx)->array != tasks)
+            ML_FAIL_GOTO(done, ML_ERR_ARG, "%s: stage '%s' is %s, not an array of %d tasks (--tasks)", pos[0], only,
+                         ml_job_stage(job, only_idx)->array ? "an array of another size" : "not a job array", tasks);
     }
     if (n > 256) ML_FAIL_GOTO(done, ML_ERR_CONFIG, "%s: %d stages, at most 256 are supported", pos[0], n);
     res = ml_calloc((size_t)n, sizeof *res);
@@ -355,6 +407,12 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
         const ml_stage *s = ml_job_stage(job, i);
         int selected = only_idx < 0 || only_idx == i;
         if (!selected) continue;
+        if (s->array > 0 && task < 0) { /* not one task of it: every task, one after another */
+            ML_CHECK_GOTO(ml_run_array_tasks(comm, pos[0], rd, s, o), done);
+            if (!ml_opt_bool(o, "dry_run")) res[i].status = "done";
+            complete[i] = 1;
+            continue;
+        }
         if (complete[i] && !ml_opt_bool(o, "force")) {
             res[i].status = "skipped";
             ml_info("stage %d/%d %-12s complete, skipped", i + 1, n, s->name);
@@ -389,7 +447,7 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             snprintf(msg, sizeof msg, "%s", ml_error_message());
             int code = rc;
             ml_error_clear();
-            if (rank == 0 && ml_record_write(job, s, res[i].status, res[i].seconds) != ML_OK) ml_error_clear();
+            if (rank == 0 && ml_record_write(job, s, task, res[i].status, res[i].seconds) != ML_OK) ml_error_clear();
             if (ml_assemble_experiment(comm, pos[0], job, res, started) != ML_OK) ml_error_clear();
             rc = ML_FAIL(code, "stage '%s' (mergelens %s) failed: %s", s->name, s->command, msg);
             rc = ml_agree(comm, rc);
@@ -403,7 +461,7 @@ int ml_cmd_run(MPI_Comm comm, int argc, char **argv) {
             }
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
         res[i].status = "done";
-        if (rank == 0) rc = ml_record_write(job, s, "done", res[i].seconds);
+        if (rank == 0) rc = ml_record_write(job, s, task, "done", res[i].seconds);
         ML_CHECK_GOTO(ml_agree(comm, rc), done);
         complete[i] = 1;
         ml_info("stage %d/%d %-12s done in %.1f s", i + 1, n, s->name, res[i].seconds);

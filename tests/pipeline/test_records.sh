@@ -7,7 +7,10 @@ bin=${ML_BIN:?}; src=${ML_SRC:?}
 tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/pipeline-records.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 . "$src/tests/common/ml_check.sh"
-export OMPI_MCA_ess_singleton_isolated=1 OPENBLAS_NUM_THREADS=1
+# not OMPI_MCA_ess_singleton_isolated: isolated singletons share one Open MPI
+# session directory (jf.0/1), and concurrent ones break each other's
+# sharedfp/sm files (Slurm stage jobs each have their own job id)
+export OPENBLAS_NUM_THREADS=1
 {
   printf 'name: rec\nrun_dir: %s/run\nstages:\n' "$tmp"
   for k in 1 2 3 4 5 6 7; do printf '  s%d: {command: version}\n' "$k"; done
@@ -23,7 +26,9 @@ for round in 1 2 3; do
     pids+=($!)
   done
   bad=0
-  for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+  for k in 1 2 3 4 5 6 7; do
+    wait "${pids[$((k - 1))]}" || { bad=$((bad + 1)); echo "  s$k:"; sed 's/^/  | /' "$tmp/s$k.log" | tail -n 5; }
+  done
   check "round $round: 7 concurrent stage runs succeed" test $bad -eq 0
   check "round $round: 7 stage records" test "$(ls "$tmp/run/records/" | grep -c '^s[1-7]\.json$')" -eq 7
   check "round $round: experiment.h5 has all 7 stages done (none lost)" test "$(statuses)" -eq 7
@@ -31,7 +36,8 @@ done
 rec=$(cat "$tmp/run/records/s3.json")
 check "a record names its stage, command and status" bash -c 'grep -q "\"format\": *\"mergelens.stage_record\"" <<<"$0" &&
   grep -q "\"stage\": *\"s3\"" <<<"$0" && grep -q "\"command\": *\"version\"" <<<"$0" && grep -q "\"status\": *\"done\"" <<<"$0"' "$rec"
-check "no temporary files left" test -z "$(ls "$tmp/run/records/" "$tmp/run" | grep '\.tmp\.')"
+leftover=$(ls "$tmp/run/records/" "$tmp/run" | grep '\.tmp\.')
+check "no temporary files left" bash -c '[ -z "$0" ] || { echo "  $0"; exit 1; }' "$leftover"
 plan=$("$bin" run "$tmp/job.yaml" --plan)
 check "--plan reports each record (done for s1..s7, none for after)" bash -c \
   '[ "$(grep -c "^stage	s[1-7]	-	0	done$" <<<"$0")" -eq 7 ] && grep -q "^stage	after	.*	0	-$" <<<"$0"' "$plan"

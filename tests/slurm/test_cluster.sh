@@ -45,7 +45,7 @@ slurm: {time: "00:05:00", ntasks: 1}
 stages:
   combine: {command: doctor, needs: [sweep], options: {gemm_n: 64, dir: "\${run_dir}"}, slurm: {ntasks: 2, time: "00:04:00"}}
   prep: {command: doctor, options: {gemm_n: 64, dir: "\${run_dir}"}}
-  sweep: {command: doctor, needs: [prep], options: {gemm_n: 64, dir: "\${run_dir}"}, slurm: {array: 3}}
+  sweep: {command: doctor, needs: [prep], options: {gemm_n: 64, dir: "\${run_dir}/t\${task}"}, files: {"t\${task}/.keep": ""}, slurm: {array: 3}}
 EOF
 # ---- 2. a failing stage (its HDF5 test directory does not exist) ----
 cat > "$tmp/fail.yaml" <<EOF

@@ -27,7 +27,7 @@ stages:
   sweep:
     command: doctor
     needs: [prep]
-    options: {gemm_n: 64, dir: "\${run_dir}"}
+    options: {gemm_n: 64, dir: "\${run_dir}/t\${task}"}
     slurm:
       array: 3
       ntasks: 2
@@ -115,7 +115,7 @@ err "unknown slurm key with file:line [yaml reader]" "key.yaml:5: stage 'a': slu
 printf 'slurm: {time: 1h}\nstages:\n  a: {command: doctor}\n' > "$tmp/time.yaml"
 err "bad time with file:line" "time.yaml:1: slurm: 'time' must be like 30, 01:00:00 or 1-12:00:00, got '1h'" "$submit" "$tmp/time.yaml" --dry-run --out "$tmp/r"
 printf 'stages:\n  a: {command: doctor, slurm: {array: x}}\n' > "$tmp/arr.yaml"
-err "bad array" "arr.yaml:2: stage 'a': slurm: 'array' must be a task count N" "$submit" "$tmp/arr.yaml" --dry-run --out "$tmp/r"
+err "bad array" "arr.yaml:2: stage 'a': slurm: array 'x': give a task count N or 0-M[%K]" "$submit" "$tmp/arr.yaml" --dry-run --out "$tmp/r"
 printf 'stages:\n  a:\n    command: doctor\n    needs: [zz]\n' > "$tmp/needs.yaml"
 err "unknown dependency (mergelens' own check)" "needs.yaml:4: stage 'a' needs unknown stage 'zz'" "$submit" "$tmp/needs.yaml" --dry-run --out "$tmp/r"
 err "sbatch missing" "sbatch not found" env SBATCH=no-such-sbatch "$submit" "$tmp/job.yaml"
@@ -166,7 +166,7 @@ echo "$*" >> "$FAKE_DIR/mergelens.runs"
 ' > "$tmp/relaunch/fake-mergelens"
 chmod +x "$tmp/relaunch/bin/srun" "$tmp/relaunch/fake-mergelens"
 sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$tmp/relaunch/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
-    -e "s|@RUN_DIR@|$tmp/relaunch/run|; s|@STAGE@|s1|; s|@WORKDIR@|$tmp/relaunch|; s|@REQUEUE@|0|; s|@MAX_REQUEUE@|3|" \
+    -e "s|@RUN_DIR@|$tmp/relaunch/run|; s|@STAGE@|s1|; s|@WORKDIR@|$tmp/relaunch|; s|@REQUEUE@|0|; s|@MAX_REQUEUE@|3|; s|@ARRAY_TASKS@||" \
     "$src/slurm/templates/stage.sbatch" > "$tmp/relaunch/s1.sbatch"
 out=$(cd "$tmp/relaunch" && FAKE_DIR=$tmp/relaunch PATH="$tmp/relaunch/bin:$PATH" SLURM_JOB_ID=7 SLURM_NTASKS=1 \
       bash s1.sbatch 2>&1); rc=$?
@@ -189,7 +189,7 @@ batch() { # REQUEUE EXIT [env...] -> output of the batch script; $brc its status
   printf '#!/bin/bash\nenv > "%s/env.txt"\nexit %s\n' "$bdir" "$code" > "$bdir/fake-mergelens"; chmod +x "$bdir/fake-mergelens"
   sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$bdir/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
       -e "s|^CPUINFO=/proc/cpuinfo\$|CPUINFO=${cpuinfo:-/proc/cpuinfo}|" \
-      -e "s|@RUN_DIR@|$bdir/run|; s|@STAGE@|s1|; s|@WORKDIR@|$bdir|; s|@REQUEUE@|$rq|; s|@MAX_REQUEUE@|2|" \
+      -e "s|@RUN_DIR@|$bdir/run|; s|@STAGE@|s1|; s|@WORKDIR@|$bdir|; s|@REQUEUE@|$rq|; s|@MAX_REQUEUE@|2|; s|@ARRAY_TASKS@|${array_tasks:-}|" \
       "$src/slurm/templates/stage.sbatch" > "$bdir/s1.sbatch"
   bout=$(cd "$bdir" && env PATH="$bdir/bin:$PATH" SLURM_JOB_ID=9 SLURM_NTASKS=1 "$@" bash s1.sbatch 2>&1); brc=$?
 }
