@@ -84,4 +84,17 @@ sed -e "s|^MERGELENS=.*|MERGELENS=$tmp/fake/mergelens|" "$R/slurm/sweep.sbatch" 
    bash "$tmp/fake/sweep.sbatch" > "$tmp/fake/log" 2>&1)
 check "array task 2 runs mergelens run --stage sweep --task 2 --tasks 4" bash -c \
   '[ "$(cat "$0")" = "run $1 --out $2 --stage sweep --task 2 --tasks 4" ]' "$tmp/fake/args" "$tmp/job.yaml" "$R"
+# ---- the example in docs/modules/slurm.md, as written ----
+{ printf 'run_dir: %s/doc\n' "$tmp"
+  awk '/^```yaml$/ { inb = 1; blk = ""; next } inb && /^```$/ { if (blk ~ /array: 101/) { printf "%s", blk; exit } inb = 0; next }
+       inb { blk = blk $0 "\n" }' "$src/docs/modules/slurm.md"; } > "$tmp/doc.yaml"
+out=$("$bin" run "$tmp/doc.yaml" --dry_run 2>&1); rc=$?
+check "docs example: 101 array tasks, one point each, and the combine of 101 parts" bash -c '[ $0 -eq 0 ] &&
+  [ "$(grep -c "^stage sweep: sweep .* --count 101 .* --task [0-9]* --tasks 101$" <<<"$1")" -eq 101 ] &&
+  grep -q -- "--out $2/doc/sweeps/parts/slerp.100.h5 --task 100 --tasks 101$" <<<"$1" &&
+  [ "$(grep "^stage combine: sweep-combine" <<<"$1" | grep -o "parts/slerp\.[0-9]*\.h5" | sort -u | wc -l)" -eq 101 ]' "$rc" "$out" "$tmp"
+out=$("$src/slurm/submit" "$tmp/doc.yaml" --dry-run 2>&1); rc=$?
+check "docs example: submit writes a 101-task array and the combine job after it" bash -c '[ $0 -eq 0 ] &&
+  grep -qxF "#SBATCH --array=0-100" "$2/doc/slurm/sweep.sbatch" && grep -qx "ARRAY_TASKS=101" "$2/doc/slurm/sweep.sbatch" &&
+  grep -q "combine      sbatch --dependency=afterok:<sweep> " <<<"$1"' "$rc" "$out" "$tmp"
 ml_check_summary "slurm array"
