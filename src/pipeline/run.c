@@ -298,8 +298,18 @@ done:
     return rc;
 }
 
-/* A stage's `files`, written atomically (temp name, then rename). */
+/* A stage's `files`, written atomically (temp name, then rename), and the
+ * directories its declared outputs go to (e.g. sweeps/parts/). */
 static int ml_write_stage_files(const ml_stage *s) {
+    for (int i = 0; i < s->n_outputs; i++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", s->outputs[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            ML_CHECK(ml_mkdirs(dir));
+        }
+    }
     for (int i = 0; i < s->n_files; i++) {
         char tmp[4200], dir[4096];
         snprintf(dir, sizeof dir, "%s", s->file_paths[i]);
