@@ -153,6 +153,46 @@ check "sbatch refusal is a one-line error" bash -c '[ $0 -ne 0 ] && [ "$(wc -l <
   grep -q "^slurm/submit: error: sbatch failed for stage .a.: sbatch: error: .*invalid partition" <<<"$1" ||
   { echo "  $1"; exit 1; }' "$rc" "$o"
 
+# ---- 5. a 101-point sweep as a 4-task job array + sweep-combine after it ----
+# (fixture of tests/reliability/lib.sh: a SLERP recipe of two tiny trained models)
+( . "$src/tests/reliability/lib.sh"; fixture "$tmp/fx" ) || echo "  (fixture failed)"
+cat > "$tmp/asw.yaml" <<EOF
+name: asw
+run_dir: $tmp/asw
+stages:
+  sweep:
+    command: sweep
+    args: ["$tmp/fx/rec.yaml"]
+    options: {param: t, from: 0, to: 1, count: 101, domains: "$tmp/fx/a.h5,$tmp/fx/b.h5", eval_windows: 8,
+              out: "\${run_dir}/sweeps/parts/slerp.\${task}.h5"}
+    outputs: ["sweeps/parts/slerp.\${task}.h5"]
+    slurm: {array: 4, ntasks: 1, time: "00:05:00"}
+  combine:
+    command: sweep-combine
+    needs: [sweep]
+    args: [{each_task: "\${run_dir}/sweeps/parts/slerp.\${task}.h5", of: sweep}]
+    options: {out: "\${run_dir}/sweeps/slerp.h5"}
+    outputs: [sweeps/slerp.h5]
+EOF
+t0=$SECONDS
+asw=$("$submit" "$tmp/asw.yaml" 2>&1)
+A=$(id_of "$asw" sweep) C=$(id_of "$asw" combine)
+check "array sweep submitted (array 0-3, combine after it)" bash -c '[ -n "$0" ] && [ -n "$1" ] && grep -q "sweep .*array 0-3" <<<"$2"' "$A" "$C" "$asw"
+wait_jobs "$A,$C"
+echo "  (4-task array sweep and combine finished $((SECONDS - t0)) s after submission)"
+check "array tasks and combine COMPLETED" test "$(state "$A")/$(state "$C")" = "COMPLETED/COMPLETED"
+check "combine started after every array task ended" bash -c '[ "$(fld StartTime "$(rec "$1")")" \> "$(fld EndTime "$(rec "$0")" | tail -n 1)" ] ||
+  [ "$(fld StartTime "$(rec "$1")")" = "$(fld EndTime "$(rec "$0")" | tail -n 1)" ]' "$A" "$C"
+for k in 0 1 2 3; do
+  check "array task $k ran --task $k --tasks 4 and evaluated its $(( (101 - k + 3) / 4 )) points" \
+    grep -q "101 points ($(( (101 - k + 3) / 4 )) in this task" "$tmp/asw/slurm/logs/sweep-${A}_$k.out"
+done
+(cd "$tmp" && OPENBLAS_NUM_THREADS=1 "$bin" sweep "$tmp/fx/rec.yaml" --param t --from 0 --to 1 --count 101 \
+   --domains "$tmp/fx/a.h5,$tmp/fx/b.h5" --eval_windows 8 --out single.h5 > single.log 2>&1)
+for d in /loss /accuracy /grid /points; do
+  check "Slurm array sweep $d equals the single-process sweep bit for bit" h5diff -q "$tmp/single.h5" "$tmp/asw/sweeps/slerp.h5" "$d" "$d"
+done
+
 ctld=$(cat "$ML_SLURM_DIR/slurmctld.pid") sd=$(cat "$ML_SLURM_DIR/slurmd.pid")
 "$local" stop 2>/dev/null
 check "slurm-local.sh stop ends both daemons" bash -c '! kill -0 "$0" 2>/dev/null && ! kill -0 "$1" 2>/dev/null' "$ctld" "$sd"
