@@ -8,14 +8,6 @@ tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/pipeline-check.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 . "$src/tests/common/ml_check.sh"
 export OMPI_MCA_ess_singleton_isolated=1
-# one_line NAME EXPECTED CMD...: fails, prints exactly one line, which contains EXPECTED
-one_line() {
-  local name=$1 want=$2; shift 2
-  local o rc
-  o=$("$@" 2>&1); rc=$?
-  check "$name" bash -c '[ "$0" -ne 0 ] && [ "$(grep -c . <<<"$1")" -eq 1 ] && grep -qF -- "$2" <<<"$1" ||
-    { echo "  rc=$0 output: $1"; exit 1; }' "$rc" "$o" "$want"
-}
 
 cat > "$tmp/typo.yaml" <<EOF
 run_dir: $tmp/run
@@ -31,27 +23,27 @@ stages:
       tokns: 4096
 EOF
 want="typo.yaml:11: unknown key 'tokns' for stage 'cap' (mergelens capture; did you mean 'tokens'?)"
-one_line "run --dry_run: misspelt option with line and suggestion" "error: $tmp/$want" "$bin" run "$tmp/typo.yaml" --dry_run
-one_line "run --plan: the same error" "$want" "$bin" run "$tmp/typo.yaml" --plan
-one_line "run: the same error before any stage runs" "$want" "$bin" run "$tmp/typo.yaml"
+ml_one_line "run --dry_run: misspelt option with line and suggestion" "error: $tmp/$want" "$bin" run "$tmp/typo.yaml" --dry_run
+ml_one_line "run --plan: the same error" "$want" "$bin" run "$tmp/typo.yaml" --plan
+ml_one_line "run: the same error before any stage runs" "$want" "$bin" run "$tmp/typo.yaml"
 check "nothing ran (no run directory made)" test ! -e "$tmp/run"
-one_line "slurm/submit --dry-run: the same error" "slurm/submit: error: $tmp/$want" "$src/slurm/submit" "$tmp/typo.yaml" --dry-run
-one_line "slurm/submit --dry-run [yaml reader]: the same error" "slurm/submit: error: $tmp/$want" \
+ml_one_line "slurm/submit --dry-run: the same error" "slurm/submit: error: $tmp/$want" "$src/slurm/submit" "$tmp/typo.yaml" --dry-run
+ml_one_line "slurm/submit --dry-run [yaml reader]: the same error" "slurm/submit: error: $tmp/$want" \
   env ML_SUBMIT_PLAN=yaml "$src/slurm/submit" "$tmp/typo.yaml" --dry-run
 check "slurm/submit wrote no batch script" test ! -e "$tmp/run"
 
 printf 'stages:\n  lt:\n    command: lora\n    args: [train]\n    options: {host: m.h5, lr_x: 1}\n' > "$tmp/lora.yaml"
-one_line "sub-subcommand table (lora train)" "lora.yaml:5: unknown key 'lr_x' for stage 'lt' (mergelens lora train; did you mean 'lr'?)" \
+ml_one_line "sub-subcommand table (lora train)" "lora.yaml:5: unknown key 'lr_x' for stage 'lt' (mergelens lora train; did you mean 'lr'?)" \
   "$bin" run "$tmp/lora.yaml" --dry_run
 printf 'stages:\n  d:\n    command: doctor\n    options:\n      zzzzzzzz: 1\n' > "$tmp/nohint.yaml"
-one_line "no suggestion when nothing is close" "nohint.yaml:5: unknown key 'zzzzzzzz' for stage 'd' (mergelens doctor)" \
+ml_one_line "no suggestion when nothing is close" "nohint.yaml:5: unknown key 'zzzzzzzz' for stage 'd' (mergelens doctor)" \
   "$bin" run "$tmp/nohint.yaml" --dry_run
 printf 'stages:\n  d:\n    command: doctor\n    options:\n      dir: /tmp\n      gemm_n: 10\n' > "$tmp/range.yaml"
-one_line "out-of-range value with line and stage" "range.yaml:6: stage 'd' (mergelens doctor): " "$bin" run "$tmp/range.yaml" --dry_run
+ml_one_line "out-of-range value with line and stage" "range.yaml:6: stage 'd' (mergelens doctor): " "$bin" run "$tmp/range.yaml" --dry_run
 printf 'stages:\n  d:\n    command: doctor\n    options: {gemm_n: many}\n' > "$tmp/type.yaml"
-one_line "mistyped value with line and stage" "type.yaml:4: stage 'd' (mergelens doctor): " "$bin" run "$tmp/type.yaml" --dry_run
+ml_one_line "mistyped value with line and stage" "type.yaml:4: stage 'd' (mergelens doctor): " "$bin" run "$tmp/type.yaml" --dry_run
 printf 'stages:\n  v:\n    command: version\n    options: {verbose: true}\n' > "$tmp/version.yaml"
-one_line "a command without options rejects every key" "version.yaml:4: unknown key 'verbose' for stage 'v' (mergelens version)" \
+ml_one_line "a command without options rejects every key" "version.yaml:4: unknown key 'verbose' for stage 'v' (mergelens version)" \
   "$bin" run "$tmp/version.yaml" --dry_run
 
 # valid options pass without running anything: inputs and --config files may
@@ -62,7 +54,7 @@ stages:
   look: {command: inspect, args: [no/such/file.h5], options: {all: true}}
   cfg: {command: train, options: {config: no/such/config.yaml, gemm-n-is-not: 1}}
 EOF
-one_line "dash spelling is normalised like on the command line" "good.yaml:4: unknown key 'gemm-n-is-not' for stage 'cfg' (mergelens train" \
+ml_one_line "dash spelling is normalised like on the command line" "good.yaml:4: unknown key 'gemm-n-is-not' for stage 'cfg' (mergelens train" \
   "$bin" run "$tmp/good.yaml" --dry_run
 sed -i 's/, gemm-n-is-not: 1//' "$tmp/good.yaml"
 out=$("$bin" run "$tmp/good.yaml" --dry_run 2>&1); rc=$?

@@ -10,48 +10,25 @@ tmp=$(mktemp -d "${ML_TEST_TMP:-/tmp}/slurm-array.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 . "$src/tests/common/ml_check.sh"
 export OMPI_MCA_ess_singleton_isolated=1 OPENBLAS_NUM_THREADS=1
-one_line() { # NAME EXPECTED CMD...: fails with exactly one line containing EXPECTED
-  local name=$1 want=$2; shift 2
-  local o rc
-  o=$("$@" 2>&1); rc=$?
-  check "$name" bash -c '[ "$0" -ne 0 ] && [ "$(grep -c . <<<"$1")" -eq 1 ] && grep -qF -- "$2" <<<"$1" ||
-    { echo "  rc=$0 output: $1"; exit 1; }' "$rc" "$o" "$want"
-}
-cat > "$tmp/job.yaml" <<EOF
-name: arr
-run_dir: $tmp/run
-stages:
-  sweep:
-    command: sweep
-    args: ["\${run_dir}/recipes/merge.yaml"]
-    options: {param: t, from: 0, to: 1, count: 101, domains: "\${run_dir}/data/a.h5",
-              out: "\${run_dir}/sweeps/parts/slerp.\${task}.h5"}
-    outputs: ["sweeps/parts/slerp.\${task}.h5"]
-    slurm: {array: 4, ntasks: 1, time: "00:20:00"}
-  combine:
-    command: sweep-combine
-    needs: [sweep]
-    args: [{each_task: "\${run_dir}/sweeps/parts/slerp.\${task}.h5", of: sweep}]
-    options: {out: "\${run_dir}/sweeps/slerp.h5"}
-    outputs: [sweeps/slerp.h5]
-EOF
+. "$src/tests/slurm/array_lib.sh"
+ml_array_sweep_job "$tmp/job.yaml" arr "$tmp/run" "\${run_dir}/recipes/merge.yaml" "\${run_dir}/data/a.h5"
 R=$tmp/run
 out=$("$bin" run "$tmp/job.yaml" --dry_run 2>&1); rc=$?
 check "local dry run: the array stage runs its 4 tasks one after another" bash -c '[ $0 -eq 0 ] &&
-  for k in 0 1 2 3; do grep -qxF "stage sweep: sweep $1/recipes/merge.yaml --param t --from 0 --to 1 --count 101 --domains $1/data/a.h5 --out $1/sweeps/parts/slerp.$k.h5 --task $k --tasks 4" <<<"$2" || exit 1; done &&
+  for k in 0 1 2 3; do grep -qxF "stage sweep: sweep $1/recipes/merge.yaml --param t --from 0 --to 1 --count 101 --domains $1/data/a.h5 --eval_windows 8 --out $1/sweeps/parts/slerp.$k.h5 --task $k --tasks 4" <<<"$2" || exit 1; done &&
   [ "$(grep -c "^stage sweep:" <<<"$2")" -eq 4 ]' "$rc" "$R" "$out"
 check "the combine step gets every task's part" has "$out" \
   "stage combine: sweep-combine $R/sweeps/parts/slerp.0.h5 $R/sweeps/parts/slerp.1.h5 $R/sweeps/parts/slerp.2.h5 $R/sweeps/parts/slerp.3.h5 --out $R/sweeps/slerp.h5"
 out=$("$bin" run "$tmp/job.yaml" --dry_run --stage sweep --task 2 --tasks 4 2>&1); rc=$?
 check "one array task: --task 2 --tasks 4 and its own part" bash -c '[ $0 -eq 0 ] && [ "$(grep -c "^stage" <<<"$1")" -eq 1 ] &&
   grep -q -- "--out $2/sweeps/parts/slerp.2.h5 --task 2 --tasks 4$" <<<"$1"' "$rc" "$out" "$R"
-one_line "--tasks must equal the array size" "stage 'sweep' is an array of another size, not an array of 3 tasks (--tasks)" \
+ml_one_line "--tasks must equal the array size" "stage 'sweep' is an array of another size, not an array of 3 tasks (--tasks)" \
   "$bin" run "$tmp/job.yaml" --dry_run --stage sweep --task 0 --tasks 3
-one_line "--task needs --stage" "run: --task I needs --stage NAME and --tasks N" "$bin" run "$tmp/job.yaml" --dry_run --task 0 --tasks 4
-one_line "--task of a stage that is not an array" "stage 'combine' is not a job array" \
+ml_one_line "--task needs --stage" "run: --task I needs --stage NAME and --tasks N" "$bin" run "$tmp/job.yaml" --dry_run --task 0 --tasks 4
+ml_one_line "--task of a stage that is not an array" "stage 'combine' is not a job array" \
   "$bin" run "$tmp/job.yaml" --dry_run --stage combine --task 0 --tasks 4
 printf 'stages:\n  d:\n    command: doctor\n    options: {gemm_n: 64}\n    slurm: {array: 3}\n' > "$tmp/dup.yaml"
-one_line "an array of a command that cannot split and does not use \${task} is refused" \
+ml_one_line "an array of a command that cannot split and does not use \${task} is refused" \
   "dup.yaml:5: stage 'd': slurm: array: mergelens doctor has no --task/--tasks and the stage does not use \${task}" \
   "$bin" run "$tmp/dup.yaml" --dry_run
 printf 'stages:\n  d:\n    command: doctor\n    options: {gemm_n: 64, dir: "/tmp/t${task}"}\n    slurm: {array: 2}\n' > "$tmp/own.yaml"
@@ -59,10 +36,10 @@ out=$("$bin" run "$tmp/own.yaml" --dry_run 2>&1)
 check "a command without --task splits by \${task} itself" bash -c 'grep -qx "stage d: doctor --gemm_n 64 --dir /tmp/t0" <<<"$0" &&
   grep -qx "stage d: doctor --gemm_n 64 --dir /tmp/t1" <<<"$0"' "$out"
 printf 'stages:\n  s:\n    command: doctor\n    options: {dir: "/tmp/${task}"}\n    slurm: {array: "1,3,5"}\n' > "$tmp/spec.yaml"
-one_line "an index list cannot split: give a count" "spec.yaml:5: stage 's': slurm: array '1,3,5': give a task count N or 0-M[%K]" \
+ml_one_line "an index list cannot split: give a count" "spec.yaml:5: stage 's': slurm: array '1,3,5': give a task count N or 0-M[%K]" \
   "$bin" run "$tmp/spec.yaml" --dry_run
 printf 'stages:\n  c:\n    command: sweep-combine\n    args: [{each_task: "p${task}.h5", of: nope}]\n    options: {out: x.h5}\n' > "$tmp/of.yaml"
-one_line "each_task of an unknown stage" "of.yaml:4: each_task: no stage named 'nope'" "$bin" run "$tmp/of.yaml" --dry_run
+ml_one_line "each_task of an unknown stage" "of.yaml:4: each_task: no stage named 'nope'" "$bin" run "$tmp/of.yaml" --dry_run
 
 # ---- slurm/submit: the array job and the combine job after it ----
 out=$("$src/slurm/submit" "$tmp/job.yaml" --dry-run 2>&1); rc=$?

@@ -9,24 +9,8 @@ set -u
 . "$ML_SRC/tests/reliability/lib.sh"
 rel_begin array_sweep
 trap '[ "$fail" -eq 0 ] && rm -rf "$T"' EXIT
-cat > "$T/job.yaml" <<EOF
-name: arrsweep
-run_dir: $T/run
-stages:
-  sweep:
-    command: sweep
-    args: ["$F/rec.yaml"]
-    options: {param: t, from: 0, to: 1, count: 101, domains: "$F/a.h5,$F/b.h5", eval_windows: 8,
-              out: "\${run_dir}/sweeps/parts/slerp.\${task}.h5"}
-    outputs: ["sweeps/parts/slerp.\${task}.h5"]
-    slurm: {array: 4, ntasks: 1}
-  combine:
-    command: sweep-combine
-    needs: [sweep]
-    args: [{each_task: "\${run_dir}/sweeps/parts/slerp.\${task}.h5", of: sweep}]
-    options: {out: "\${run_dir}/sweeps/slerp.h5"}
-    outputs: [sweeps/slerp.h5]
-EOF
+. "$ML_SRC/tests/slurm/array_lib.sh"
+ml_array_sweep_job "$T/job.yaml" arrsweep "$T/run" "$F/rec.yaml" "$F/a.h5,$F/b.h5"
 t0=$(date +%s)
 ML_LOG_LEVEL=info "$bin" run "$T/job.yaml" > "$T/run.log" 2>&1; rc=$?
 check "array sweep (4 tasks) and combine succeed ($(( $(date +%s) - t0 )) s)" test $rc -eq 0; [ $rc -eq 0 ] || tail -5 "$T/run.log"

@@ -156,24 +156,8 @@ check "sbatch refusal is a one-line error" bash -c '[ $0 -ne 0 ] && [ "$(wc -l <
 # ---- 5. a 101-point sweep as a 4-task job array + sweep-combine after it ----
 # (fixture of tests/reliability/lib.sh: a SLERP recipe of two tiny trained models)
 ( . "$src/tests/reliability/lib.sh"; fixture "$tmp/fx" ) || echo "  (fixture failed)"
-cat > "$tmp/asw.yaml" <<EOF
-name: asw
-run_dir: $tmp/asw
-stages:
-  sweep:
-    command: sweep
-    args: ["$tmp/fx/rec.yaml"]
-    options: {param: t, from: 0, to: 1, count: 101, domains: "$tmp/fx/a.h5,$tmp/fx/b.h5", eval_windows: 8,
-              out: "\${run_dir}/sweeps/parts/slerp.\${task}.h5"}
-    outputs: ["sweeps/parts/slerp.\${task}.h5"]
-    slurm: {array: 4, ntasks: 1, time: "00:05:00"}
-  combine:
-    command: sweep-combine
-    needs: [sweep]
-    args: [{each_task: "\${run_dir}/sweeps/parts/slerp.\${task}.h5", of: sweep}]
-    options: {out: "\${run_dir}/sweeps/slerp.h5"}
-    outputs: [sweeps/slerp.h5]
-EOF
+. "$src/tests/slurm/array_lib.sh"
+ml_array_sweep_job "$tmp/asw.yaml" asw "$tmp/asw" "$tmp/fx/rec.yaml" "$tmp/fx/a.h5,$tmp/fx/b.h5"
 t0=$SECONDS
 asw=$("$submit" "$tmp/asw.yaml" 2>&1)
 A=$(id_of "$asw" sweep) C=$(id_of "$asw" combine)
