@@ -186,7 +186,14 @@ def sec_provenance(R):
                 for name in f["stages"]:
                     g = f["stages"][name]
                     argv = attr_json(g, "argv", [])
-                    st.append((name, attr(g, "command", ""), attr(g, "status", ""), num(attr(g, "seconds", 0.0), 3),
+                    status, secs = attr(g, "status", ""), attr(g, "seconds", 0.0)
+                    try:  # the stage's own record (RUN_DIR/records/) is the newest word on it
+                        with open(os.path.join(R.run, "records", name + ".json")) as rf:
+                            rec = json.load(rf)
+                        status, secs = rec.get("status", status), rec.get("seconds", secs)
+                    except (OSError, ValueError):
+                        pass
+                    st.append((name, attr(g, "command", ""), status, num(secs, 3),
                                Wrap(" ".join(argv) if isinstance(argv, list) else "")))
                 R.add("provenance", "<h3>Stages</h3>" + table(["stage", "command", "status", "seconds", "argv"], st))
             if attr(f, "job_yaml"):

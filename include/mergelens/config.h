@@ -92,6 +92,19 @@ void ml_options_print_help(const ml_options *o, FILE *out);
  * npos/pos may be NULL (then positional arguments are an error). */
 int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usage, const ml_option_spec *specs,
                              int argc, char **argv, ml_options **out, int *npos, char ***pos, int *help);
+/* Check mode, for validating a job file's stages without running them
+ * (src/pipeline/job.c): between begin and end, ml_options_apply_argv (and so
+ * ml_options_parse_command, which then skips --config files and required
+ * keys) only checks argv against the command's table and makes the command
+ * return an error at once. `end` says what happened: reached = a table was
+ * consulted, ok = argv was valid; else key/hint name the rejected option
+ * (unknown = 1: not in the table; hint = the closest key, or ""). */
+typedef struct {
+    int reached, ok, unknown;
+    char key[128], hint[128];
+} ml_options_check;
+void ml_options_check_begin(void);
+void ml_options_check_end(ml_options_check *out);
 /* Effective configuration as a JSON object (caller ml_free()s). */
 int ml_options_to_json(const ml_options *o, char **json);
 /* Resuming a checkpoint: the options stored in it (stored_json, a JSON object

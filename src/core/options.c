@@ -16,6 +16,28 @@ typedef struct {
     int set;     /* explicitly given */
 } ml_opt_slot;
 
+/* check mode (ml_options_check_begin/end) */
+static struct {
+    int active;
+    ml_options_check st;
+} ml_check;
+
+void ml_options_check_begin(void) {
+    memset(&ml_check, 0, sizeof ml_check);
+    ml_check.active = 1;
+}
+
+void ml_options_check_end(ml_options_check *out) {
+    if (out) *out = ml_check.st;
+    memset(&ml_check, 0, sizeof ml_check);
+}
+
+static void ml_check_note(const char *key, const char *hint) {
+    if (!ml_check.active) return;
+    snprintf(ml_check.st.key, sizeof ml_check.st.key, "%s", key ? key : "");
+    snprintf(ml_check.st.hint, sizeof ml_check.st.hint, "%s", hint ? hint : "");
+}
+
 struct ml_options {
     char *section;
     int n;
@@ -104,6 +126,8 @@ static const char *ml_suggest(const ml_options *o, const char *key) {
 
 static int ml_unknown_key(const ml_options *o, const char *key, const char *where) {
     const char *s = ml_suggest(o, key);
+    ml_check_note(key, s);
+    ml_check.st.unknown = ml_check.active;
     char hint[128] = "";
     if (s) snprintf(hint, sizeof hint, " (did you mean '%s'?)", s);
     return ML_FAIL(ML_ERR_CONFIG, "%s: unknown key '%s'%s", where, key, hint);
@@ -268,7 +292,15 @@ int ml_options_apply_argv(ml_options *o, int argc, char **argv, int *npos, char 
             ML_FAIL(ML_ERR_ARG, "command line: option '--%s' needs a value", key);
             goto fail;
         }
-        if (ml_options_set(o, key, value, "command line")) goto fail;
+        if (ml_options_set(o, key, value, "command line")) {
+            ml_check_note(key, NULL);
+            goto fail;
+        }
+    }
+    if (ml_check.active) { /* argv is valid: stop the command here */
+        ml_free(pos);
+        ml_check.st.reached = ml_check.st.ok = 1;
+        return ML_FAIL(ML_ERR_ARG, "%s: options checked (check mode)", o->section);
     }
     if (npos) *npos = np;
     if (positional) *positional = pos;
@@ -276,6 +308,7 @@ int ml_options_apply_argv(ml_options *o, int argc, char **argv, int *npos, char 
     return ML_OK;
 fail:
     ml_free(pos);
+    ml_check.st.reached = 1;
     return ml_error_trace(ml_error_code(), __FILE__, __LINE__, __func__);
 }
 
@@ -381,7 +414,7 @@ int ml_options_parse_command(MPI_Comm comm, const char *section, const char *usa
             args[nargs++] = argv[i];
         }
     }
-    if (config) {
+    if (config && !ml_check.active) { /* check mode: the file may not exist yet */
         ML_CHECK_GOTO(ml_yaml_load(config, &root), fail);
         const ml_node *sec = ml_node_get(root, section);
         ML_CHECK_GOTO(ml_options_apply_node(o, sec ? sec : root, NULL), fail);

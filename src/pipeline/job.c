@@ -12,6 +12,7 @@
 struct ml_job {
     ml_node *root;
     char *run_dir, *job_dir, *seed;
+    char task[16], tasks[16]; /* ${task}, ${tasks} */
     int n;
     ml_stage *stages; /* run order */
 };
@@ -62,10 +63,12 @@ static int ml_subst(const ml_job *j, const ml_node *where, const char *in, char 
             if (end && klen == 7 && !strncmp(p + 2, "run_dir", 7)) val = j->run_dir;
             else if (end && klen == 7 && !strncmp(p + 2, "job_dir", 7)) val = j->job_dir;
             else if (end && klen == 4 && !strncmp(p + 2, "seed", 4)) val = j->seed;
+            else if (end && klen == 4 && !strncmp(p + 2, "task", 4)) val = j->task;
+            else if (end && klen == 5 && !strncmp(p + 2, "tasks", 5)) val = j->tasks;
             if (!val) {
                 ml_free(buf);
-                return ml_node_error(where, "unknown substitution in '%s' (known: ${run_dir}, ${job_dir}, ${seed})",
-                                     in);
+                return ml_node_error(where, "unknown substitution in '%s' (known: ${run_dir}, ${job_dir}, ${seed}, "
+                                            "${task}, ${tasks})", in);
             }
             size_t vl = strlen(val);
             memcpy(o, val, vl);
@@ -139,6 +142,56 @@ static int ml_resolve_path(const ml_job *j, const ml_node *where, const char *te
     return ML_OK;
 }
 
+/* A stage's slurm `array` as a task count: N, or 0-M[%K] (M+1 tasks);
+ * 0 without one. Other Slurm index specs cannot split work: an error. */
+static int ml_array_count(const ml_node *stage, int *count) {
+    *count = 0;
+    const ml_node *a = ml_node_get(ml_node_get(stage, "slurm"), "array");
+    if (!a) return ML_OK;
+    const char *v = a->kind == ML_NODE_SCALAR ? a->value : "";
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    if (end != v && *end == '\0' && n >= 1 && n <= 1000000) {
+        *count = (int)n;
+        return ML_OK;
+    }
+    if (!strncmp(v, "0-", 2)) {
+        n = strtol(v + 2, &end, 10);
+        if (end != v + 2 && (*end == '\0' || *end == '%') && n >= 0 && n < 1000000) {
+            *count = (int)n + 1;
+            return ML_OK;
+        }
+    }
+    return ml_node_error(a, "stage '%s': slurm: array '%s': give a task count N or 0-M[%%K], so that task I of N "
+                            "can take its share", stage->key, v);
+}
+
+/* An `args` item {each_task: TEXT, of: STAGE}: TEXT once per task of STAGE. */
+static int ml_each_task(ml_job *j, const ml_node *item, ml_stage *s) {
+    const ml_node *t = ml_node_get(item, "each_task"), *of = ml_node_get(item, "of");
+    if (!t || !of || item->n != 2 || t->kind != ML_NODE_SCALAR || of->kind != ML_NODE_SCALAR)
+        return ml_node_error(item, "an args item that is a mapping must be {each_task: TEXT, of: STAGE}");
+    const ml_node *os = ml_node_get(ml_node_get(j->root, "stages"), of->value);
+    if (!os) return ml_node_error(of, "each_task: no stage named '%s'", of->value);
+    int n = 0;
+    ML_CHECK(ml_array_count(os, &n));
+    if (n == 0) return ml_node_error(of, "each_task: stage '%s' is not a job array (slurm: {array: N})", of->value);
+    char saved[16], tasks_saved[16];
+    memcpy(saved, j->task, sizeof saved);
+    memcpy(tasks_saved, j->tasks, sizeof tasks_saved);
+    snprintf(j->tasks, sizeof j->tasks, "%d", n);
+    int rc = ML_OK;
+    for (int k = 0; k < n && rc == ML_OK; k++) {
+        char *a = NULL;
+        snprintf(j->task, sizeof j->task, "%d", k);
+        rc = ml_subst(j, t, t->value, &a);
+        if (rc == ML_OK) rc = ml_push_arg(s, a);
+    }
+    memcpy(j->task, saved, sizeof saved);
+    memcpy(j->tasks, tasks_saved, sizeof tasks_saved);
+    return rc;
+}
+
 static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
     static const char *keys[] = {"command", "needs", "args", "options", "outputs", "slurm", "files", NULL};
     if (sn->kind != ML_NODE_MAP) return ml_node_error(sn, "stage '%s': expected a mapping", sn->key);
@@ -162,6 +215,10 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
     if (args) {
         if (args->kind != ML_NODE_SEQ) return ml_node_error(args, "stage '%s': 'args' must be a list", sn->key);
         for (int i = 0; i < args->n; i++) {
+            if (args->items[i]->kind == ML_NODE_MAP) {
+                ML_CHECK(ml_each_task(j, args->items[i], s));
+                continue;
+            }
             if (args->items[i]->kind != ML_NODE_SCALAR)
                 return ml_node_error(args->items[i], "stage '%s': args must be plain values", sn->key);
             ML_CHECK(ml_subst(j, args->items[i], args->items[i]->value, &a));
@@ -179,6 +236,19 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
             snprintf(a, kl, "--%s", o->key);
             ML_CHECK(ml_push_arg(s, a));
             ML_CHECK(ml_scalar_or_list(j, o, &a));
+            ML_CHECK(ml_push_arg(s, a));
+        }
+    }
+    /* an array stage's command takes its share: --task ${task} --tasks ${tasks} */
+    ML_CHECK(ml_array_count(sn, &s->array));
+    if (s->array > 0 && !ml_node_get(opts, "task") && !ml_node_get(opts, "tasks")) {
+        static const char *const flag[2] = {"--task", "--tasks"};
+        for (int k = 0; k < 2; k++) {
+            a = ml_strdup(flag[k]);
+            if (!a) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+            ML_CHECK(ml_push_arg(s, a));
+            a = ml_strdup(k ? j->tasks : j->task);
+            if (!a) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
             ML_CHECK(ml_push_arg(s, a));
         }
     }
@@ -214,12 +284,81 @@ static int ml_stage_parse(ml_job *j, const ml_node *sn, ml_stage *s) {
     return ML_OK;
 }
 
-int ml_job_load(const char *path, const char *out_dir, ml_job **out) {
+static void ml_key_norm(char *k) {
+    for (; *k; k++)
+        if (*k == '-') *k = '_';
+}
+
+/* Check a stage's argv against its command's option table without running
+ * it (the options registry's check mode; the command stops right after
+ * parsing). A rejected option is reported at its line in the job file. */
+/* 1 if a scalar under n mentions ${task}. */
+static int ml_node_uses_task(const ml_node *n) {
+    if (!n) return 0;
+    if (n->kind == ML_NODE_SCALAR) return n->value && strstr(n->value, "${task}") != NULL;
+    for (int i = 0; i < n->n; i++)
+        if (ml_node_uses_task(n->items[i])) return 1;
+    return 0;
+}
+
+static int ml_stage_check_options(const ml_node *sn, ml_stage *s) {
+    int mpi = 0;
+    MPI_Initialized(&mpi);
+    if (!mpi) return ML_OK; /* commands need MPI (a fuzzer links the loader without it) */
+    const ml_command *cmd = ml_cli_find(s->command);
+    char what[160];
+    /* `lora train`, `region centroid`: the subcommand is the first argument */
+    const char *a1 = s->argc > 1 ? s->argv[1] : "";
+    int sub = a1[0] && a1[0] != '-' && strspn(a1, "abcdefghijklmnopqrstuvwxyz-") == strlen(a1);
+    snprintf(what, sizeof what, "%s%s%s", s->command, sub ? " " : "", sub ? s->argv[1] : "");
+    ml_options_check chk;
+    ml_options_check_begin();
+    int rc = cmd->fn(MPI_COMM_SELF, s->argc, s->argv);
+    ml_options_check_end(&chk);
+    if (chk.ok) {
+        ml_error_clear();
+        return ML_OK;
+    }
+    if (rc == ML_OK) return ML_OK; /* unreachable: every command parses its options first */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", ml_error_message());
+    ml_error_clear();
+    const char *m = msg;
+    if (!strncmp(m, "command line: ", 14)) m += 14;
+    const ml_node *opts = ml_node_get(sn, "options"), *at = NULL;
+    for (int i = 0; opts && opts->kind == ML_NODE_MAP && i < opts->n && chk.key[0]; i++) {
+        char k[128];
+        snprintf(k, sizeof k, "%s", opts->items[i]->key);
+        ml_key_norm(k);
+        if (!strcmp(k, chk.key)) at = opts->items[i];
+    }
+    if (!at && chk.unknown && s->array > 0 && (!strcmp(chk.key, "task") || !strcmp(chk.key, "tasks"))) {
+        /* no --task/--tasks: the stage must split by ${task} itself */
+        if (ml_node_uses_task(ml_node_get(sn, "options")) || ml_node_uses_task(ml_node_get(sn, "args"))) {
+            for (int k = 0; k < 4; k++) ml_free(s->argv[--s->argc]);
+            s->argv[s->argc] = NULL;
+            return ml_stage_check_options(sn, s);
+        }
+        return ml_node_error(ml_node_get(ml_node_get(sn, "slurm"), "array"),
+                             "stage '%s': slurm: array: mergelens %s has no --task/--tasks and the stage does not use "
+                             "${task}, so every array task would do the same work", s->name, what);
+    }
+    if (at && chk.unknown)
+        return ml_node_error(at, "unknown key '%s' for stage '%s' (mergelens %s%s%s%s)", at->key, s->name, what,
+                             chk.hint[0] ? "; did you mean '" : "", chk.hint, chk.hint[0] ? "'?" : "");
+    return ml_node_error(at ? at : sn, "stage '%s' (mergelens %s): %s", s->name, what, m);
+}
+
+int ml_job_load(const char *path, const char *out_dir, ml_job **out) { return ml_job_load_task(path, out_dir, 0, 1, out); }
+
+int ml_job_load_task(const char *path, const char *out_dir, int task, int tasks, ml_job **out) {
     int rc = ML_OK;
     ml_job *j = ml_calloc(1, sizeof *j);
     ml_stage *parsed = NULL;
     int *state = NULL;
     if (!j) return ml_error_trace(ML_ERR_NOMEM, __FILE__, __LINE__, __func__);
+    snprintf(j->task, sizeof j->task, "%d", task);
+    snprintf(j->tasks, sizeof j->tasks, "%d", tasks);
     ML_CHECK_GOTO(ml_yaml_load(path, &j->root), fail);
     const ml_node *root = j->root;
     if (root->kind != ML_NODE_MAP) ML_FAIL_GOTO(fail, ML_ERR_CONFIG, "%s: a job file is a mapping", path);
@@ -262,6 +401,7 @@ int ml_job_load(const char *path, const char *out_dir, ml_job **out) {
     if (!parsed || !state || !j->stages) ML_FAIL_GOTO(fail, ML_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         rc = ml_stage_parse(j, st->items[i], &parsed[i]);
+        if (!rc) rc = ml_stage_check_options(st->items[i], &parsed[i]);
         if (rc) {
             for (int k = 0; k <= i; k++) ml_stage_free(&parsed[k]);
             ml_free(parsed);

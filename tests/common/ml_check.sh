@@ -5,6 +5,14 @@ pass=0; fail=0
 check() { local name=$1; shift; if "$@"; then pass=$((pass+1)); echo "ok   $name"; else fail=$((fail+1)); echo "FAIL $name"; fi; }
 # has TEXT NEEDLE: TEXT contains NEEDLE (else show the text)
 has() { grep -qF -- "$2" <<<"$1" || { echo "  missing: $2"; echo "$1" | sed 's/^/  | /' | tail -n 40; return 1; }; }
+# ml_one_line NAME EXPECTED CMD...: CMD fails with exactly one line of output, containing EXPECTED
+ml_one_line() {
+  local name=$1 want=$2; shift 2
+  local o rc
+  o=$("$@" 2>&1); rc=$?
+  check "$name" bash -c '[ "$0" -ne 0 ] && [ "$(grep -c . <<<"$1")" -eq 1 ] && grep -qF -- "$2" <<<"$1" ||
+    { echo "  rc=$0 output: $1"; exit 1; }' "$rc" "$o" "$want"
+}
 ml_check_summary() { echo "$1: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 # ml_run_tiny_job LABEL JOB: build the 0.3 MB demo corpora in a fresh $tmp/run and run JOB there on
 # 2 ranks (log in $tmp/run.log), checking that it succeeds. Needs ML_BIN and ML_SRC; sets tmp, run,

@@ -43,7 +43,11 @@ out=$("$bin" run "$tmp/key.yaml" 2>&1)
 check "misspelt stage key names file:line" grep -qF "key.yaml:5: stage 'a': unknown key 'outptus'" <<<"$out"
 printf 'stages:\n  a:\n    command: doctor\n    options: {gemm_m: 64}\n' > "$tmp/opt.yaml"
 out=$("$bin" run "$tmp/opt.yaml" --out "$tmp/run2" 2>&1); rc=$?
-check "misspelt command option fails the stage" bash -c "[ $rc -ne 0 ] && grep -qF \"stage 'a' (mergelens doctor) failed: command line: unknown key 'gemm_m' (did you mean 'gemm_n'?)\" <<<\"\$0\"" "$out"
+check "misspelt command option is refused at load, with file:line" bash -c "[ $rc -ne 0 ] && grep -qF \"opt.yaml:4: unknown key 'gemm_m' for stage 'a' (mergelens doctor; did you mean 'gemm_n'?)\" <<<\"\$0\"" "$out"
+check "nothing ran for the refused job" test ! -e "$tmp/run2"
+printf 'stages:\n  a:\n    command: inspect\n    args: [no-such-file.h5]\n' > "$tmp/fail.yaml"
+out=$("$bin" run "$tmp/fail.yaml" --out "$tmp/run2" 2>&1); rc=$?
+check "a stage failing at run time names the stage" bash -c "[ $rc -ne 0 ] && grep -qF \"stage 'a' (mergelens inspect) failed: \" <<<\"\$0\"" "$out"
 check "failed stage recorded in experiment.h5" bash -c "'$bin' inspect '$tmp/run2/experiment.h5' 2>/dev/null | grep -q '@status = \"failed\"'"
 rm -rf "$tmp"
 echo "pipeline: $pass passed, $fail failed"

@@ -45,7 +45,7 @@ slurm: {time: "00:05:00", ntasks: 1}
 stages:
   combine: {command: doctor, needs: [sweep], options: {gemm_n: 64, dir: "\${run_dir}"}, slurm: {ntasks: 2, time: "00:04:00"}}
   prep: {command: doctor, options: {gemm_n: 64, dir: "\${run_dir}"}}
-  sweep: {command: doctor, needs: [prep], options: {gemm_n: 64, dir: "\${run_dir}"}, slurm: {array: 3}}
+  sweep: {command: doctor, needs: [prep], options: {gemm_n: 64, dir: "\${run_dir}/t\${task}"}, files: {"t\${task}/.keep": ""}, slurm: {array: 3}}
 EOF
 # ---- 2. a failing stage (its HDF5 test directory does not exist) ----
 cat > "$tmp/fail.yaml" <<EOF
@@ -104,12 +104,12 @@ check "slurm/status names the failure and what it blocked" bash -c '[ $0 -eq 1 ]
 
 # ---- 3. --requeue: USR1 before the time limit -> forwarded, requeued, resumed ----
 # A stand-in for mergelens: on the first run (restart 0) the stage 'slow'
-# waits for USR1 and exits 10 like a checkpointing trainer; afterwards it is
+# waits for USR1 and exits 75 (interrupted, checkpoint written) like a trainer; afterwards it is
 # the real binary.
 cat > "$tmp/fake-mergelens" <<EOF
 #!/bin/bash
 if [[ " \$* " == *" --stage slow "* ]] && [ "\${SLURM_RESTART_COUNT:-0}" = 0 ]; then
-  trap 'echo "task \$SLURM_PROCID got USR1" >> "$tmp/signals"; exit 10' USR1
+  trap 'echo "task \$SLURM_PROCID got USR1" >> "$tmp/signals"; exit 75' USR1
   touch "$tmp/slow.\$SLURM_PROCID"
   for i in \$(seq 600); do sleep 0.1; done
   exit 0
@@ -141,7 +141,7 @@ echo "  (requeue job finished $((SECONDS - t0)) s after submission)"
 log=$(cat "$tmp/rq/slurm/logs/slow-$R.out")
 check "batch script forwarded USR1 to srun" has "$log" "got SIGUSR1, forwarding it to srun"
 check "every task received USR1" test "$(sort "$tmp/signals" 2>/dev/null | paste -sd, -)" = "task 0 got USR1,task 1 got USR1"
-check "batch script requeued the job" has "$log" "stopped by SIGUSR1 (exit 10), requeueing job $R"
+check "batch script requeued the job" has "$log" "interrupted by SIGUSR1, checkpoint written (exit 75); requeueing job $R"
 check "second run is restart 1 and completes" bash -c 'grep -q "restart 1" <<<"$0" && [ "$(tail -n 1 <<<"$0" | grep -c "exit 0")" = 1 ]' "$log"
 check "requeued stage and its dependent COMPLETED" test "$(state "$R")/$(state "$R2")" = "COMPLETED/COMPLETED"
 check "slurm/status reports the restart" bash -c '"$0" "$1" | grep -q "^slow .*COMPLETED .*requeued 1 time"' "$status" "$tmp/rq"
@@ -152,6 +152,30 @@ o=$("$submit" "$tmp/part.yaml" --out "$tmp/part" 2>&1 >/dev/null); rc=$?
 check "sbatch refusal is a one-line error" bash -c '[ $0 -ne 0 ] && [ "$(wc -l <<<"$1")" = 1 ] &&
   grep -q "^slurm/submit: error: sbatch failed for stage .a.: sbatch: error: .*invalid partition" <<<"$1" ||
   { echo "  $1"; exit 1; }' "$rc" "$o"
+
+# ---- 5. a 101-point sweep as a 4-task job array + sweep-combine after it ----
+# (fixture of tests/reliability/lib.sh: a SLERP recipe of two tiny trained models)
+( . "$src/tests/reliability/lib.sh"; fixture "$tmp/fx" ) || echo "  (fixture failed)"
+. "$src/tests/slurm/array_lib.sh"
+ml_array_sweep_job "$tmp/asw.yaml" asw "$tmp/asw" "$tmp/fx/rec.yaml" "$tmp/fx/a.h5,$tmp/fx/b.h5"
+t0=$SECONDS
+asw=$("$submit" "$tmp/asw.yaml" 2>&1)
+A=$(id_of "$asw" sweep) C=$(id_of "$asw" combine)
+check "array sweep submitted (array 0-3, combine after it)" bash -c '[ -n "$0" ] && [ -n "$1" ] && grep -q "sweep .*array 0-3" <<<"$2"' "$A" "$C" "$asw"
+wait_jobs "$A,$C"
+echo "  (4-task array sweep and combine finished $((SECONDS - t0)) s after submission)"
+check "array tasks and combine COMPLETED" test "$(state "$A")/$(state "$C")" = "COMPLETED/COMPLETED"
+check "combine started after every array task ended" bash -c '[ "$(fld StartTime "$(rec "$1")")" \> "$(fld EndTime "$(rec "$0")" | tail -n 1)" ] ||
+  [ "$(fld StartTime "$(rec "$1")")" = "$(fld EndTime "$(rec "$0")" | tail -n 1)" ]' "$A" "$C"
+for k in 0 1 2 3; do
+  check "array task $k ran --task $k --tasks 4 and evaluated its $(( (101 - k + 3) / 4 )) points" \
+    grep -q "101 points ($(( (101 - k + 3) / 4 )) in this task" "$tmp/asw/slurm/logs/sweep-${A}_$k.out"
+done
+(cd "$tmp" && OPENBLAS_NUM_THREADS=1 "$bin" sweep "$tmp/fx/rec.yaml" --param t --from 0 --to 1 --count 101 \
+   --domains "$tmp/fx/a.h5,$tmp/fx/b.h5" --eval_windows 8 --out single.h5 > single.log 2>&1)
+for d in /loss /accuracy /grid /points; do
+  check "Slurm array sweep $d equals the single-process sweep bit for bit" h5diff -q "$tmp/single.h5" "$tmp/asw/sweeps/slerp.h5" "$d" "$d"
+done
 
 ctld=$(cat "$ML_SLURM_DIR/slurmctld.pid") sd=$(cat "$ML_SLURM_DIR/slurmd.pid")
 "$local" stop 2>/dev/null

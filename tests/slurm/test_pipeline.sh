@@ -137,7 +137,7 @@ if [ $data_ok = 1 ]; then
   check "log: SIGTERM checkpoint on preemption" has "$log" "interrupted by SIGTERM: checkpoint at step"
   check "log: USR1 forwarded, checkpoint, self-requeue" bash -c \
     'grep -q "got SIGUSR1, forwarding it to srun" <<<"$0" && grep -q "interrupted by SIGUSR1: checkpoint at step" <<<"$0" &&
-     grep -q "stopped by SIGUSR1 (exit 1), requeueing job $1" <<<"$0"' "$log" "$J"
+     grep -q "interrupted by SIGUSR1, checkpoint written (exit 75); requeueing job $1" <<<"$0"' "$log" "$J"
   check "log: two resumes" test "$(grep -c "train: resuming" <<<"$log")" = 2
   check "log: the last run ends with exit 0" bash -c '[ "$(tail -n 1 <<<"$0" | grep -c "exit 0")" = 1 ]' "$log"
   check "checkpoint complete after 300 steps" bash -c '"$0" inspect "$1" 2>/dev/null | grep -q "@complete = 1"' "$bin" "$ck"

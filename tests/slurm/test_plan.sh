@@ -27,7 +27,7 @@ stages:
   sweep:
     command: doctor
     needs: [prep]
-    options: {gemm_n: 64, dir: "\${run_dir}"}
+    options: {gemm_n: 64, dir: "\${run_dir}/t\${task}"}
     slurm:
       array: 3
       ntasks: 2
@@ -115,7 +115,7 @@ err "unknown slurm key with file:line [yaml reader]" "key.yaml:5: stage 'a': slu
 printf 'slurm: {time: 1h}\nstages:\n  a: {command: doctor}\n' > "$tmp/time.yaml"
 err "bad time with file:line" "time.yaml:1: slurm: 'time' must be like 30, 01:00:00 or 1-12:00:00, got '1h'" "$submit" "$tmp/time.yaml" --dry-run --out "$tmp/r"
 printf 'stages:\n  a: {command: doctor, slurm: {array: x}}\n' > "$tmp/arr.yaml"
-err "bad array" "arr.yaml:2: stage 'a': slurm: 'array' must be a task count N" "$submit" "$tmp/arr.yaml" --dry-run --out "$tmp/r"
+err "bad array" "arr.yaml:2: stage 'a': slurm: array 'x': give a task count N or 0-M[%K]" "$submit" "$tmp/arr.yaml" --dry-run --out "$tmp/r"
 printf 'stages:\n  a:\n    command: doctor\n    needs: [zz]\n' > "$tmp/needs.yaml"
 err "unknown dependency (mergelens' own check)" "needs.yaml:4: stage 'a' needs unknown stage 'zz'" "$submit" "$tmp/needs.yaml" --dry-run --out "$tmp/r"
 err "sbatch missing" "sbatch not found" env SBATCH=no-such-sbatch "$submit" "$tmp/job.yaml"
@@ -166,13 +166,66 @@ echo "$*" >> "$FAKE_DIR/mergelens.runs"
 ' > "$tmp/relaunch/fake-mergelens"
 chmod +x "$tmp/relaunch/bin/srun" "$tmp/relaunch/fake-mergelens"
 sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$tmp/relaunch/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
-    -e "s|@RUN_DIR@|$tmp/relaunch/run|; s|@STAGE@|s1|; s|@WORKDIR@|$tmp/relaunch|; s|@REQUEUE@|0|; s|@MAX_REQUEUE@|3|" \
+    -e "s|@RUN_DIR@|$tmp/relaunch/run|; s|@STAGE@|s1|; s|@WORKDIR@|$tmp/relaunch|; s|@REQUEUE@|0|; s|@MAX_REQUEUE@|3|; s|@ARRAY_TASKS@||" \
     "$src/slurm/templates/stage.sbatch" > "$tmp/relaunch/s1.sbatch"
 out=$(cd "$tmp/relaunch" && FAKE_DIR=$tmp/relaunch PATH="$tmp/relaunch/bin:$PATH" SLURM_JOB_ID=7 SLURM_NTASKS=1 \
       bash s1.sbatch 2>&1); rc=$?
 check "a launch that started no task is tried again and the stage runs once (status $rc)" bash -c \
   '[ $0 -eq 0 ] && [ "$(cat "$1/srun.calls")" = 2 ] && [ "$(wc -l < "$1/mergelens.runs")" = 1 ]' "$rc" "$tmp/relaunch"
 check "the log says why it launched again" has "$out" "srun started no task (exit 0); launching again in 5 s (attempt 2 of 3)"
+
+# ---- exit 75 (interrupted, checkpoint written) vs failed ----
+# The batch script with a fake srun (runs its command as task 0), a fake
+# scontrol that records its arguments, and a fake mergelens exiting with a
+# given status.
+bdir=$tmp/exit75
+mkdir -p "$bdir/bin"
+printf '#!/bin/bash\nshift 3\nSLURM_PROCID=0 exec "$@"\n' > "$bdir/bin/srun"
+printf '#!/bin/bash\necho "$*" >> "%s/scontrol.args"\n' "$bdir" > "$bdir/bin/scontrol"
+chmod +x "$bdir/bin/srun" "$bdir/bin/scontrol"
+batch() { # REQUEUE EXIT [env...] -> output of the batch script; $brc its status
+  local rq=$1 code=$2; shift 2
+  rm -rf "$bdir/run" "$bdir/scontrol.args"; mkdir -p "$bdir/run/slurm"
+  printf '#!/bin/bash\nenv > "%s/env.txt"\nexit %s\n' "$bdir" "$code" > "$bdir/fake-mergelens"; chmod +x "$bdir/fake-mergelens"
+  sed -e "s|@SBATCH_LINES@||; s|@MERGELENS@|$bdir/fake-mergelens|; s|@JOB_FILE@|job.yaml|" \
+      -e "s|^CPUINFO=/proc/cpuinfo\$|CPUINFO=${cpuinfo:-/proc/cpuinfo}|" \
+      -e "s|@RUN_DIR@|$bdir/run|; s|@STAGE@|s1|; s|@WORKDIR@|$bdir|; s|@REQUEUE@|$rq|; s|@MAX_REQUEUE@|2|; s|@ARRAY_TASKS@|${array_tasks:-}|" \
+      "$src/slurm/templates/stage.sbatch" > "$bdir/s1.sbatch"
+  bout=$(cd "$bdir" && env PATH="$bdir/bin:$PATH" SLURM_JOB_ID=9 SLURM_NTASKS=1 "$@" bash s1.sbatch 2>&1); brc=$?
+}
+batch 1 75
+check "exit 75 with --requeue: requeued" bash -c '[ "$(cat "$0/scontrol.args")" = "requeue 9" ]' "$bdir"
+check "exit 75 with --requeue: the log says interrupted, checkpoint written" has "$bout" \
+  "mergelens stage 's1': interrupted, checkpoint written (exit 75); requeueing job 9 (restart 1 of at most 2)"
+check "exit 75 with --requeue: the job ends with 75" test "$brc" -eq 75
+batch 1 75 SLURM_RESTART_COUNT=2
+check "exit 75 after --max-requeue restarts: not requeued" bash -c '[ ! -e "$0/scontrol.args" ] && grep -qF "$1" <<<"$2"' \
+  "$bdir" "not requeued: already restarted 2 time(s) (--max-requeue 2); resubmit to resume" "$bout"
+batch 0 75
+check "exit 75 without --requeue: not requeued, says so" bash -c '[ ! -e "$0/scontrol.args" ] && grep -qF "$1" <<<"$2"' \
+  "$bdir" "interrupted, checkpoint written (exit 75); not requeued (submitted without --requeue); resubmit to resume" "$bout"
+batch 1 1
+check "exit 1 with --requeue: failed, never requeued" bash -c '[ ! -e "$0/scontrol.args" ] && [ "$1" -eq 1 ] &&
+  grep -qF "mergelens stage '"'s1'"': failed (exit 1); not requeued" <<<"$2" && ! grep -q interrupted <<<"$2"' "$bdir" "$brc" "$bout"
+batch 1 0
+check "exit 0: neither interrupted nor failed" bash -c '[ ! -e "$0/scontrol.args" ] && [ "$1" -eq 0 ] &&
+  ! grep -qE "interrupted|failed|requeue" <<<"$2"' "$bdir" "$brc" "$bout"
+
+# ---- CPU-specific settings from the login node do not reach the job ----
+# the batch script on a node without AVX-512 and on one with it (fake
+# /proc/cpuinfo), submitted from a shell that has the login node's settings
+printf 'flags\t\t: fpu sse2 avx2\n' > "$bdir/cpuinfo.plain"; printf 'flags\t\t: fpu sse2 avx2 avx512f\n' > "$bdir/cpuinfo.avx512"
+cpuinfo=$bdir/cpuinfo.plain batch 0 0 OPENBLAS_CORETYPE=SkylakeX OPENBLAS_L2_SIZE=2097152 OMP_NUM_THREADS=8 SLURM_CPUS_PER_TASK=3
+check "login node's OPENBLAS_CORETYPE/L2_SIZE/OMP_NUM_THREADS do not reach mergelens (node without AVX-512)" bash -c \
+  '! grep -qE "^(OPENBLAS_CORETYPE|OPENBLAS_L2_SIZE|OMP_NUM_THREADS)=" "$0" && grep -qx "OPENBLAS_NUM_THREADS=3" "$0"' "$bdir/env.txt"
+cpuinfo=$bdir/cpuinfo.avx512 batch 0 0 OPENBLAS_CORETYPE=Haswell
+check "an AVX-512 node chooses SkylakeX itself" grep -qx "OPENBLAS_CORETYPE=SkylakeX" "$bdir/env.txt"
+# slurm/submit adds nothing CPU-specific to the environment sbatch copies
+printf '#!/bin/bash\nenv > "%s/bin/sbatch.env"; echo "77;cluster"\n' "$tmp" > "$tmp/bin/sbatch"
+chmod +x "$tmp/bin/sbatch"
+printf 'stages:\n  a: {command: doctor, options: {gemm_n: 64, dir: /tmp}}\n' > "$tmp/env.yaml"
+env -u OPENBLAS_CORETYPE PATH="$tmp/bin:$PATH" "$submit" "$tmp/env.yaml" --out "$tmp/run5" > /dev/null 2>&1
+check "slurm/submit exports no OPENBLAS_CORETYPE to sbatch" bash -c '[ -s "$0" ] && ! grep -q "^OPENBLAS_CORETYPE=" "$0"' "$tmp/bin/sbatch.env"
 
 echo "slurm plan: $pass passed, $fail failed"
 [ $fail -eq 0 ]
