@@ -125,5 +125,20 @@ for np in 1 2; do
     else check "np$np $name: $why" false; echo "$out" | head -8 | sed 's/^/  | /'; fi
   done
 done
+# an input the user may not read (as root every file is readable: run as nobody)
+if [ "$(id -u)" = 0 ] && command -v setpriv > /dev/null; then
+  pd=$(mktemp -d /tmp/ml_perm.XXXXXX); chmod 755 "$pd"
+  cp base.h5 "$pd/m.h5"; cp a.h5 "$pd/a.h5"; chmod 000 "$pd/m.h5"; chmod 644 "$pd/a.h5"
+  for np in 1 2; do
+    out=$(cd "$pd" && timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$pd" \
+          "$mpiexec" --oversubscribe --bind-to none -n "$np" "$bin" eval "$pd/m.h5" --domains "$pd/a.h5" 2>&1); rc=$?
+    ncases=$((ncases + 1))
+    check "np$np unreadable model: exit 1 ($rc), one line 'Permission denied'" bash -c \
+      "[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ \"\$(grep -c '^error: ' <<<\"\$0\")\" -eq 1 ] && grep -qF 'm.h5: cannot open: Permission denied' <<<\"\$0\"" "$out"
+  done
+  rm -rf "$pd"
+else
+  echo "note: unreadable-input case skipped (needs root and setpriv)"
+fi
 echo "bad inputs tried: $ncases (${#cases[@]} cases on 2 ranks, those not marked np2 also on 1 rank)"
 ml_check_summary bad_inputs && rm -rf "$T"
