@@ -142,6 +142,8 @@ int ml_h5_set_attr_int(ml_h5 *h, const char *obj, const char *attr, int64_t valu
 int ml_h5_set_attr_double(ml_h5 *h, const char *obj, const char *attr, double value);
 /* Reads allocate with ml_malloc; caller ml_free()s. */
 int ml_h5_get_attr_str(ml_h5 *h, const char *obj, const char *attr, char **value);
+/* The same, with *value = NULL and ML_OK when the attribute is absent. */
+int ml_h5_get_attr_str_optional(ml_h5 *h, const char *obj, const char *attr, char **value);
 int ml_h5_get_attr_int(ml_h5 *h, const char *obj, const char *attr, int64_t *value);
 int ml_h5_get_attr_double(ml_h5 *h, const char *obj, const char *attr, double *value);
 /* Store a string (e.g. JSON config) as a 1-D uint8 dataset is NOT used;

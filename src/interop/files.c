@@ -143,11 +143,5 @@ const char *ml_fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) 
 }
 
 int ml_attr_str_optional(ml_h5 *h, const char *attr, char **value) {
-    *value = NULL;
-    int rc = ml_h5_get_attr_str(h, "/", attr, value);
-    if (rc == ML_ERR_NOTFOUND) {
-        ml_error_clear();
-        return ML_OK;
-    }
-    return rc;
+    return ml_h5_get_attr_str_optional(h, "/", attr, value);
 }

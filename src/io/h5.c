@@ -893,6 +893,16 @@ static int ml_attr_read_num(ml_h5 *h, const char *obj, const char *attr, hid_t m
     return ML_OK;
 }
 
+int ml_h5_get_attr_str_optional(ml_h5 *h, const char *obj, const char *attr, char **value) {
+    *value = NULL;
+    int rc = ml_h5_get_attr_str(h, obj, attr, value);
+    if (rc == ML_ERR_NOTFOUND) {
+        ml_error_clear();
+        return ML_OK;
+    }
+    return rc;
+}
+
 int ml_h5_get_attr_int(ml_h5 *h, const char *obj, const char *attr, int64_t *value) {
     return ml_attr_read_num(h, obj, attr, H5T_NATIVE_INT64, value);
 }

@@ -129,16 +129,6 @@ static int ml_same_bytes(const char *a, const char *b) {
     return same;
 }
 
-static int ml_attr_or_null(ml_h5 *h, const char *attr, char **value) {
-    *value = NULL;
-    int rc = ml_h5_get_attr_str(h, "/", attr, value);
-    if (rc == ML_ERR_NOTFOUND) {
-        ml_error_clear();
-        return ML_OK;
-    }
-    return rc;
-}
-
 /* The tokenizer the merged checkpoint carries: the recipe's tokenizer_source,
  * else the one every input records (the same path, or files with the same
  * bytes); inputs that disagree are refused, since export and evaluation would
@@ -150,7 +140,7 @@ static int ml_plan_tokenizer(const ml_merge_recipe *r, ml_mplan *pl) {
         for (int i = 0; i < pl->M && rc == ML_OK; i++) {
             if (src && strcmp(pl->paths[i], src)) continue;
             char *v = NULL;
-            ML_CHECK(ml_attr_or_null(pl->in[i], ml_tokenizer_attrs[a], &v));
+            ML_CHECK(ml_h5_get_attr_str_optional(pl->in[i], "/", ml_tokenizer_attrs[a], &v));
             if (src || i == 0) {
                 pl->tokenizer[a] = v;
                 continue;
